@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Fetches everything edgefleet needs at run time and in tests into .cache/ (ignored by git). Idempotent: each
+# step is skipped when its output exists. Nothing here is needed to *build*; it is needed to run real models.
+#
+#   .cache/lib/libonnxruntime.so.1.31.1   ONNX Runtime, from the PyPI wheel onnxruntime==1.31.1
+#   .cache/models/magika/model.onnx        magika standard_v3_3 (from the magika wheel) + config.min.json
+#   .cache/models/silero_vad.onnx          silero-vad (16 kHz opset-15 graph, from the silero-vad wheel)
+#   .cache/models/*-int8.onnx              int8 variants made by onnxruntime's own quantizer
+#   .cache/models/magika/model-wrong.onnx  a deliberately wrong magika, for golden-vector tests
+#   .cache/samples/*.safetensors           sample inputs for golden vectors, built from real files
+#   .cache/venv/                           Python with onnxruntime + onnx, only for the quantizer
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ORT_VERSION=1.31.1
+MAGIKA_VERSION=1.0.3
+SILERO_VERSION=6.2.3
+C=.cache
+mkdir -p "$C/wheels" "$C/lib" "$C/models/magika" "$C/samples"
+
+fetch_wheel() { # name==version, glob
+  if ! ls "$C/wheels/"$2 >/dev/null 2>&1; then
+    echo "setup: downloading $1" >&2
+    python3 -m pip download --quiet --no-deps --dest "$C/wheels" "$1"
+  fi
+}
+extract() { # wheel glob, member, destination
+  if [ ! -s "$3" ]; then
+    local tmp; tmp=$(mktemp -d)
+    python3 -m zipfile -e "$(ls "$C/wheels/"$1 | head -n1)" "$tmp"
+    cp "$tmp/$2" "$3.tmp" && mv "$3.tmp" "$3"
+    rm -rf "$tmp"
+  fi
+}
+
+fetch_wheel "onnxruntime==$ORT_VERSION" "onnxruntime-$ORT_VERSION-*.whl"
+fetch_wheel "magika==$MAGIKA_VERSION" "magika-$MAGIKA_VERSION-*.whl"
+fetch_wheel "silero-vad==$SILERO_VERSION" "silero_vad-$SILERO_VERSION-*.whl"
+extract "onnxruntime-$ORT_VERSION-*.whl" "onnxruntime/capi/libonnxruntime.so.$ORT_VERSION" "$C/lib/libonnxruntime.so.$ORT_VERSION"
+extract "magika-$MAGIKA_VERSION-*.whl" magika/models/standard_v3_3/model.onnx "$C/models/magika/model.onnx"
+extract "magika-$MAGIKA_VERSION-*.whl" magika/models/standard_v3_3/config.min.json "$C/models/magika/config.min.json"
+extract "silero_vad-$SILERO_VERSION-*.whl" silero_vad/data/silero_vad_16k_op15.onnx "$C/models/silero_vad.onnx"
+
+# The quantizer: onnxruntime's Python tooling in a private venv, used only to make int8 variants.
+if [ ! -x "$C/venv/bin/python" ] || ! "$C/venv/bin/python" -c 'import onnx, onnxruntime' 2>/dev/null; then
+  echo "setup: creating the quantizer venv" >&2
+  python3 -m venv "$C/venv"
+  "$C/venv/bin/python" -m pip install --quiet "$C/wheels/"onnxruntime-$ORT_VERSION-*.whl onnx numpy
+fi
+for m in magika/model silero_vad; do
+  out="$C/models/${m%/model}-int8.onnx"
+  [ "$m" = magika/model ] && out="$C/models/magika/model-int8.onnx"
+  [ -s "$out" ] || "$C/venv/bin/python" scripts/quantize.py "$C/models/$m.onnx" "$out"
+done
+[ -s "$C/models/magika/model-wrong.onnx" ] \
+  || "$C/venv/bin/python" scripts/make_wrong_model.py "$C/models/magika/model.onnx" "$C/models/magika/model-wrong.onnx"
+[ -s "$C/samples/magika.safetensors" ] && [ -s "$C/samples/silero_vad.safetensors" ] \
+  || "$C/venv/bin/python" scripts/make_samples.py "$C"
+echo "setup: ready in $C" >&2
