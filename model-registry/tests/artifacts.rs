@@ -53,9 +53,10 @@ proptest! {
 
     /// Canonical JSON is itself JSON that parses back to the value. (OLPC canonical JSON writes control
     /// characters unescaped, which strict JSON parsers refuse; canonical bytes are only ever signed and hashed,
-    /// never parsed, so that is harmless; this property is stated for the strings JSON parsers accept.)
+    /// never parsed, so that is harmless. olpc-cjson also NFC-normalises strings, so a string that is not in
+    /// NFC changes; this property is stated for printable ASCII and NFC-stable non-ASCII text.)
     #[test]
-    fn canonical_json_round_trips(v in json_value("[^\\x00-\\x1f]*")) {
+    fn canonical_json_round_trips(v in json_value("[ -~é漢字ß€😀]*")) {
         let c = to_canonical(&v).expect("no floats");
         let parsed: serde_json::Value = serde_json::from_slice(&c).expect("canonical JSON is JSON");
         prop_assert_eq!(&parsed, &v);
