@@ -44,9 +44,7 @@ impl ArtifactError {
             ArtifactError::TooLong { .. } | ArtifactError::OverLimit { .. } => Defence::EndlessData,
             ArtifactError::TooShort { .. } | ArtifactError::Digest { .. } => Defence::MixAndMatch,
             // Not an attack the table names: input that cannot be decoded or read at all.
-            ArtifactError::Zstd { .. } | ArtifactError::Read { .. } | ArtifactError::Write { .. } => {
-                Defence::Malformed
-            }
+            ArtifactError::Zstd { .. } | ArtifactError::Read { .. } | ArtifactError::Write { .. } => Defence::Malformed,
         }
     }
 }
@@ -198,8 +196,8 @@ pub fn compress<R: Read, W: Write>(
 ) -> Result<(ArtifactRef, ArtifactRef), ArtifactError> {
     let mut raw_measure = Measure::new("model file", limit);
     let writer = MeasuringWriter { inner: out, measure: Measure::new("zstd artifact", u64::MAX) };
-    let mut encoder =
-        zstd::stream::write::Encoder::new(writer, level).map_err(|source| ArtifactError::Write { what: "zstd", source })?;
+    let mut encoder = zstd::stream::write::Encoder::new(writer, level)
+        .map_err(|source| ArtifactError::Write { what: "zstd", source })?;
     // Frames carry their content size where known, and a checksum so corruption shows even before the digest.
     encoder.include_checksum(true).map_err(|source| ArtifactError::Write { what: "zstd", source })?;
     let mut raw = raw;

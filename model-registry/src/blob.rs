@@ -163,7 +163,8 @@ async fn sync_dir(dir: PathBuf) -> io::Result<()> {
 impl BlobStore for FsBlobStore {
     async fn put(&self, src: BlobReader, expected: Option<ArtifactRef>, limit: u64) -> Result<ArtifactRef, BlobError> {
         let mut name = [0u8; 16];
-        getrandom::fill(&mut name).map_err(|e| BlobError::Io { path: self.root.clone(), source: io::Error::other(e.to_string()) })?;
+        getrandom::fill(&mut name)
+            .map_err(|e| BlobError::Io { path: self.root.clone(), source: io::Error::other(e.to_string()) })?;
         let tmp = self.root.join("tmp").join(hex::encode(name));
         let mut file = tokio::fs::File::create(&tmp).await.map_err(Self::io(&tmp))?;
         let result = async {

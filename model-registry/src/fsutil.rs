@@ -25,6 +25,10 @@ where
     let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir).map_err(err)?;
     fill(tmp.as_file_mut())?;
     tmp.as_file_mut().flush().and_then(|()| tmp.as_file().sync_all()).map_err(err)?;
+    // Temporary files are created 0600; the documents written here are not secrets (private keys are written
+    // by `KeyPair::write_private`, never through this function).
+    #[cfg(unix)]
+    tmp.as_file().set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644)).map_err(err)?;
     tmp.persist(path).map_err(|e| err(e.error))?;
     sync_dir(dir).map_err(err)?;
     Ok(())

@@ -205,7 +205,10 @@ impl GoldenVectors {
         for (prefix, cases) in [("input", &self.inputs), ("output", &self.outputs)] {
             for (case, tensors) in cases {
                 for (name, t) in tensors {
-                    views.push((format!("{prefix}/{case}/{name}"), TensorView::new(to_dtype(t.dtype), t.shape.clone(), &t.data)?));
+                    views.push((
+                        format!("{prefix}/{case}/{name}"),
+                        TensorView::new(to_dtype(t.dtype), t.shape.clone(), &t.data)?,
+                    ));
                 }
             }
         }
@@ -342,7 +345,12 @@ impl fmt::Display for GoldenReport {
                 o.tolerance.max_abs_error
             )?;
             if let Some(t) = o.top1 {
-                write!(f, ", top-1 agreement {:.1}% (needed {:.1}%)", t * 100.0, o.tolerance.min_top1_agreement * 100.0)?;
+                write!(
+                    f,
+                    ", top-1 agreement {:.1}% (needed {:.1}%)",
+                    t * 100.0,
+                    o.tolerance.min_top1_agreement * 100.0
+                )?;
             }
             for p in &o.problems {
                 write!(f, "; {p}")?;

@@ -63,8 +63,7 @@ impl PublicKey {
         let key = self.verifying_key()?;
         let mut sig = [0u8; 64];
         hex::decode_to_slice(sig_hex, &mut sig).map_err(|_| KeyError::SignatureHex)?;
-        key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig))
-            .map_err(|_| KeyError::BadSignature)
+        key.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| KeyError::BadSignature)
     }
 }
 

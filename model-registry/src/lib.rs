@@ -24,6 +24,10 @@ pub use envelope::{Envelope, Signature};
 pub use golden::{GoldenReport, GoldenVectors, HostTensor, Tolerance};
 pub use keys::{KeyPair, PublicKey};
 pub use limits::Limits;
-pub use manifest::{DesiredState, ElementType, ModelAssignment, Precision, ReleaseManifest, Requirements, TensorSpec, Variant};
+pub use manifest::{
+    DesiredState, ElementType, ModelAssignment, Precision, ReleaseManifest, Requirements, TensorSpec, Variant,
+};
 pub use root::{DocType, Role, Root};
-pub use verify::{Defence, LastSeen, Refusal, Verifier, VerifiedDesiredState, VerifiedRelease, update_root, update_root_chain};
+pub use verify::{
+    Defence, LastSeen, Refusal, VerifiedDesiredState, VerifiedRelease, Verifier, update_root, update_root_chain,
+};

@@ -136,8 +136,14 @@ impl Root {
                 keys.insert(id, key);
             }
         }
-        let root =
-            Self { doc_type: DocType::Root, spec_version: SPEC_VERSION.into(), version: 1, expires, keys, roles: out_roles };
+        let root = Self {
+            doc_type: DocType::Root,
+            spec_version: SPEC_VERSION.into(),
+            version: 1,
+            expires,
+            keys,
+            roles: out_roles,
+        };
         root.validate()?;
         Ok(root)
     }

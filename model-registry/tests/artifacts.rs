@@ -144,7 +144,10 @@ fn golden_vectors_round_trip_and_judge() {
     let mut inputs = Cases::new();
     let mut outputs = Cases::new();
     inputs.entry("a".into()).or_default().insert("x".into(), HostTensor::from_f32(vec![1, 2], &[1.0, 2.0]));
-    outputs.entry("a".into()).or_default().insert("y".into(), HostTensor::from_f32(vec![2, 3], &[0.1, 0.7, 0.2, 0.5, 0.3, 0.2]));
+    outputs
+        .entry("a".into())
+        .or_default()
+        .insert("y".into(), HostTensor::from_f32(vec![2, 3], &[0.1, 0.7, 0.2, 0.5, 0.3, 0.2]));
     let g = GoldenVectors {
         inputs,
         outputs: outputs.clone(),
@@ -156,23 +159,30 @@ fn golden_vectors_round_trip_and_judge() {
 
     assert!(g.check(&outputs).passed(), "the reference matches itself");
     let mut close = outputs.clone();
-    close.get_mut("a").and_then(|c| c.insert("y".into(), HostTensor::from_f32(vec![2, 3], &[0.12, 0.68, 0.2, 0.5, 0.31, 0.19])));
+    close
+        .get_mut("a")
+        .and_then(|c| c.insert("y".into(), HostTensor::from_f32(vec![2, 3], &[0.12, 0.68, 0.2, 0.5, 0.31, 0.19])));
     let r = g.check(&close);
     assert!(r.passed(), "{r}");
     assert!((r.outputs[0].max_abs_error - 0.02).abs() < 1e-6);
     // The second row's arg-max flips: top-1 agreement 50 % < 80 %.
     let mut flipped = outputs.clone();
-    flipped.get_mut("a").and_then(|c| c.insert("y".into(), HostTensor::from_f32(vec![2, 3], &[0.1, 0.7, 0.2, 0.3, 0.35, 0.2])));
+    flipped
+        .get_mut("a")
+        .and_then(|c| c.insert("y".into(), HostTensor::from_f32(vec![2, 3], &[0.1, 0.7, 0.2, 0.3, 0.35, 0.2])));
     let r = g.check(&flipped);
     assert!(!r.passed());
     assert_eq!(r.outputs[0].top1, Some(0.5));
     // NaN never passes; a missing output or wrong shape neither.
     let mut nan = outputs.clone();
-    nan.get_mut("a").and_then(|c| c.insert("y".into(), HostTensor::from_f32(vec![2, 3], &[f32::NAN, 0.7, 0.2, 0.5, 0.3, 0.2])));
+    nan.get_mut("a")
+        .and_then(|c| c.insert("y".into(), HostTensor::from_f32(vec![2, 3], &[f32::NAN, 0.7, 0.2, 0.5, 0.3, 0.2])));
     assert!(!g.check(&nan).passed());
     assert!(!g.check(&Cases::new()).passed());
     let mut shape = outputs;
-    shape.get_mut("a").and_then(|c| c.insert("y".into(), HostTensor::from_f32(vec![3, 2], &[0.1, 0.7, 0.2, 0.5, 0.3, 0.2])));
+    shape
+        .get_mut("a")
+        .and_then(|c| c.insert("y".into(), HostTensor::from_f32(vec![3, 2], &[0.1, 0.7, 0.2, 0.5, 0.3, 0.2])));
     assert!(g.check(&shape).to_string().contains("shape [3, 2]"));
 
     assert!(GoldenVectors::from_bytes(&bytes[..bytes.len() - 1]).is_err(), "truncated file");

@@ -138,21 +138,35 @@ fn each_attack_is_refused_by_its_own_defence() {
     let later = now() + Duration::minutes(10);
 
     let release_case = |env: Envelope, last: &LastSeen| outcome(w.verifier(last).release(&bytes(&env)));
-    let desired_case =
-        |doc: Vec<u8>, last: &LastSeen| outcome(w.verifier(last).desired_state(&doc, &device));
+    let desired_case = |doc: Vec<u8>, last: &LastSeen| outcome(w.verifier(last).desired_state(&doc, &device));
 
     // The honest documents pass.
     check("honest release", release_case(release(3, 1), &fresh), None, "");
-    check("honest desired state", desired_case(fleet_signed(&desired(1, later, vec![release(3, 1)])), &fresh), None, "");
+    check(
+        "honest desired state",
+        desired_case(fleet_signed(&desired(1, later, vec![release(3, 1)])), &fresh),
+        None,
+        "",
+    );
 
     // Arbitrary model: a signature over other bytes.
     let mut tampered = release(3, 1);
     tampered.signed["description"] = serde_json::json!("now with a backdoor");
-    check("signature over other bytes", release_case(tampered, &fresh), Some(Defence::ArbitraryModel), "signature does not match");
+    check(
+        "signature over other bytes",
+        release_case(tampered, &fresh),
+        Some(Defence::ArbitraryModel),
+        "signature does not match",
+    );
 
     // Arbitrary model: keys of another root (never listed here).
     let foreign = sign(&manifest("magika", 3, 1), &[key(90), key(91)]);
-    check("keys of another root", release_case(foreign, &fresh), Some(Defence::ArbitraryModel), "not one of this role's keys");
+    check(
+        "keys of another root",
+        release_case(foreign, &fresh),
+        Some(Defence::ArbitraryModel),
+        "not one of this role's keys",
+    );
 
     // Arbitrary model: one signature short of the threshold of two.
     let short = sign(&manifest("magika", 3, 1), &[key(10)]);
@@ -166,12 +180,22 @@ fn each_attack_is_refused_by_its_own_defence() {
 
     // Arbitrary model: the fleet key (online, on the server) cannot sign a release.
     let by_fleet = sign(&manifest("magika", 3, 1), &[key(20), key(10)]);
-    check("fleet key signs a release", release_case(by_fleet, &fresh), Some(Defence::ArbitraryModel), "not one of this role's keys");
+    check(
+        "fleet key signs a release",
+        release_case(by_fleet, &fresh),
+        Some(Defence::ArbitraryModel),
+        "not one of this role's keys",
+    );
 
     // Rollback: a version below the floor this device has seen.
     let mut seen_floor = LastSeen::default();
     seen_floor.record_release(&manifest("magika", 5, 5));
-    check("below the floor", release_case(release(4, 1), &seen_floor), Some(Defence::Rollback), "below the security floor 5");
+    check(
+        "below the floor",
+        release_case(release(4, 1), &seen_floor),
+        Some(Defence::Rollback),
+        "below the security floor 5",
+    );
     check("at the floor", release_case(release(5, 1), &seen_floor), None, "");
 
     // Freeze: an expired desired state, and a replayed one.
@@ -179,14 +203,24 @@ fn each_attack_is_refused_by_its_own_defence() {
     check("expired desired state", desired_case(expired, &fresh), Some(Defence::Freeze), "expired");
     let seen_seq = LastSeen { desired_sequence: Some(7), ..LastSeen::default() };
     let replayed = fleet_signed(&desired(7, later, vec![release(3, 1)]));
-    check("replayed desired state", desired_case(replayed, &seen_seq), Some(Defence::Freeze), "not above the last accepted 7");
+    check(
+        "replayed desired state",
+        desired_case(replayed, &seen_seq),
+        Some(Defence::Freeze),
+        "not above the last accepted 7",
+    );
     let older = fleet_signed(&desired(6, later, vec![release(3, 1)]));
     check("older desired state", desired_case(older, &seen_seq), Some(Defence::Freeze), "not above");
 
     // Freeze: the trusted root itself has expired.
     let mut stale = World::new();
     stale.root.expires = now() - Duration::days(1);
-    check("expired root", outcome(stale.verifier(&fresh).release(&bytes(&release(3, 1)))), Some(Defence::Freeze), "trusted root expired");
+    check(
+        "expired root",
+        outcome(stale.verifier(&fresh).release(&bytes(&release(3, 1)))),
+        Some(Defence::Freeze),
+        "trusted root expired",
+    );
 
     // Endless data: an artifact one byte longer than signed is cut off there.
     let body = b"model bytes".to_vec();
@@ -198,7 +232,12 @@ fn each_attack_is_refused_by_its_own_defence() {
 
     // Endless data: a document over its size limit is refused before it is parsed.
     let huge = vec![b' '; (w.limits.max_manifest_bytes + 1) as usize];
-    check("oversized manifest", outcome(w.verifier(&fresh).release(&huge)), Some(Defence::EndlessData), "larger than the limit");
+    check(
+        "oversized manifest",
+        outcome(w.verifier(&fresh).release(&huge)),
+        Some(Defence::EndlessData),
+        "larger than the limit",
+    );
 
     // Mix-and-match: the bytes of a variant of another release do not match this release's digests.
     let other = b"release 2 raw model".to_vec();
@@ -209,18 +248,38 @@ fn each_attack_is_refused_by_its_own_defence() {
     // Mix-and-match: a desired state naming a variant that the release does not have.
     let mut d = desired(1, later, vec![release(3, 1)]);
     d.models[0].variant = "hexagon-int8".parse().expect("variant");
-    check("variant not in release", desired_case(fleet_signed(&d), &fresh), Some(Defence::MixAndMatch), "has no variant hexagon-int8");
+    check(
+        "variant not in release",
+        desired_case(fleet_signed(&d), &fresh),
+        Some(Defence::MixAndMatch),
+        "has no variant hexagon-int8",
+    );
 
     // Mix-and-match: a release of another model under this model's name.
     let mut d = desired(1, later, vec![sign(&manifest("silero-vad", 3, 1), &[key(10), key(11)])]);
     d.models[0].model = "magika".parse().expect("model");
-    check("release of another model", desired_case(fleet_signed(&d), &fresh), Some(Defence::MixAndMatch), "manifest is for silero-vad");
+    check(
+        "release of another model",
+        desired_case(fleet_signed(&d), &fresh),
+        Some(Defence::MixAndMatch),
+        "manifest is for silero-vad",
+    );
 
     // Mix-and-match: a document for another device, and a release passed off as a desired state.
     let mut d = desired(1, later, vec![release(3, 1)]);
     d.device = "dev-2".parse().expect("device");
-    check("desired state of another device", desired_case(fleet_signed(&d), &fresh), Some(Defence::MixAndMatch), "for device dev-2");
-    check("release as desired state", desired_case(bytes(&release(3, 1)), &fresh), Some(Defence::MixAndMatch), "`_type`");
+    check(
+        "desired state of another device",
+        desired_case(fleet_signed(&d), &fresh),
+        Some(Defence::MixAndMatch),
+        "for device dev-2",
+    );
+    check(
+        "release as desired state",
+        desired_case(bytes(&release(3, 1)), &fresh),
+        Some(Defence::MixAndMatch),
+        "`_type`",
+    );
 
     // Path tricks: a model name with `../`, signed by the right keys, is still refused.
     let mut evil = serde_json::to_value(manifest("magika", 3, 1)).expect("json");

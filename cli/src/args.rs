@@ -1,0 +1,205 @@
+//! The command-line grammar. Every command has `--help`; every command accepts `--json`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "edgefleet", version, about = "Ship signed, verified ML models to fleets of edge devices")]
+pub struct Cli {
+    /// Print results as JSON on stdout (errors too), for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate and inspect ed25519 signing keys.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// Create, sign, rotate and inspect the trust root (root.json).
+    #[command(subcommand)]
+    Trust(TrustCmd),
+    /// Pack, sign and verify releases.
+    #[command(subcommand)]
+    Release(ReleaseCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Generate a key pair: a private key file (mode 0600) and a public key file beside it.
+    Generate {
+        /// The private key file to create (refuses to overwrite one).
+        #[arg(long, short)]
+        out: PathBuf,
+        /// The public key file; defaults to the private key's path with extension `.pub`.
+        #[arg(long)]
+        public: Option<PathBuf>,
+    },
+    /// Show the key id of a public or private key file.
+    Show { file: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TrustCmd {
+    /// Create an unsigned root.json, version 1, from public key files and thresholds.
+    Init(TrustInit),
+    /// Add a root key's signature to a root.json (in place).
+    Sign {
+        root: PathBuf,
+        /// Private key file of a root key (of this root, or of the previous one when rotating).
+        #[arg(long, short)]
+        key: Vec<PathBuf>,
+    },
+    /// Make the next version of a root: add or revoke keys, change thresholds. Sign it with a threshold of the
+    /// old root keys and of the new ones.
+    Rotate(TrustRotate),
+    /// Show a root's roles, keys, expiry and signatures.
+    Show { root: PathBuf },
+    /// Walk a chain of roots from a trusted one: each must be signed by a threshold of the previous root's keys
+    /// and of its own.
+    Verify {
+        /// The root you already trust (as provisioned on devices).
+        #[arg(long)]
+        trusted: PathBuf,
+        /// The newer roots, in order.
+        chain: Vec<PathBuf>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RoleKeysArgs {
+    /// Public key files of the root role (offline keys that sign root.json).
+    #[arg(long = "root-key", required = true)]
+    pub root_keys: Vec<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub root_threshold: u32,
+    /// Public key files of the release role (ML engineers' keys that sign releases).
+    #[arg(long = "release-key", required = true)]
+    pub release_keys: Vec<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub release_threshold: u32,
+    /// Public key files of the fleet role (the control plane's online key).
+    #[arg(long = "fleet-key", required = true)]
+    pub fleet_keys: Vec<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub fleet_threshold: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct TrustInit {
+    #[command(flatten)]
+    pub keys: RoleKeysArgs,
+    /// Days until the root expires.
+    #[arg(long, default_value_t = 365)]
+    pub expires_days: i64,
+    /// Where to write root.json (refuses to overwrite).
+    #[arg(long, short)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TrustRotate {
+    /// The current root.json.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Where to write the next version.
+    #[arg(long, short)]
+    pub out: PathBuf,
+    #[arg(long = "add-root-key")]
+    pub add_root: Vec<PathBuf>,
+    #[arg(long = "add-release-key")]
+    pub add_release: Vec<PathBuf>,
+    #[arg(long = "add-fleet-key")]
+    pub add_fleet: Vec<PathBuf>,
+    /// Key ids (or public key files) to revoke: removed from every role.
+    #[arg(long)]
+    pub revoke: Vec<String>,
+    #[arg(long)]
+    pub root_threshold: Option<u32>,
+    #[arg(long)]
+    pub release_threshold: Option<u32>,
+    #[arg(long)]
+    pub fleet_threshold: Option<u32>,
+    #[arg(long, default_value_t = 365)]
+    pub expires_days: i64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReleaseCmd {
+    /// Pack ONNX files into a release: compress, digest, compute golden vectors, write an unsigned manifest.
+    Pack(ReleasePack),
+    /// Add a release key's signature to a packed release's manifest.
+    Sign {
+        /// The release directory (or its manifest.json).
+        release: PathBuf,
+        #[arg(long, short)]
+        key: Vec<PathBuf>,
+    },
+    /// Verify a release against a root: signatures, threshold, names, and every blob's digests.
+    Verify {
+        release: PathBuf,
+        /// The trusted root.json.
+        #[arg(long)]
+        root: PathBuf,
+        /// Newer roots to walk to from --root, in order.
+        #[arg(long)]
+        chain: Vec<PathBuf>,
+        /// Refuse a release below this security floor (as a device that saw it would).
+        #[arg(long)]
+        floor: Option<u64>,
+    },
+    /// Run a variant's golden vectors on this machine with ONNX Runtime and report how close it comes.
+    Golden {
+        release: PathBuf,
+        #[arg(long)]
+        variant: String,
+        #[command(flatten)]
+        ort: OrtArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct OrtArgs {
+    /// The ONNX Runtime shared library (libonnxruntime.so.1.31.1).
+    #[arg(long = "ort-lib", env = "EDGEFLEET_ORT_LIB")]
+    pub lib: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleasePack {
+    #[arg(long)]
+    pub model: String,
+    #[arg(long)]
+    pub version: u64,
+    /// Devices that install this release refuse older ones from then on; defaults to 1 (no floor).
+    #[arg(long, default_value_t = 1)]
+    pub security_floor: u64,
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// A variant: `id=ID,file=MODEL.onnx,precision=fp32|fp16|int8|int4|mixed[,providers=EP+EP][,arch=A+B]
+    /// [,soc=S+T][,min-memory=BYTES]`. Repeat for each variant.
+    #[arg(long = "variant", required = true)]
+    pub variants: Vec<String>,
+    /// Sample inputs (safetensors; tensors named `<case>/<input>`), run through the reference model to make the
+    /// golden vectors.
+    #[arg(long)]
+    pub samples: PathBuf,
+    /// The unquantized reference model; defaults to the fp32 variant.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// Override a tolerance: `OUTPUT=max_abs:0.05,top1:0.9`, optionally for one precision: `int8:OUTPUT=...`;
+    /// `OUTPUT=skip` leaves an output unchecked (say so in the release description).
+    #[arg(long = "tolerance")]
+    pub tolerances: Vec<String>,
+    /// zstd level (3 to 9 is the useful range).
+    #[arg(long, default_value_t = 9)]
+    pub level: i32,
+    /// The release directory to create (refuses to overwrite).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub ort: OrtArgs,
+}

@@ -1,0 +1,320 @@
+//! `edgefleet release pack`: ONNX files in, a release directory out (unsigned manifest + blobs).
+//!
+//! Everything is written into a hidden staging directory beside the target and renamed into place at the
+//! end, so an interrupted or failed pack leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail, ensure};
+use chrono::{DurationRound, Utc};
+use model_registry::artifact::ArtifactRef;
+use model_registry::fsutil::{read_capped, sync_dir, write_atomic};
+use model_registry::golden::{Cases, GoldenVectors, Tolerance, read_samples};
+use model_registry::manifest::ModelFormat;
+use model_registry::root::DocType;
+use model_registry::{
+    Envelope, Limits, ModelName, Precision, ReleaseManifest, ReleaseVersion, Requirements, Sha256Digest, Variant,
+    VariantId,
+};
+
+use crate::args::ReleasePack;
+use crate::output::Out;
+use crate::runtime::{Model, Runtime};
+
+/// One `--variant` as given on the command line.
+#[derive(Debug)]
+struct VariantSpec {
+    id: VariantId,
+    file: PathBuf,
+    precision: Precision,
+    requirements: Requirements,
+}
+
+fn parse_bytes(s: &str) -> anyhow::Result<u64> {
+    let (num, mult) = match s {
+        _ if s.ends_with("GiB") => (&s[..s.len() - 3], 1u64 << 30),
+        _ if s.ends_with("MiB") => (&s[..s.len() - 3], 1 << 20),
+        _ if s.ends_with("KiB") => (&s[..s.len() - 3], 1 << 10),
+        _ => (s, 1),
+    };
+    Ok(num.trim().parse::<u64>().with_context(|| format!("{s:?} is not a size such as 512MiB"))? * mult)
+}
+
+fn parse_variant(s: &str) -> anyhow::Result<VariantSpec> {
+    let ctx = || format!("--variant {s:?}");
+    let mut fields = BTreeMap::new();
+    for part in s.split(',') {
+        let (k, v) = part.split_once('=').with_context(|| format!("{}: {part:?} is not key=value", ctx()))?;
+        ensure!(fields.insert(k.trim(), v.trim()).is_none(), "{}: {k} given twice", ctx());
+    }
+    let take = |k: &str| fields.get(k).copied();
+    let list = |k: &str| take(k).map(|v| v.split('+').map(str::to_owned).collect()).unwrap_or_default();
+    for k in fields.keys() {
+        ensure!(
+            ["id", "file", "precision", "providers", "arch", "soc", "min-memory"].contains(k),
+            "{}: unknown key {k:?} (known: id, file, precision, providers, arch, soc, min-memory)",
+            ctx()
+        );
+    }
+    Ok(VariantSpec {
+        id: take("id").with_context(|| format!("{}: id= is required", ctx()))?.parse().with_context(ctx)?,
+        file: PathBuf::from(take("file").with_context(|| format!("{}: file= is required", ctx()))?),
+        precision: take("precision")
+            .with_context(|| format!("{}: precision= is required", ctx()))?
+            .parse()
+            .map_err(anyhow::Error::msg)
+            .with_context(ctx)?,
+        requirements: Requirements {
+            execution_providers: list("providers"),
+            arch: list("arch"),
+            soc: list("soc"),
+            min_memory_bytes: take("min-memory").map(parse_bytes).transpose().with_context(ctx)?,
+        },
+    })
+}
+
+/// One `--tolerance`: for a precision (or all), an output's limits, or `None` to leave it unchecked.
+type ToleranceOverride = (Option<Precision>, String, Option<(f64, Option<f64>)>);
+
+/// `--tolerance [PRECISION:]OUTPUT=max_abs:X,top1:Y`, or `[PRECISION:]OUTPUT=skip` to leave an output out of
+/// the check (a recurrent state, say, that diverges under quantization while the real output stays close).
+fn parse_tolerances(specs: &[String]) -> anyhow::Result<Vec<ToleranceOverride>> {
+    let mut out = Vec::new();
+    for s in specs {
+        let (lhs, rhs) = s.split_once('=').with_context(|| format!("--tolerance {s:?}: expected OUTPUT=max_abs:X"))?;
+        let (precision, output) = match lhs.split_once(':') {
+            Some((p, o)) => (Some(p.parse::<Precision>().map_err(anyhow::Error::msg)?), o),
+            None => (None, lhs),
+        };
+        if rhs == "skip" {
+            out.push((precision, output.to_owned(), None));
+            continue;
+        }
+        let (mut max_abs, mut top1) = (None, None);
+        for part in rhs.split(',') {
+            let (k, v) =
+                part.split_once(':').with_context(|| format!("--tolerance {s:?}: {part:?} is not key:value"))?;
+            let v: f64 = v.parse().with_context(|| format!("--tolerance {s:?}: {v:?} is not a number"))?;
+            ensure!(v.is_finite() && v >= 0.0, "--tolerance {s:?}: {v} must be a finite non-negative number");
+            match k {
+                "max_abs" => max_abs = Some(v),
+                "top1" => top1 = Some(v),
+                _ => bail!("--tolerance {s:?}: unknown key {k:?} (known: max_abs, top1)"),
+            }
+        }
+        let max_abs = max_abs.with_context(|| format!("--tolerance {s:?}: max_abs is required"))?;
+        out.push((precision, output.to_owned(), Some((max_abs, top1))));
+    }
+    Ok(out)
+}
+
+/// Runs `model` on every case.
+pub(crate) fn run_cases(model: &mut Model, inputs: &Cases) -> anyhow::Result<Cases> {
+    let mut out = Cases::new();
+    for (case, tensors) in inputs {
+        out.insert(case.clone(), model.run(tensors).with_context(|| format!("sample case {case}"))?);
+    }
+    Ok(out)
+}
+
+/// Writes a blob into `blobs/` under its digest, through `fill`, atomically.
+fn write_blob(
+    blobs: &Path,
+    fill: impl FnOnce(&mut File) -> anyhow::Result<ArtifactRef>,
+) -> anyhow::Result<ArtifactRef> {
+    let staging = blobs.join(".incoming");
+    let mut made = None;
+    write_atomic(&staging, |f| -> anyhow::Result<()> {
+        made = Some(fill(f)?);
+        Ok(())
+    })?;
+    let r = made.context("blob writer produced nothing")?;
+    std::fs::rename(&staging, blobs.join(r.sha256.to_hex()))?;
+    Ok(r)
+}
+
+pub fn pack(a: ReleasePack, out: &Out) -> anyhow::Result<()> {
+    let model: ModelName = a.model.parse().context("--model")?;
+    let version = ReleaseVersion::new(a.version).context("--version")?;
+    let floor = ReleaseVersion::new(a.security_floor).context("--security-floor")?;
+    ensure!(floor <= version, "--security-floor {floor} is above --version {version}");
+    ensure!((1..=19).contains(&a.level), "--level {} is outside zstd's 1 to 19", a.level);
+    let specs = a.variants.iter().map(|s| parse_variant(s)).collect::<anyhow::Result<Vec<_>>>()?;
+    for (i, s) in specs.iter().enumerate() {
+        ensure!(!specs[..i].iter().any(|o| o.id == s.id), "variant id {} is given twice", s.id);
+        ensure!(s.file.is_file(), "variant {}: {} is not a file", s.id, s.file.display());
+    }
+    let overrides = parse_tolerances(&a.tolerances)?;
+    if a.out.exists() {
+        bail!("{}: already exists; refusing to overwrite", a.out.display());
+    }
+    let limits = Limits::default();
+    let samples_bytes =
+        read_capped(&a.samples, limits.max_golden_bytes).with_context(|| format!("reading {}", a.samples.display()))?;
+    let samples = read_samples(&samples_bytes).with_context(|| format!("{}", a.samples.display()))?;
+
+    let rt = Runtime::load(a.ort.lib.as_deref())?;
+    let reference_path = match &a.reference {
+        Some(p) => p.clone(),
+        None => specs
+            .iter()
+            .find(|s| s.precision == Precision::Fp32)
+            .map(|s| s.file.clone())
+            .context("no fp32 variant to take reference outputs from: give --reference MODEL.onnx")?,
+    };
+    let mut reference = rt.open(&reference_path)?;
+    let reference_outputs = run_cases(&mut reference, &samples)
+        .with_context(|| format!("running the reference model {}", reference_path.display()))?;
+
+    let parent = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let staging = tempfile::Builder::new().prefix(".pack-").tempdir_in(parent)?;
+    let blobs = staging.path().join("blobs");
+    std::fs::create_dir(&blobs)?;
+
+    let mut variants = Vec::new();
+    let mut summary = Vec::new();
+    for spec in specs {
+        let mut m = rt.open(&spec.file)?;
+        for input in &reference.inputs {
+            let theirs = m.inputs.iter().find(|i| i.name == input.name);
+            ensure!(
+                theirs.is_some_and(|t| t.dtype == input.dtype),
+                "variant {}: input {:?} ({:?}) of the reference model is missing or of another type",
+                spec.id,
+                input.name,
+                input.dtype
+            );
+        }
+        let mut tolerances = BTreeMap::new();
+        'outputs: for output in &reference.outputs {
+            let mut t = Tolerance::default_for(spec.precision);
+            for (p, name, limits) in &overrides {
+                if name != &output.name || p.is_some_and(|p| p != spec.precision) {
+                    continue;
+                }
+                let Some((max_abs, top1)) = limits else { continue 'outputs };
+                t.max_abs_error = *max_abs;
+                t.min_top1_agreement = top1.unwrap_or(t.min_top1_agreement);
+            }
+            tolerances.insert(output.name.clone(), t);
+        }
+        ensure!(!tolerances.is_empty(), "variant {}: every output is skipped; nothing would be checked", spec.id);
+        let golden = GoldenVectors { inputs: samples.clone(), outputs: reference_outputs.clone(), tolerances };
+        // A variant that cannot reproduce its own golden vectors here would be refused by every device.
+        let report =
+            golden.check(&run_cases(&mut m, &samples).with_context(|| format!("running variant {}", spec.id))?);
+        ensure!(report.passed(), "variant {} fails its golden vectors against the reference:\n{report}", spec.id);
+
+        let golden_bytes = golden.to_bytes()?;
+        let golden_ref = write_blob(&blobs, |f| {
+            std::io::Write::write_all(f, &golden_bytes)?;
+            Ok(ArtifactRef { sha256: Sha256Digest::of(&golden_bytes), size: golden_bytes.len() as u64 })
+        })?;
+        let file = File::open(&spec.file).with_context(|| format!("reading {}", spec.file.display()))?;
+        let bar = out.bytes_bar(file.metadata()?.len(), &format!("compressing {}", spec.id));
+        let mut raw_ref = None;
+        let zstd_ref = write_blob(&blobs, |f| {
+            let (raw, z) = model_registry::compress(
+                bar.wrap_read(BufReader::with_capacity(256 << 10, file)),
+                f,
+                a.level,
+                limits.max_model_bytes,
+            )?;
+            raw_ref = Some(raw);
+            Ok(z)
+        })?;
+        bar.finish_and_clear();
+        let raw = raw_ref.context("compression produced no digest")?;
+        summary.push(format!(
+            "  {:16} {:5} raw {:>10} B  zstd {:>10} B  golden {}",
+            spec.id.as_str(),
+            spec.precision.to_string(),
+            raw.size,
+            zstd_ref.size,
+            report
+                .outputs
+                .iter()
+                .map(|o| format!("{} max|Δ| {:.2e}", o.output, o.max_abs_error))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        variants.push(Variant {
+            id: spec.id,
+            requirements: spec.requirements,
+            precision: spec.precision,
+            format: ModelFormat::Onnx,
+            raw,
+            zstd: zstd_ref,
+            golden: golden_ref,
+            inputs: m.inputs.clone(),
+            outputs: m.outputs.clone(),
+        });
+    }
+
+    let manifest = ReleaseManifest {
+        doc_type: DocType::Release,
+        model,
+        version,
+        security_floor: floor,
+        created: Utc::now().duration_trunc(chrono::Duration::seconds(1))?,
+        description: a.description,
+        variants,
+    };
+    manifest.validate()?;
+    crate::docs::write_new(&staging.path().join("manifest.json"), &Envelope::new(&manifest)?)?;
+    sync_dir(&blobs)?;
+    let staged = staging.keep();
+    std::fs::rename(&staged, &a.out).with_context(|| format!("moving the packed release to {}", a.out.display()))?;
+    sync_dir(parent)?;
+    out.emit(
+        format!(
+            "packed {} release {} into {} (unsigned):\n{}\nsign it with `edgefleet release sign {} --key RELEASE.key`",
+            manifest.model,
+            manifest.version,
+            a.out.display(),
+            summary.join("\n"),
+            a.out.display()
+        ),
+        serde_json::json!({"release": a.out, "model": manifest.model, "version": manifest.version,
+            "variants": manifest.variants.iter().map(|v| serde_json::json!({"id": v.id, "precision": v.precision, "raw": v.raw, "zstd": v.zstd, "golden": v.golden})).collect::<Vec<_>>()}),
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn variant_specs_parse_and_refuse_clearly() {
+        let v = parse_variant("id=cpu-int8,file=m.onnx,precision=int8,providers=CPUExecutionProvider,arch=x86_64+aarch64,min-memory=64MiB")
+            .expect("valid");
+        assert_eq!(v.id.as_str(), "cpu-int8");
+        assert_eq!(v.precision, Precision::Int8);
+        assert_eq!(v.requirements.arch, vec!["x86_64", "aarch64"]);
+        assert_eq!(v.requirements.min_memory_bytes, Some(64 << 20));
+        for (bad, says) in [
+            ("id=../x,file=m.onnx,precision=int8", "variant id"),
+            ("id=a,file=m.onnx,precision=int7", "precision \"int7\""),
+            ("id=a,precision=int8", "file= is required"),
+            ("id=a,file=m,precision=int8,colour=red", "unknown key \"colour\""),
+            ("id=a,file=m,precision=int8,min-memory=lots", "not a size"),
+        ] {
+            let e = format!("{:#}", parse_variant(bad).expect_err(bad));
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn tolerances_parse() {
+        let t = parse_tolerances(&["int8:target=max_abs:0.2,top1:0.5".into(), "y=max_abs:1e-3".into()]).expect("ok");
+        assert_eq!(t[0], (Some(Precision::Int8), "target".into(), Some((0.2, Some(0.5)))));
+        assert_eq!(t[1], (None, "y".into(), Some((1e-3, None))));
+        assert_eq!(parse_tolerances(&["int8:state=skip".into()]).expect("ok")[0].2, None);
+        assert!(parse_tolerances(&["y=top1:0.5".into()]).is_err());
+        assert!(parse_tolerances(&["y=max_abs:NaN".into()]).is_err());
+    }
+}

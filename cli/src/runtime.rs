@@ -1,0 +1,169 @@
+//! The CLI's use of ONNX Runtime: load the library named at run time, open a model, read its signature, and
+//! run it on host tensors. Used by `release pack` (reference outputs) and `release golden`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use model_registry::golden::HostTensor;
+use model_registry::manifest::{ElementType, TensorSpec};
+use ort::session::Session;
+use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "ONNX Runtime library not given: pass --ort-lib or set EDGEFLEET_ORT_LIB \
+         (scripts/setup.sh fetches libonnxruntime.so.1.31.1 into .cache/lib)"
+    )]
+    NoLibrary,
+    #[error("loading ONNX Runtime from {path}: {message}")]
+    Library { path: PathBuf, message: String },
+    #[error("loading model {path}: {message}")]
+    Model { path: PathBuf, message: String },
+    #[error("model {path}: {what} {name:?} has element type {found}, which edgefleet does not handle")]
+    Dtype { path: PathBuf, what: &'static str, name: String, found: String },
+    #[error("running {path}: {message}")]
+    Run { path: PathBuf, message: String },
+    #[error("running {path}: input {name:?} is missing from the samples")]
+    MissingInput { path: PathBuf, name: String },
+}
+
+/// ONNX Runtime, loaded once per process from the library file at `path`.
+#[derive(Debug)]
+pub struct Runtime {
+    env: ort::environment::Environment,
+}
+
+impl Runtime {
+    pub fn load(path: Option<&Path>) -> Result<Self, RuntimeError> {
+        let path = path.ok_or(RuntimeError::NoLibrary)?;
+        let lib = |e: &dyn std::fmt::Display| RuntimeError::Library { path: path.to_owned(), message: e.to_string() };
+        if !path.is_file() {
+            return Err(lib(&"no such file"));
+        }
+        let env = ort::init_from(path).map_err(|e| lib(&e))?.with_name("edgefleet-cli").build().map_err(|e| lib(&e))?;
+        Ok(Self { env })
+    }
+
+    pub fn open(&self, path: &Path) -> Result<Model, RuntimeError> {
+        let err = |e: ort::Error| RuntimeError::Model { path: path.to_owned(), message: e.to_string() };
+        let session = Session::builder(&self.env).map_err(err)?.commit_from_file(path).map_err(err)?;
+        let specs = |what: &'static str, outlets: &[ort::value::Outlet]| {
+            outlets.iter().map(|o| spec(path, what, o.name(), o.dtype())).collect::<Result<Vec<_>, _>>()
+        };
+        let inputs = specs("input", session.inputs())?;
+        let outputs = specs("output", session.outputs())?;
+        Ok(Model { path: path.to_owned(), session, inputs, outputs })
+    }
+}
+
+fn spec(path: &Path, what: &'static str, name: &str, ty: &ValueType) -> Result<TensorSpec, RuntimeError> {
+    let bad = |found: String| RuntimeError::Dtype { path: path.to_owned(), what, name: name.to_owned(), found };
+    let (Some(t), Some(shape)) = (ty.tensor_type(), ty.tensor_shape()) else {
+        return Err(bad(format!("{ty:?}")));
+    };
+    Ok(TensorSpec {
+        name: name.to_owned(),
+        dtype: element_type(t).ok_or_else(|| bad(format!("{t:?}")))?,
+        shape: shape.to_vec(),
+    })
+}
+
+fn element_type(t: TensorElementType) -> Option<ElementType> {
+    Some(match t {
+        TensorElementType::Float32 => ElementType::Float32,
+        TensorElementType::Float16 => ElementType::Float16,
+        TensorElementType::Float64 => ElementType::Float64,
+        TensorElementType::Int8 => ElementType::Int8,
+        TensorElementType::Uint8 => ElementType::Uint8,
+        TensorElementType::Int16 => ElementType::Int16,
+        TensorElementType::Int32 => ElementType::Int32,
+        TensorElementType::Int64 => ElementType::Int64,
+        TensorElementType::Bool => ElementType::Bool,
+        _ => return None,
+    })
+}
+
+/// An open model with its signature.
+#[derive(Debug)]
+pub struct Model {
+    pub path: PathBuf,
+    session: Session,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+}
+
+fn le<const N: usize, T>(data: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
+    data.chunks_exact(N).map(|c| f(c.try_into().unwrap_or([0; N]))).collect()
+}
+
+fn to_value(t: &HostTensor) -> Result<Option<DynValue>, ort::Error> {
+    let shape: Vec<i64> = t.shape.iter().map(|&d| d as i64).collect();
+    Ok(Some(match t.dtype {
+        ElementType::Float32 => Tensor::from_array((shape, le(&t.data, f32::from_le_bytes)))?.into_dyn(),
+        ElementType::Float64 => Tensor::from_array((shape, le(&t.data, f64::from_le_bytes)))?.into_dyn(),
+        ElementType::Int8 => Tensor::from_array((shape, le(&t.data, i8::from_le_bytes)))?.into_dyn(),
+        ElementType::Uint8 => Tensor::from_array((shape, t.data.clone()))?.into_dyn(),
+        ElementType::Int16 => Tensor::from_array((shape, le(&t.data, i16::from_le_bytes)))?.into_dyn(),
+        ElementType::Int32 => Tensor::from_array((shape, le(&t.data, i32::from_le_bytes)))?.into_dyn(),
+        ElementType::Int64 => Tensor::from_array((shape, le(&t.data, i64::from_le_bytes)))?.into_dyn(),
+        ElementType::Bool => {
+            Tensor::from_array((shape, t.data.iter().map(|b| *b != 0).collect::<Vec<_>>()))?.into_dyn()
+        }
+        ElementType::Float16 => return Ok(None),
+    }))
+}
+
+fn to_host(v: &DynValue) -> Result<Option<HostTensor>, ort::Error> {
+    fn grab<T: ort::value::PrimitiveTensorElementType + Copy, const N: usize>(
+        v: &DynValue,
+        dtype: ElementType,
+        bytes: fn(T) -> [u8; N],
+    ) -> Result<HostTensor, ort::Error> {
+        let (shape, data) = v.try_extract_tensor::<T>()?;
+        Ok(HostTensor {
+            dtype,
+            shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+            data: data.iter().flat_map(|x| bytes(*x)).collect(),
+        })
+    }
+    let Some(t) = v.dtype().tensor_type() else { return Ok(None) };
+    Ok(Some(match element_type(t) {
+        Some(ElementType::Float32) => grab(v, ElementType::Float32, f32::to_le_bytes)?,
+        Some(ElementType::Float64) => grab(v, ElementType::Float64, f64::to_le_bytes)?,
+        Some(ElementType::Int8) => grab(v, ElementType::Int8, i8::to_le_bytes)?,
+        Some(ElementType::Uint8) => grab(v, ElementType::Uint8, u8::to_le_bytes)?,
+        Some(ElementType::Int16) => grab(v, ElementType::Int16, i16::to_le_bytes)?,
+        Some(ElementType::Int32) => grab(v, ElementType::Int32, i32::to_le_bytes)?,
+        Some(ElementType::Int64) => grab(v, ElementType::Int64, i64::to_le_bytes)?,
+        Some(ElementType::Bool) => grab(v, ElementType::Bool, |b: bool| [u8::from(b)])?,
+        Some(ElementType::Float16) | None => return Ok(None),
+    }))
+}
+
+impl Model {
+    /// Runs the model once on `inputs` (by input name) and answers every output by name.
+    pub fn run(&mut self, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, RuntimeError> {
+        let path = self.path.clone();
+        let run_err = |message: String| RuntimeError::Run { path: path.clone(), message };
+        let mut values = Vec::with_capacity(self.inputs.len());
+        for spec in &self.inputs {
+            let t = inputs
+                .get(&spec.name)
+                .ok_or_else(|| RuntimeError::MissingInput { path: path.clone(), name: spec.name.clone() })?;
+            let v = to_value(t)
+                .map_err(|e| run_err(format!("input {}: {e}", spec.name)))?
+                .ok_or_else(|| run_err(format!("input {}: float16 inputs are not supported yet", spec.name)))?;
+            values.push((spec.name.clone(), v));
+        }
+        let outputs = self.session.run(values).map_err(|e| run_err(e.to_string()))?;
+        let mut out = BTreeMap::new();
+        for (name, value) in outputs.iter() {
+            let t = to_host(&value)
+                .map_err(|e| run_err(format!("output {name}: {e}")))?
+                .ok_or_else(|| run_err(format!("output {name}: element type not supported")))?;
+            out.insert(name.to_owned(), t);
+        }
+        Ok(out)
+    }
+}
