@@ -4,6 +4,7 @@
 //! (endless data), and its digest is compared the moment it ends (mix-and-match, truncation).
 
 use std::io::{self, Read, Write};
+use std::sync::mpsc;
 
 use edgefleet_protocol::Sha256Digest;
 use serde::{Deserialize, Serialize};
@@ -82,15 +83,20 @@ impl StreamCheck {
     }
 
     pub fn finish(self) -> Result<(), ArtifactError> {
-        if self.seen != self.expected.size {
-            return Err(ArtifactError::TooShort { what: self.what, expected: self.expected.size, got: self.seen });
-        }
-        let actual = Sha256Digest::from_hasher(self.hasher);
-        if actual != self.expected.sha256 {
-            return Err(ArtifactError::Digest { what: self.what, expected: self.expected.sha256, actual });
-        }
-        Ok(())
+        judge(self.what, &self.expected, self.seen, self.hasher)
     }
+}
+
+/// The verdict at the end of a stream: exactly the signed size, and the signed digest.
+fn judge(what: &'static str, expected: &ArtifactRef, seen: u64, hasher: Sha256) -> Result<(), ArtifactError> {
+    if seen != expected.size {
+        return Err(ArtifactError::TooShort { what, expected: expected.size, got: seen });
+    }
+    let actual = Sha256Digest::from_hasher(hasher);
+    if actual != expected.sha256 {
+        return Err(ArtifactError::Digest { what, expected: expected.sha256, actual });
+    }
+    Ok(())
 }
 
 /// Measures an unsigned stream (an upload, a file being packed) with a size cap.
@@ -219,36 +225,121 @@ pub fn compress<R: Read, W: Write>(
 /// Decompresses `compressed` into `out`, checking the compressed bytes against `zstd` and the decompressed ones
 /// against `raw` as they flow. Output stops at the first byte past the signed raw size. On error, what was
 /// written to `out` must be discarded by the caller (write to a temporary file; rename only on success).
+///
+/// Sizes are checked inline, before a byte is used; the two SHA-256 digests are computed on a second thread
+/// fed with copies of each chunk, so hashing overlaps decompression (BENCHMARKS.md has the numbers).
 pub fn decompress_verified<R: Read, W: Write>(
     compressed: R,
     mut out: W,
     zstd: &ArtifactRef,
     raw: &ArtifactRef,
 ) -> Result<(), ArtifactError> {
-    let checked = CheckedReader::new(compressed, StreamCheck::new("zstd artifact", *zstd));
-    let mut decoder = zstd::stream::read::Decoder::new(checked)
-        .map_err(|source| ArtifactError::Zstd { what: "zstd artifact", source })?;
-    let mut raw_check = StreamCheck::new("decompressed model", *raw);
-    let mut buf = vec![0u8; CHUNK];
-    loop {
-        let n = match decoder.read(&mut buf) {
-            Ok(n) => n,
-            Err(e) => return Err(unwrap_io(e, |source| ArtifactError::Zstd { what: "zstd artifact", source })),
-        };
-        if n == 0 {
-            break;
+    std::thread::scope(|scope| {
+        let (work_tx, work_rx) = mpsc::sync_channel::<Chunk>(PIPELINE_DEPTH);
+        let (spare_tx, spare_rx) = mpsc::channel::<Vec<u8>>();
+        let hasher = scope.spawn(move || {
+            let (mut z, mut r) = (Sha256::new(), Sha256::new());
+            for chunk in work_rx {
+                let (h, buf) = match chunk {
+                    Chunk::Zstd(b) => (&mut z, b),
+                    Chunk::Raw(b) => (&mut r, b),
+                };
+                h.update(&buf);
+                // The main thread may have finished; a spare buffer nobody takes is simply dropped.
+                let _ = spare_tx.send(buf);
+            }
+            (z, r)
+        });
+        let feed = Feed { tx: work_tx, spares: spare_rx };
+        let counted = Counted { inner: compressed, feed: &feed, signed: zstd.size, seen: 0 };
+        let result = (|| {
+            let mut decoder = zstd::stream::read::Decoder::new(counted)
+                .map_err(|source| ArtifactError::Zstd { what: "zstd artifact", source })?;
+            let mut seen_raw = 0u64;
+            loop {
+                // Stale contents are fine: the decoder overwrites what it reports; only growth is zeroed.
+                let mut buf = feed.buffer();
+                buf.resize(CHUNK, 0);
+                let n = match decoder.read(&mut buf) {
+                    Ok(n) => n,
+                    Err(e) => return Err(unwrap_io(e, |source| ArtifactError::Zstd { what: "zstd artifact", source })),
+                };
+                if n == 0 {
+                    break;
+                }
+                seen_raw += n as u64;
+                if seen_raw > raw.size {
+                    return Err(ArtifactError::TooLong { what: "decompressed model", expected: raw.size });
+                }
+                buf.truncate(n);
+                out.write_all(&buf).map_err(|source| ArtifactError::Write { what: "decompressed model", source })?;
+                feed.send(Chunk::Raw(buf));
+            }
+            // The decoder stops at the end of the zstd frame; bytes after it must still be read and counted.
+            let mut rest = decoder.finish();
+            io::copy(&mut rest, &mut io::sink())
+                .map_err(|e| unwrap_io(e, |source| ArtifactError::Read { what: "zstd artifact", source }))?;
+            Ok((rest.into_inner().seen, seen_raw))
+        })();
+        drop(feed);
+        let (z, r) = hasher.join().map_err(|_| ArtifactError::Read {
+            what: "zstd artifact",
+            source: io::Error::other("the hashing thread panicked"),
+        })?;
+        let (seen_zstd, seen_raw) = result?;
+        judge("zstd artifact", zstd, seen_zstd, z)?;
+        judge("decompressed model", raw, seen_raw, r)
+    })
+}
+
+const PIPELINE_DEPTH: usize = 8;
+
+enum Chunk {
+    Zstd(Vec<u8>),
+    Raw(Vec<u8>),
+}
+
+/// The main thread's end of the hashing pipeline: sends chunks, and reuses buffers the hasher is done with.
+struct Feed {
+    tx: mpsc::SyncSender<Chunk>,
+    spares: mpsc::Receiver<Vec<u8>>,
+}
+
+impl Feed {
+    /// A buffer to reuse; its contents are stale and must be overwritten or cleared.
+    fn buffer(&self) -> Vec<u8> {
+        self.spares.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK))
+    }
+
+    fn send(&self, chunk: Chunk) {
+        // The hasher only stops when this side is dropped, so a send cannot fail while we hold `self`.
+        let _ = self.tx.send(chunk);
+    }
+}
+
+/// Counts compressed bytes against the signed size as the decoder pulls them, and passes copies to the hasher.
+struct Counted<'a, R> {
+    inner: R,
+    feed: &'a Feed,
+    signed: u64,
+    seen: u64,
+}
+
+impl<R: Read> Read for Counted<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.seen += n as u64;
+        if self.seen > self.signed {
+            return Err(io::Error::other(ArtifactError::TooLong { what: "zstd artifact", expected: self.signed }));
         }
-        raw_check.update(&buf[..n])?;
-        out.write_all(&buf[..n]).map_err(|source| ArtifactError::Write { what: "decompressed model", source })?;
+        if n > 0 {
+            let mut copy = self.feed.buffer();
+            copy.clear();
+            copy.extend_from_slice(&buf[..n]);
+            self.feed.send(Chunk::Zstd(copy));
+        }
+        Ok(n)
     }
-    // The decoder stops at the end of the zstd frame; trailing bytes after it must still be read and counted.
-    let mut reader = decoder.finish();
-    io::copy(&mut reader, &mut io::sink())
-        .map_err(|e| unwrap_io(e, |source| ArtifactError::Read { what: "zstd artifact", source }))?;
-    if let Some(check) = reader.into_inner().into_check() {
-        check.finish()?;
-    }
-    raw_check.finish()
 }
 
 /// Checks a whole stream against `expected`, reading it in chunks.
