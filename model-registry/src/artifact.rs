@@ -256,16 +256,20 @@ pub fn decompress_verified<R: Read, W: Write>(
             let mut decoder = zstd::stream::read::Decoder::new(counted)
                 .map_err(|source| ArtifactError::Zstd { what: "zstd artifact", source })?;
             let mut seen_raw = 0u64;
-            loop {
+            let decode_error = loop {
                 // Stale contents are fine: the decoder overwrites what it reports; only growth is zeroed.
                 let mut buf = feed.buffer();
                 buf.resize(CHUNK, 0);
                 let n = match decoder.read(&mut buf) {
                     Ok(n) => n,
-                    Err(e) => return Err(unwrap_io(e, |source| ArtifactError::Zstd { what: "zstd artifact", source })),
+                    Err(e) => match unwrap_io(e, |source| ArtifactError::Zstd { what: "zstd artifact", source }) {
+                        // A corrupt stream: read on, so the digest can say whether these are the signed bytes.
+                        e @ ArtifactError::Zstd { .. } => break Some(e),
+                        other => return Err(other),
+                    },
                 };
                 if n == 0 {
-                    break;
+                    break None;
                 }
                 seen_raw += n as u64;
                 if seen_raw > raw.size {
@@ -274,20 +278,25 @@ pub fn decompress_verified<R: Read, W: Write>(
                 buf.truncate(n);
                 out.write_all(&buf).map_err(|source| ArtifactError::Write { what: "decompressed model", source })?;
                 feed.send(Chunk::Raw(buf));
-            }
-            // The decoder stops at the end of the zstd frame; bytes after it must still be read and counted.
+            };
+            // The decoder stops at the end of the zstd frame (or at an error); the bytes after it are still
+            // read and counted, up to the signed size.
             let mut rest = decoder.finish();
             io::copy(&mut rest, &mut io::sink())
                 .map_err(|e| unwrap_io(e, |source| ArtifactError::Read { what: "zstd artifact", source }))?;
-            Ok((rest.into_inner().seen, seen_raw))
+            Ok((rest.into_inner().seen, seen_raw, decode_error))
         })();
         drop(feed);
         let (z, r) = hasher.join().map_err(|_| ArtifactError::Read {
             what: "zstd artifact",
             source: io::Error::other("the hashing thread panicked"),
         })?;
-        let (seen_zstd, seen_raw) = result?;
+        let (seen_zstd, seen_raw, decode_error) = result?;
+        // Bytes that are not the signed ones are named as such, before what a decoder made of them.
         judge("zstd artifact", zstd, seen_zstd, z)?;
+        if let Some(e) = decode_error {
+            return Err(e);
+        }
         judge("decompressed model", raw, seen_raw, r)
     })
 }

@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# The edgefleet demo, on real models with real ONNX Runtime: keys and a trust root, magika and silero-vad packed
+# into signed releases with fp32 and int8 variants, verified, golden-checked, then attacked and refused, and the
+# root rotated to revoke a release key. Everything it makes is under build/demo/ (ignored by git).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+cargo build --release --quiet --bin edgefleet
+E="$PWD/target/release/edgefleet"
+export EDGEFLEET_ORT_LIB="$PWD/.cache/lib/libonnxruntime.so.1.31.1"
+C="$PWD/.cache"
+D=build/demo
+rm -rf "$D"
+mkdir -p "$D"
+cd "$D"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+refused() { # runs a command that must be refused; shows why
+  if "$@" 2>refusal.txt; then echo "!! accepted, but should have been refused" >&2; exit 1; fi
+  sed 's/^/   /' refusal.txt
+}
+
+step "Keys: one offline root key, two ML engineers (alice, bob), the control plane's fleet key"
+for k in root alice bob fleet; do "$E" keys generate -o "$k.key" | head -n 1; done
+ls -l ./*.key | awk '{print "   " $1 " " $NF}'
+
+step "Trust root: release manifests need BOTH alice and bob (threshold 2)"
+"$E" trust init --root-key root.pub --release-key alice.pub --release-key bob.pub --release-threshold 2 \
+  --fleet-key fleet.pub -o root.json
+"$E" trust sign root.json --key root.key
+"$E" trust show root.json
+
+step "Pack magika (file-type detection): fp32 and int8 variants, golden vectors from real files"
+"$E" release pack --model magika --version 1 --description "magika standard_v3_3" \
+  --variant "id=cpu-fp32,file=$C/models/magika/model.onnx,precision=fp32,providers=CPUExecutionProvider" \
+  --variant "id=cpu-int8,file=$C/models/magika/model-int8.onnx,precision=int8,providers=CPUExecutionProvider,arch=x86_64+aarch64" \
+  --samples "$C/samples/magika.safetensors" -o magika-1
+
+step "Pack silero-vad (voice activity): the recurrent state is left out of the int8 check, the probability is held to 0.01"
+"$E" release pack --model silero-vad --version 1 --description "silero-vad 16 kHz; int8 checks output only" \
+  --variant "id=cpu-fp32,file=$C/models/silero_vad.onnx,precision=fp32" \
+  --variant "id=cpu-int8,file=$C/models/silero_vad-int8.onnx,precision=int8" \
+  --tolerance int8:stateN=skip --tolerance output=max_abs:0.01 \
+  --samples "$C/samples/silero_vad.safetensors" -o silero-vad-1
+
+step "Sign: alice alone is not enough"
+"$E" release sign magika-1 --key alice.key
+refused "$E" release verify magika-1 --root root.json
+"$E" release sign magika-1 --key bob.key
+"$E" release sign silero-vad-1 --key alice.key --key bob.key
+
+step "Verify: signatures against the root, then every blob streamed through its signed digests"
+"$E" release verify magika-1 --root root.json
+"$E" release verify silero-vad-1 --root root.json
+
+step "Golden vectors: the int8 variants run on this machine, against fp32's reference outputs"
+"$E" release golden magika-1 --variant cpu-int8
+"$E" release golden silero-vad-1 --variant cpu-int8
+
+step "Attack: one byte flipped in a model blob"
+cp -r magika-1 tampered
+blob=$(python3 -c 'import json;print(json.load(open("tampered/manifest.json"))["signed"]["variants"][1]["zstd"]["sha256"])')
+python3 - "tampered/blobs/$blob" <<'PY'
+import sys
+p = sys.argv[1]; b = bytearray(open(p, "rb").read()); b[len(b) // 2] ^= 1; open(p, "wb").write(b)
+PY
+refused "$E" release verify tampered --root root.json
+
+step "Attack: the manifest edited after signing (a new description)"
+cp -r magika-1 edited
+python3 - <<'PY'
+import json
+m = json.load(open("edited/manifest.json")); m["signed"]["description"] = "totally safe"
+json.dump(m, open("edited/manifest.json", "w"))
+PY
+refused "$E" release verify edited --root root.json
+
+step "Attack: a device that has seen security floor 2 is offered release 1"
+refused "$E" release verify magika-1 --root root.json --floor 2
+
+step "Root rotation: bob's key is revoked, carol's added (root v2, signed by the root key)"
+"$E" keys generate -o carol.key | head -n 1
+"$E" trust rotate --from root.json --revoke bob.pub --add-release-key carol.pub -o root-2.json
+"$E" trust sign root-2.json --key root.key
+"$E" trust verify --trusted root.json root-2.json
+echo "   release 1 was signed by alice and bob; under root v2 bob no longer counts:"
+refused "$E" release verify magika-1 --root root.json --chain root-2.json
+"$E" release sign magika-1 --key carol.key
+"$E" release verify magika-1 --root root.json --chain root-2.json
+
+step "Done. Everything is in build/demo/"
