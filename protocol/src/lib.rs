@@ -3,6 +3,7 @@
 //!
 //! Invariant: this crate does no I/O and knows nothing of tokio, axum, sqlx, ort or files.
 
+pub mod api;
 pub mod ids;
 
 pub use ids::{DeviceId, IdError, KeyId, ModelName, ReleaseVersion, Sha256Digest, VariantId};

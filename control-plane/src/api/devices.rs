@@ -1,0 +1,415 @@
+//! Devices: enrollment with one-time tokens and the built-in CA, check-in (mutual TLS) answering signed
+//! desired-state documents or 304, events, certificate renewal, and the inventory operators see.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use edgefleet_protocol::DeviceId;
+use edgefleet_protocol::api::{
+    CHECKIN_INTERVAL_HEADER, CreateEnrollToken, DeviceDetail, DeviceEvent, DevicePage, DeviceReport, DeviceSummary,
+    EnrollRequest, EnrollResponse, EnrollTokenCreated, EventsAccepted, HardwareProfile, RenewRequest, Selector,
+    SetLabels, TokenRole, check_label,
+};
+use model_registry::{Envelope, ReleaseManifest, Sha256Digest};
+use serde::Deserialize;
+
+use super::{ApiError, ApiJson, ApiResult, Principal, Source, new_token, token_hash};
+use crate::desired::{self, AssignmentSnapshot, CachedDesired, Entry};
+use crate::state::{AppState, now_ms, rfc3339};
+use crate::store::{DeviceRow, EnrollRefusal};
+
+fn device_id(s: &str) -> ApiResult<DeviceId> {
+    s.parse().map_err(|e: edgefleet_protocol::IdError| ApiError::bad_request("invalid_name", e.to_string()))
+}
+
+fn check_labels(labels: &edgefleet_protocol::api::Labels) -> ApiResult<()> {
+    if labels.len() > 64 {
+        return Err(ApiError::bad_request("invalid_labels", "at most 64 labels"));
+    }
+    for (k, v) in labels {
+        check_label(k, v).map_err(|m| ApiError::bad_request("invalid_labels", m))?;
+    }
+    Ok(())
+}
+
+// === enrollment ===
+
+pub async fn create_enroll_token(
+    State(state): State<AppState>,
+    who: Principal,
+    source: Source,
+    ApiJson(req): ApiJson<CreateEnrollToken>,
+) -> ApiResult<(StatusCode, Json<EnrollTokenCreated>)> {
+    who.require(TokenRole::Operator)?;
+    check_labels(&req.labels)?;
+    let ttl = req.expires_in_secs.unwrap_or(86_400);
+    if ttl == 0 || ttl > 30 * 86_400 {
+        return Err(ApiError::bad_request("invalid_expiry", "expires_in_secs must be 1 to 2592000 (30 days)"));
+    }
+    let token = new_token("efe")?;
+    let now = now_ms();
+    let expires = now + (ttl as i64) * 1000;
+    state.store.create_enroll_token(&token_hash(&token), &req.labels, expires, &who.actor(), now).await?;
+    state
+        .audit(
+            &who,
+            &source,
+            "enroll_token.create",
+            "enrollment-token",
+            serde_json::json!({"labels": req.labels, "expires_in_secs": ttl}),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(EnrollTokenCreated { token, expires_at: rfc3339(expires), labels: req.labels })))
+}
+
+fn check_hardware(hw: &HardwareProfile) -> ApiResult<()> {
+    let ok = |s: &str| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_graphic());
+    if !ok(&hw.device_class) || !ok(&hw.arch) || hw.execution_providers.len() > 16 || hw.soc.len() > 16 {
+        return Err(ApiError::bad_request("invalid_hardware", "hardware profile needs a device_class and an arch"));
+    }
+    if !hw.execution_providers.iter().chain(&hw.soc).all(|s| ok(s)) {
+        return Err(ApiError::bad_request(
+            "invalid_hardware",
+            "execution providers and soc ids are short printable names",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/v1/enroll`: no credentials but the one-time token in the body.
+pub async fn enroll(
+    State(state): State<AppState>,
+    source: Source,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
+    check_hardware(&req.hardware)?;
+    let (certificate_pem, serial) = state
+        .ca
+        .issue(&req.csr_pem, &req.device_id, state.config.device_cert_days)
+        .map_err(|e| ApiError::bad_request("invalid_csr", e.to_string()))?;
+    let hardware = serde_json::to_string(&req.hardware).map_err(|e| ApiError::internal(&e))?;
+    let outcome = state
+        .store
+        .enroll(&token_hash(&req.token), &req.device_id, &req.hardware.device_class, &hardware, &serial, now_ms())
+        .await?;
+    let labels = outcome.map_err(|r| match r {
+        EnrollRefusal::UnknownToken => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "enrollment_token_invalid", "unknown enrollment token")
+        }
+        EnrollRefusal::TokenUsed => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "enrollment_token_used", "this enrollment token was already used")
+        }
+        EnrollRefusal::TokenExpired => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "enrollment_token_expired", "this enrollment token has expired")
+        }
+        EnrollRefusal::DeviceExists => {
+            ApiError::conflict("device_exists", format!("device {} is already enrolled", req.device_id))
+        }
+    })?;
+    let who = Principal::Device(req.device_id.clone());
+    state
+        .audit(
+            &who,
+            &source,
+            "device.enroll",
+            req.device_id.as_str(),
+            serde_json::json!({"labels": labels, "class": req.hardware.device_class, "serial": serial}),
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(EnrollResponse {
+            device_id: req.device_id,
+            certificate_pem,
+            ca_pem: state.ca.pem.clone(),
+            labels,
+            checkin_interval_secs: state.config.checkin_interval_secs,
+        }),
+    ))
+}
+
+/// `POST /api/v1/device/renew`: a new certificate for the calling device's new key.
+pub async fn renew(
+    State(state): State<AppState>,
+    who: Principal,
+    source: Source,
+    ApiJson(req): ApiJson<RenewRequest>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let id = who.device()?.clone();
+    let (pem, serial) = state
+        .ca
+        .issue(&req.csr_pem, &id, state.config.device_cert_days)
+        .map_err(|e| ApiError::bad_request("invalid_csr", e.to_string()))?;
+    state.store.set_cert_serial(&id, &serial).await?;
+    state.audit(&who, &source, "device.renew", id.as_str(), serde_json::json!({"serial": serial})).await?;
+    Ok(Json(serde_json::json!({"certificate_pem": pem, "ca_pem": state.ca.pem})))
+}
+
+// === check-in ===
+
+#[derive(Debug, Deserialize)]
+pub struct CheckinQuery {
+    /// Long-poll: wait up to this many seconds for the desired state to change.
+    pub wait: Option<u64>,
+}
+
+/// The assignments with their parsed releases, rebuilt once per generation.
+async fn snapshot(state: &AppState) -> ApiResult<Arc<AssignmentSnapshot>> {
+    let generation = *state.generation.borrow();
+    if let Some(s) = state.assignments.read().unwrap_or_else(|p| p.into_inner()).as_ref()
+        && s.generation == generation
+    {
+        return Ok(s.clone());
+    }
+    let mut entries = Vec::new();
+    for a in state.store.assignments().await? {
+        let Some(row) = state.store.get_release(&a.model, a.version).await? else { continue };
+        let envelope: Envelope = serde_json::from_str(&row.manifest).map_err(|e| ApiError::internal(&e))?;
+        let manifest: ReleaseManifest = envelope.typed().map_err(|e| ApiError::internal(&e))?;
+        entries.push(Entry {
+            id: a.id,
+            selector: a.selector,
+            manifest: Arc::new(manifest),
+            envelope: Arc::new(envelope),
+        });
+    }
+    let snap = Arc::new(AssignmentSnapshot { generation, entries });
+    *state.assignments.write().unwrap_or_else(|p| p.into_inner()) = Some(snap.clone());
+    Ok(snap)
+}
+
+/// The device's current document: from the cache when nothing changed and it is fresh, else planned again,
+/// and signed anew only when its content changed or it passed half its lifetime.
+async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired> {
+    let generation = *state.generation.borrow();
+    let now = now_ms();
+    if let Some(c) = state.desired.lock().unwrap_or_else(|p| p.into_inner()).get(id)
+        && c.generation == generation
+        && now < c.refresh_at
+    {
+        return Ok(c.clone());
+    }
+    let snap = snapshot(state).await?;
+    let ttl_ms = (state.config.desired_ttl_secs as i64) * 1000;
+    let mut cached = None;
+    for _attempt in 0..3 {
+        let row: DeviceRow =
+            state.store.device(id).await?.ok_or_else(|| ApiError::forbidden(format!("device {id} is not enrolled")))?;
+        let hw: HardwareProfile = serde_json::from_str(&row.hardware).map_err(|e| ApiError::internal(&e))?;
+        let plan = desired::plan(&snap, &row.labels, &hw);
+        let digest = desired::content_digest(&plan);
+        if let (Some(d), Some(doc), Some(exp)) = (&row.desired_digest, &row.desired_doc, row.desired_expires)
+            && *d == digest
+            && exp - ttl_ms / 2 > now
+        {
+            cached = Some(CachedDesired {
+                generation,
+                sequence: row.desired_seq,
+                body: doc.clone().into(),
+                refresh_at: exp - ttl_ms / 2,
+            });
+            break;
+        }
+        let sequence = row.desired_seq + 1;
+        let issued = chrono::DateTime::from_timestamp_millis(now).unwrap_or_default();
+        let body =
+            desired::sign(&plan, id, sequence as u64, issued, chrono::Duration::milliseconds(ttl_ms), &state.fleet_key)
+                .map_err(|e| ApiError::internal(&e))?;
+        let body = String::from_utf8(body).map_err(|e| ApiError::internal(&e))?;
+        // Only a higher sequence is written; if another check-in of this device won, read again.
+        if state.store.set_desired(id, sequence, &digest, &body, now + ttl_ms).await? {
+            cached = Some(CachedDesired { generation, sequence, body: body.into(), refresh_at: now + ttl_ms / 2 });
+            break;
+        }
+    }
+    let cached = cached.ok_or_else(|| ApiError::internal(&"desired state kept changing under concurrent check-ins"))?;
+    state.desired.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), cached.clone());
+    Ok(cached)
+}
+
+async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) -> ApiResult<()> {
+    let text = serde_json::to_string(report).map_err(|e| ApiError::internal(&e))?;
+    let digest = Sha256Digest::of(text.as_bytes()).to_hex();
+    let unchanged = state.reports.lock().unwrap_or_else(|p| p.into_inner()).get(id) == Some(&digest);
+    if unchanged {
+        return Ok(());
+    }
+    let hardware = match &report.hardware {
+        Some(hw) => {
+            check_hardware(hw)?;
+            Some(serde_json::to_string(hw).map_err(|e| ApiError::internal(&e))?)
+        }
+        None => None,
+    };
+    state.store.set_report(id, &text, hardware.as_deref()).await?;
+    if hardware.is_some() {
+        // A changed hardware profile can change the variant chosen.
+        state.desired.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
+    state.reports.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), digest);
+    Ok(())
+}
+
+/// `POST /api/v1/device/checkin[?wait=SECONDS]`: 200 with the signed desired state, or 304 when the device's
+/// `If-None-Match` already names it.
+pub async fn checkin(
+    State(state): State<AppState>,
+    who: Principal,
+    Query(q): Query<CheckinQuery>,
+    headers: HeaderMap,
+    ApiJson(report): ApiJson<DeviceReport>,
+) -> ApiResult<Response> {
+    let id = who.device()?.clone();
+    let _ = state.seen.send((id.clone(), now_ms()));
+    store_report(&state, &id, &report).await?;
+    let known = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(state.config.max_wait_secs));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut changes = state.generation.subscribe();
+    let interval = HeaderValue::from(state.config.checkin_interval_secs);
+    loop {
+        let current = desired_for(&state, &id).await?;
+        let etag = current.etag();
+        if known.as_deref() != Some(etag.as_str()) {
+            let etag = HeaderValue::from_str(&etag).map_err(|e| ApiError::internal(&e))?;
+            return Ok((
+                StatusCode::OK,
+                [(header::ETAG, etag), (header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                [(CHECKIN_INTERVAL_HEADER, interval)],
+                current.body,
+            )
+                .into_response());
+        }
+        let refresh =
+            tokio::time::Instant::now() + Duration::from_millis((current.refresh_at - now_ms()).max(0) as u64);
+        tokio::select! {
+            changed = changes.changed(), if tokio::time::Instant::now() < deadline => {
+                if changed.is_err() { break; }
+            }
+            _ = tokio::time::sleep_until(refresh), if refresh < deadline => {}
+            _ = tokio::time::sleep_until(deadline) => break,
+        }
+    }
+    Ok((StatusCode::NOT_MODIFIED, [(CHECKIN_INTERVAL_HEADER, interval)]).into_response())
+}
+
+/// `POST /api/v1/device/events`: a batch of events, each with its own idempotency id.
+pub async fn events(
+    State(state): State<AppState>,
+    who: Principal,
+    ApiJson(events): ApiJson<Vec<DeviceEvent>>,
+) -> ApiResult<Json<EventsAccepted>> {
+    let id = who.device()?.clone();
+    if events.len() > 1000 {
+        return Err(ApiError::bad_request("too_many_events", "at most 1000 events per request"));
+    }
+    let mut rows = Vec::with_capacity(events.len());
+    for e in &events {
+        if e.id.is_empty() || e.id.len() > 128 || e.detail.len() > 4096 {
+            return Err(ApiError::bad_request(
+                "invalid_event",
+                "event ids are 1 to 128 characters; details at most 4 KiB",
+            ));
+        }
+        let kind = serde_json::to_value(e.kind).map_err(|e| ApiError::internal(&e))?;
+        let body = serde_json::to_string(e).map_err(|e| ApiError::internal(&e))?;
+        rows.push((e.id.clone(), kind.as_str().unwrap_or_default().to_owned(), body));
+    }
+    let accepted = state.store.add_events(&id, &rows, now_ms()).await?;
+    Ok(Json(EventsAccepted { accepted, duplicates: rows.len() - accepted }))
+}
+
+// === inventory ===
+
+fn summary(d: &DeviceRow) -> DeviceSummary {
+    DeviceSummary {
+        id: d.id.clone(),
+        labels: d.labels.clone(),
+        device_class: d.device_class.clone(),
+        enrolled_at: rfc3339(d.enrolled_at),
+        last_seen: d.last_seen.map(rfc3339),
+        revoked: d.revoked,
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub selector: Option<String>,
+    pub after: Option<String>,
+    pub limit: Option<i64>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    who: Principal,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<DevicePage>> {
+    who.require(TokenRole::Viewer)?;
+    let selector: Selector =
+        q.selector.as_deref().unwrap_or("").parse().map_err(|e: edgefleet_protocol::api::SelectorError| {
+            ApiError::bad_request("invalid_selector", e.to_string())
+        })?;
+    let after = q.after.as_deref().map(device_id).transpose()?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let rows = state.store.list_devices(&selector, after.as_ref(), limit).await?;
+    let next = (rows.len() as i64 == limit).then(|| rows.last().map(|d| d.id.clone())).flatten();
+    Ok(Json(DevicePage { devices: rows.iter().map(summary).collect(), next }))
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceDetail>> {
+    who.require(TokenRole::Viewer)?;
+    let id = device_id(&id)?;
+    let d = state.store.device(&id).await?.ok_or_else(|| ApiError::not_found(format!("device {id}")))?;
+    let events = state.store.events(&id, 100).await?.iter().filter_map(|b| serde_json::from_str(b).ok()).collect();
+    Ok(Json(DeviceDetail {
+        summary: summary(&d),
+        hardware: serde_json::from_str(&d.hardware).unwrap_or_default(),
+        report: d.report.as_deref().and_then(|r| serde_json::from_str(r).ok()),
+        desired_sequence: (d.desired_seq > 0).then_some(d.desired_seq as u64),
+        events,
+    }))
+}
+
+pub async fn set_labels(
+    State(state): State<AppState>,
+    who: Principal,
+    source: Source,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<SetLabels>,
+) -> ApiResult<Json<SetLabels>> {
+    who.require(TokenRole::Operator)?;
+    let id = device_id(&id)?;
+    check_labels(&req.labels)?;
+    if !state.store.set_labels(&id, &req.labels).await? {
+        return Err(ApiError::not_found(format!("device {id}")));
+    }
+    state.audit(&who, &source, "device.labels", id.as_str(), serde_json::json!({"labels": req.labels})).await?;
+    state.invalidate();
+    Ok(Json(req))
+}
+
+pub async fn revoke(
+    State(state): State<AppState>,
+    who: Principal,
+    source: Source,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    who.require(TokenRole::Operator)?;
+    let id = device_id(&id)?;
+    if state.store.device(&id).await?.is_none() {
+        return Err(ApiError::not_found(format!("device {id}")));
+    }
+    state.store.revoke_device(&id, now_ms()).await?;
+    state.revoked.write().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+    state.desired.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    state.audit(&who, &source, "device.revoke", id.as_str(), serde_json::json!({})).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,239 @@
+//! The HTTP API: routes, the extractors that authenticate callers, and JSON handling with stable errors.
+//!
+//! Callers are people (and scripts) with API tokens (`Authorization: Bearer ...`, roles checked per route) or
+//! devices with client certificates from the device CA (mutual TLS, checked by rustls during the handshake).
+
+use std::net::SocketAddr;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use edgefleet_protocol::DeviceId;
+use edgefleet_protocol::api::TokenRole;
+use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
+
+use crate::state::{AppState, now_ms};
+use crate::store::Audit;
+use crate::tls::ClientCert;
+
+mod admin;
+mod devices;
+pub mod error;
+mod openapi;
+mod registry;
+
+pub use error::{ApiError, ApiResult};
+
+/// What the connection told us: the peer address and, for mutual TLS, the verified client certificate.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub client: Option<ClientCert>,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    Token { id: i64, name: String, role: TokenRole },
+    Device(DeviceId),
+}
+
+/// SHA-256 of an API or enrollment token: what is stored.
+pub fn token_hash(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// A numeric id from a path segment, refused in the API's error shape.
+pub fn path_id(s: &str) -> ApiResult<i64> {
+    s.parse().map_err(|_| ApiError::bad_request("invalid_id", format!("{s:?} is not a numeric id")))
+}
+
+/// A new random token with a recognisable prefix.
+pub fn new_token(prefix: &str) -> Result<String, ApiError> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| ApiError::internal(&e))?;
+    Ok(format!("{prefix}_{}", hex::encode(b)))
+}
+
+impl Principal {
+    /// The caller's name in the audit log.
+    pub fn actor(&self) -> String {
+        match self {
+            Principal::Token { name, role, .. } => format!("token:{name} ({role})"),
+            Principal::Device(id) => format!("device:{id}"),
+        }
+    }
+
+    /// Requires an API token whose role allows `needed`.
+    pub fn require(&self, needed: TokenRole) -> ApiResult<()> {
+        match self {
+            Principal::Token { role, .. } if role.allows(needed) => Ok(()),
+            Principal::Token { role, .. } => {
+                Err(ApiError::forbidden(format!("this needs the {needed} role; this token is a {role} token")))
+            }
+            Principal::Device(_) => Err(ApiError::forbidden("a device certificate cannot call this route")),
+        }
+    }
+
+    /// Requires a device certificate.
+    pub fn device(&self) -> ApiResult<&DeviceId> {
+        match self {
+            Principal::Device(id) => Ok(id),
+            Principal::Token { .. } => Err(ApiError::forbidden("this route is for devices (mutual TLS)")),
+        }
+    }
+
+    /// A viewer token or any device.
+    pub fn require_viewer_or_device(&self) -> ApiResult<()> {
+        match self {
+            Principal::Device(_) => Ok(()),
+            token => token.require(TokenRole::Viewer),
+        }
+    }
+}
+
+impl FromRequestParts<AppState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) {
+            let token = header
+                .to_str()
+                .ok()
+                .and_then(|h| h.strip_prefix("Bearer "))
+                .ok_or_else(|| ApiError::unauthorized("Authorization must be `Bearer <token>`"))?;
+            let row = state
+                .store
+                .token_by_hash(&token_hash(token.trim()))
+                .await?
+                .filter(|t| !t.revoked)
+                .ok_or_else(|| ApiError::unauthorized("unknown or revoked API token"))?;
+            return Ok(Principal::Token { id: row.id, name: row.name, role: row.role });
+        }
+        let cert = parts.extensions.get::<ConnInfo>().and_then(|c| c.client.clone());
+        if let Some(cert) = cert {
+            let id: DeviceId = cert
+                .common_name
+                .parse()
+                .map_err(|_| ApiError::forbidden("client certificate does not name a device"))?;
+            if state.is_revoked(&id) {
+                return Err(ApiError::forbidden(format!("device {id} is revoked")));
+            }
+            return Ok(Principal::Device(id));
+        }
+        Err(ApiError::unauthorized("an API token (Authorization: Bearer) or a device certificate is required"))
+    }
+}
+
+/// The caller's address, for the audit log.
+#[derive(Debug)]
+pub struct Source(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Source {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(Source(parts.extensions.get::<ConnInfo>().map(|c| c.remote.to_string()).unwrap_or_else(|| "local".into())))
+    }
+}
+
+/// JSON bodies with errors in the API's shape: 415 without a JSON content type, 413 when too large, 400 with
+/// the parser's message when malformed or of the wrong shape.
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(ApiJson(v)),
+            Err(rejection) => Err(match rejection.status() {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send JSON with Content-Type: application/json",
+                ),
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", "request body is too large")
+                }
+                _ => ApiError::bad_request("malformed_json", rejection.body_text()),
+            }),
+        }
+    }
+}
+
+impl AppState {
+    /// Records a state-changing call.
+    pub async fn audit(
+        &self,
+        who: &Principal,
+        source: &Source,
+        action: &str,
+        target: &str,
+        detail: serde_json::Value,
+    ) -> ApiResult<()> {
+        let actor = who.actor();
+        self.store
+            .audit(Audit { actor: &actor, action, target, source: &source.0, detail }, now_ms())
+            .await
+            .map_err(ApiError::from)
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    match state.store.ping().await {
+        Ok(()) => "ready".into_response(),
+        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("database: {e}")).into_response(),
+    }
+}
+
+async fn fallback() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// Every route. Bodies are capped at `max_json_bytes` except blob uploads, which stream with their own cap.
+pub fn router(state: AppState) -> Router {
+    let json_limit = state.config.max_json_bytes.max(state.limits.max_manifest_bytes as usize);
+    let api = Router::new()
+        .route("/trust/roots", get(admin::list_roots).post(admin::add_root))
+        .route("/trust/roots/{version}", get(admin::get_root))
+        .route(
+            "/blobs/{digest}",
+            put(registry::put_blob).get(registry::get_blob).head(registry::get_blob).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/releases", post(registry::publish))
+        .route("/models", get(registry::list_models))
+        .route("/models/{model}/releases", get(registry::list_releases))
+        .route("/models/{model}/releases/{version}", get(registry::get_release))
+        .route("/assignments", get(admin::list_assignments).post(admin::create_assignment))
+        .route("/assignments/{id}", delete(admin::delete_assignment))
+        .route("/enrollment-tokens", post(devices::create_enroll_token))
+        .route("/enroll", post(devices::enroll))
+        .route("/device/checkin", post(devices::checkin))
+        .route("/device/events", post(devices::events))
+        .route("/device/renew", post(devices::renew))
+        .route("/devices", get(devices::list))
+        .route("/devices/{id}", get(devices::show))
+        .route("/devices/{id}/labels", put(devices::set_labels))
+        .route("/devices/{id}/revoke", post(devices::revoke))
+        .route("/tokens", get(admin::list_tokens).post(admin::create_token))
+        .route("/tokens/{id}", delete(admin::revoke_token))
+        .route("/audit", get(admin::audit))
+        .route("/openapi.json", get(openapi::document))
+        .fallback(fallback);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .nest("/api/v1", api)
+        .fallback(fallback)
+        .layer(DefaultBodyLimit::max(json_limit))
+        .with_state(state)
+}

@@ -1,0 +1,269 @@
+//! The registry: blobs (streamed in with their digest checked, served with Range, ETag and immutable caching)
+//! and releases (verified against the server's trust root; every blob present; versions only go up).
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use edgefleet_protocol::api::{ModelSummary, ReleaseSummary, TokenRole};
+use edgefleet_protocol::{ModelName, ReleaseVersion, Sha256Digest};
+use futures_util::TryStreamExt;
+use model_registry::artifact::ArtifactRef;
+use model_registry::{ByteRange, LastSeen, Verifier};
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::{ApiError, ApiResult, Principal, Source};
+use crate::state::{AppState, now_ms, rfc3339};
+use crate::store::{Publish, ReleaseRow};
+
+fn digest(s: &str) -> ApiResult<Sha256Digest> {
+    s.parse().map_err(|e: edgefleet_protocol::IdError| ApiError::bad_request("invalid_digest", e.to_string()))
+}
+
+pub(super) fn model_name(s: &str) -> ApiResult<ModelName> {
+    s.parse().map_err(|e: edgefleet_protocol::IdError| ApiError::bad_request("invalid_name", e.to_string()))
+}
+
+fn release_version(s: &str) -> ApiResult<ReleaseVersion> {
+    s.parse().map_err(|e: edgefleet_protocol::IdError| ApiError::bad_request("invalid_version", e.to_string()))
+}
+
+/// `PUT /api/v1/blobs/{sha256}`: the body must be exactly the blob, with a Content-Length.
+pub async fn put_blob(
+    State(state): State<AppState>,
+    who: Principal,
+    source: Source,
+    Path(d): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    who.require(TokenRole::Publisher)?;
+    let sha256 = digest(&d)?;
+    let size: u64 = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| ApiError::new(StatusCode::LENGTH_REQUIRED, "length_required", "send a Content-Length"))?;
+    if size > state.config.max_blob_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!("{size} bytes is over the blob limit of {} bytes", state.config.max_blob_bytes),
+        ));
+    }
+    if state.blobs.has(&sha256).await? == Some(size) {
+        return Ok((StatusCode::OK, Json(serde_json::json!({"sha256": sha256, "size": size, "stored": false})))
+            .into_response());
+    }
+    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let stored = state.blobs.put(Box::pin(reader), Some(ArtifactRef { sha256, size }), size).await?;
+    state.audit(&who, &source, "blob.upload", &sha256.to_string(), serde_json::json!({"size": stored.size})).await?;
+    Ok((StatusCode::CREATED, Json(serde_json::json!({"sha256": sha256, "size": size, "stored": true}))).into_response())
+}
+
+/// Parses a single `bytes=` range against a blob of `total` bytes. `None`: serve the whole blob.
+fn parse_range(h: &str, total: u64) -> Result<Option<ByteRange>, ()> {
+    let spec = h.strip_prefix("bytes=").ok_or(())?;
+    if spec.contains(',') {
+        return Ok(None); // Multiple ranges: answer the whole blob, as RFC 9110 allows.
+    }
+    let (a, b) = spec.split_once('-').ok_or(())?;
+    let range = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().map_err(|_| ())?;
+            if n == 0 {
+                return Err(());
+            }
+            ByteRange { start: total.saturating_sub(n), end: None }
+        }
+        (s, "") => ByteRange { start: s.parse().map_err(|_| ())?, end: None },
+        (s, e) => {
+            let (s, e): (u64, u64) = (s.parse().map_err(|_| ())?, e.parse().map_err(|_| ())?);
+            if e < s {
+                return Err(());
+            }
+            ByteRange { start: s, end: Some((e + 1).min(total)) }
+        }
+    };
+    if range.start >= total {
+        return Err(());
+    }
+    Ok(Some(range))
+}
+
+/// `GET /api/v1/blobs/{sha256}` (and HEAD): Range, ETag, and `Cache-Control: immutable`.
+pub async fn get_blob(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(d): Path<String>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    who.require_viewer_or_device()?;
+    let sha256 = digest(&d)?;
+    let etag = format!("\"{sha256}\"");
+    let total = state.blobs.has(&sha256).await?.ok_or_else(|| ApiError::not_found(format!("blob {sha256}")))?;
+    let mut resp_headers = HeaderMap::new();
+    let hv = |s: &str| HeaderValue::from_str(s).map_err(|e| ApiError::internal(&e));
+    resp_headers.insert(header::ETAG, hv(&etag)?);
+    resp_headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    resp_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
+        return Ok((StatusCode::NOT_MODIFIED, resp_headers).into_response());
+    }
+    let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        None => None,
+        Some(h) => match parse_range(h, total) {
+            Ok(r) => r,
+            Err(()) => {
+                resp_headers.insert(header::CONTENT_RANGE, hv(&format!("bytes */{total}"))?);
+                let e = ApiError::new(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "range_not_satisfiable",
+                    format!("range {h:?} does not fit a blob of {total} bytes"),
+                );
+                return Ok((resp_headers, e).into_response());
+            }
+        },
+    };
+    let read = state.blobs.get_range(&sha256, range).await?;
+    resp_headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    resp_headers.insert(header::CONTENT_LENGTH, hv(&read.len.to_string())?);
+    let status = if range.is_some() {
+        resp_headers.insert(
+            header::CONTENT_RANGE,
+            hv(&format!("bytes {}-{}/{}", read.start, read.start + read.len.max(1) - 1, read.total))?,
+        );
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, resp_headers, Body::from_stream(ReaderStream::new(read.reader))).into_response())
+}
+
+fn summary(r: &ReleaseRow) -> ReleaseSummary {
+    ReleaseSummary {
+        model: r.model.clone(),
+        version: r.version,
+        security_floor: r.security_floor,
+        description: r.description.clone(),
+        variants: r.variants.iter().filter_map(|v| v.parse().ok()).collect(),
+        published_at: rfc3339(r.published_at),
+        published_by: r.published_by.clone(),
+    }
+}
+
+/// `POST /api/v1/releases`: the body is the signed manifest envelope.
+pub async fn publish(
+    State(state): State<AppState>,
+    who: Principal,
+    source: Source,
+    body: Bytes,
+) -> ApiResult<(StatusCode, Json<ReleaseSummary>)> {
+    who.require(TokenRole::Publisher)?;
+    let trust = state.trust();
+    let verified = Verifier::new(&trust.root, &LastSeen::default(), chrono::Utc::now(), &state.limits)
+        .release(&body)
+        .map_err(|r| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "release_refused",
+            format!("refused by the {} defence: {r}", r.defence()),
+        )
+    })?;
+    let m = &verified.manifest;
+    let mut missing = Vec::new();
+    for v in &m.variants {
+        for (what, r) in [("model", &v.zstd), ("golden vectors", &v.golden)] {
+            if state.blobs.has(&r.sha256).await? != Some(r.size) {
+                missing.push(format!("{} {what} {} ({} bytes)", v.id, r.sha256, r.size));
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(ApiError::conflict("missing_blob", format!("upload these blobs first: {}", missing.join("; "))));
+    }
+    let row = ReleaseRow {
+        model: m.model.clone(),
+        version: m.version,
+        security_floor: m.security_floor,
+        description: m.description.clone(),
+        variants: m.variants.iter().map(|v| v.id.to_string()).collect(),
+        manifest: serde_json::to_string(&verified.envelope).map_err(|e| ApiError::internal(&e))?,
+        published_at: now_ms(),
+        published_by: who.actor(),
+    };
+    match state.store.publish_release(&row).await? {
+        Publish::Stored => {}
+        Publish::NotNewer { latest } => {
+            return Err(ApiError::conflict(
+                "version_not_newer",
+                format!("{} already has release {latest}; versions only go up", m.model),
+            ));
+        }
+    }
+    state
+        .audit(
+            &who,
+            &source,
+            "release.publish",
+            &format!("{}/{}", m.model, m.version),
+            serde_json::json!({"signed_by": verified.signed_by, "variants": row.variants}),
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(summary(&row))))
+}
+
+pub async fn list_models(State(state): State<AppState>, who: Principal) -> ApiResult<Json<Vec<ModelSummary>>> {
+    who.require(TokenRole::Viewer)?;
+    let rows = state.store.list_models().await?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(model, latest_version, n)| ModelSummary { model, latest_version, releases: n as u64 })
+            .collect(),
+    ))
+}
+
+pub async fn list_releases(
+    State(state): State<AppState>,
+    who: Principal,
+    Path(model): Path<String>,
+) -> ApiResult<Json<Vec<ReleaseSummary>>> {
+    who.require(TokenRole::Viewer)?;
+    let rows = state.store.list_releases(&model_name(&model)?).await?;
+    Ok(Json(rows.iter().map(summary).collect()))
+}
+
+/// `GET /api/v1/models/{model}/releases/{version}`: the signed manifest, as published.
+pub async fn get_release(
+    State(state): State<AppState>,
+    who: Principal,
+    Path((model, version)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    who.require_viewer_or_device()?;
+    let (model, version) = (model_name(&model)?, release_version(&version)?);
+    let row = state
+        .store
+        .get_release(&model, version)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("release {version} of {model}")))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], row.manifest).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        let r = |h: &str| parse_range(h, 100);
+        assert_eq!(r("bytes=0-9"), Ok(Some(ByteRange { start: 0, end: Some(10) })));
+        assert_eq!(r("bytes=90-"), Ok(Some(ByteRange { start: 90, end: None })));
+        assert_eq!(r("bytes=-10"), Ok(Some(ByteRange { start: 90, end: None })));
+        assert_eq!(r("bytes=95-200"), Ok(Some(ByteRange { start: 95, end: Some(100) })));
+        assert_eq!(r("bytes=0-1,5-6"), Ok(None));
+        for bad in ["bytes=100-", "bytes=5-1", "bytes=-0", "items=0-1", "bytes=x-1"] {
+            assert_eq!(r(bad), Err(()), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! Server configuration: a TOML file, overridden by `EDGEFLEET_*` environment variables, overridden by flags
+//! (the last two through clap, in `main.rs`).
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (TLS). Default `127.0.0.1:8443`.
+    pub listen: String,
+    /// Where the database (SQLite default), blobs, TLS material and the device CA live.
+    pub data_dir: PathBuf,
+    /// `sqlite:///path/db.sqlite` or `postgres://...`; default: SQLite `edgefleet.db` in the data directory.
+    pub database_url: Option<String>,
+    /// The server's certificate chain and key (PEM). Without both, a self-signed pair is made in the data dir.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// The signed `root.json` to trust, imported at start if the database has no root yet (later versions are
+    /// added through the API).
+    pub trust_root: Option<PathBuf>,
+    /// The fleet role's private key (signs desired-state documents). Must be a `fleet` key of the root.
+    pub fleet_key: Option<PathBuf>,
+    /// Largest blob accepted, in bytes (default 8 GiB).
+    pub max_blob_bytes: u64,
+    /// Largest JSON request body, in bytes (default 1 MiB; releases may be as large as the manifest limit).
+    pub max_json_bytes: usize,
+    /// Lifetime of desired-state documents, in seconds (default 1 hour). Re-issued at half-life.
+    pub desired_ttl_secs: u64,
+    /// Check-in interval suggested to devices, in seconds (default 60).
+    pub checkin_interval_secs: u64,
+    /// Longest long-poll a device may ask for, in seconds (default 60).
+    pub max_wait_secs: u64,
+    /// How often batched `last_seen` writes are flushed, in milliseconds (default 1000).
+    pub flush_interval_ms: u64,
+    /// Lifetime of device client certificates, in days (default 365).
+    pub device_cert_days: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8443".into(),
+            data_dir: PathBuf::from("edgefleet-data"),
+            database_url: None,
+            tls_cert: None,
+            tls_key: None,
+            trust_root: None,
+            fleet_key: None,
+            max_blob_bytes: 8 << 30,
+            max_json_bytes: 1 << 20,
+            desired_ttl_secs: 3600,
+            checkin_interval_secs: 60,
+            max_wait_secs: 60,
+            flush_interval_ms: 1000,
+            device_cert_days: 365,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+}
+
+impl Config {
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })
+    }
+
+    /// The database URL, defaulting to SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}?mode=rwc", self.data_dir.join("edgefleet.db").display()))
+    }
+}

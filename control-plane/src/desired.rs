@@ -1,0 +1,180 @@
+//! Desired state: which release and variant of each model a device should run, and the signed document that
+//! says so. Planning is a pure function of the assignments, the device's labels and its hardware profile; the
+//! check-in handler caches its result per device until something it depends on changes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::{DateTime, Duration, Utc};
+use edgefleet_protocol::api::{HardwareProfile, Labels, Selector};
+use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, VariantId};
+use model_registry::root::DocType;
+use model_registry::{DesiredState, Envelope, KeyPair, ModelAssignment, ReleaseManifest, Requirements, Sha256Digest};
+
+/// One assignment with its release, parsed once per generation.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub id: i64,
+    pub selector: Selector,
+    pub manifest: Arc<ReleaseManifest>,
+    pub envelope: Arc<Envelope>,
+}
+
+/// Every assignment, oldest first, as of one generation.
+#[derive(Debug, Clone)]
+pub struct AssignmentSnapshot {
+    pub generation: u64,
+    pub entries: Vec<Entry>,
+}
+
+/// A device's cached answer.
+#[derive(Debug, Clone)]
+pub struct CachedDesired {
+    pub generation: u64,
+    pub sequence: i64,
+    pub body: Bytes,
+    /// When to issue a fresh document (half its lifetime), in ms.
+    pub refresh_at: i64,
+}
+
+impl CachedDesired {
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", self.sequence)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chosen {
+    pub model: ModelName,
+    pub version: ReleaseVersion,
+    pub variant: VariantId,
+    pub envelope: Arc<Envelope>,
+}
+
+/// What a device should run, and the models assigned to it for which no variant fits its hardware.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub models: Vec<Chosen>,
+    pub unfit: Vec<(ModelName, ReleaseVersion)>,
+}
+
+/// Whether a device with `hw` can run a variant with `req`.
+pub fn fits(req: &Requirements, hw: &HardwareProfile) -> bool {
+    let any = |wanted: &[String], have: &[String]| wanted.is_empty() || wanted.iter().any(|w| have.contains(w));
+    any(&req.execution_providers, &hw.execution_providers)
+        && any(&req.arch, std::slice::from_ref(&hw.arch))
+        && any(&req.soc, &hw.soc)
+        && req.min_memory_bytes.is_none_or(|m| hw.memory_bytes >= m)
+}
+
+/// For each model, the newest assignment whose selector matches `labels`; within its release, the first
+/// variant (manifests list variants best first) that fits `hw`.
+pub fn plan(snapshot: &AssignmentSnapshot, labels: &Labels, hw: &HardwareProfile) -> Plan {
+    let mut newest: BTreeMap<&ModelName, &Entry> = BTreeMap::new();
+    for e in &snapshot.entries {
+        if e.selector.matches(labels) {
+            newest.insert(&e.manifest.model, e);
+        }
+    }
+    let mut out = Plan::default();
+    for (model, e) in newest {
+        match e.manifest.variants.iter().find(|v| fits(&v.requirements, hw)) {
+            Some(v) => out.models.push(Chosen {
+                model: model.clone(),
+                version: e.manifest.version,
+                variant: v.id.clone(),
+                envelope: e.envelope.clone(),
+            }),
+            None => out.unfit.push((model.clone(), e.manifest.version)),
+        }
+    }
+    out
+}
+
+/// A digest of what the plan says, independent of when it is signed: equal digests need no new document.
+pub fn content_digest(plan: &Plan) -> String {
+    let parts: Vec<String> = plan
+        .models
+        .iter()
+        .map(|c| {
+            let manifest = model_registry::canonical::to_canonical(&c.envelope.signed).unwrap_or_default();
+            format!("{}:{}:{}:{}", c.model, c.version, c.variant, Sha256Digest::of(&manifest))
+        })
+        .collect();
+    Sha256Digest::of(parts.join("\n").as_bytes()).to_hex()
+}
+
+/// Signs the desired-state document for `device`.
+pub fn sign(
+    plan: &Plan,
+    device: &DeviceId,
+    sequence: u64,
+    now: DateTime<Utc>,
+    ttl: Duration,
+    key: &KeyPair,
+) -> Result<Vec<u8>, serde_json::Error> {
+    let doc = DesiredState {
+        doc_type: DocType::DesiredState,
+        device: device.clone(),
+        sequence,
+        issued: now,
+        expires: now + ttl,
+        models: plan
+            .models
+            .iter()
+            .map(|c| ModelAssignment {
+                model: c.model.clone(),
+                variant: c.variant.clone(),
+                release: (*c.envelope).clone(),
+            })
+            .collect(),
+    };
+    let mut env = Envelope::new(&doc)?;
+    env.sign(key)?;
+    serde_json::to_vec(&env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hw(class: &str, arch: &str, eps: &[&str], mem: u64) -> HardwareProfile {
+        HardwareProfile {
+            device_class: class.into(),
+            arch: arch.into(),
+            execution_providers: eps.iter().map(|s| s.to_string()).collect(),
+            memory_bytes: mem,
+            soc: vec![],
+            power: "unavailable".into(),
+        }
+    }
+
+    #[test]
+    fn variant_requirements() {
+        let req = |eps: &[&str], arch: &[&str], mem: Option<u64>| Requirements {
+            execution_providers: eps.iter().map(|s| s.to_string()).collect(),
+            arch: arch.iter().map(|s| s.to_string()).collect(),
+            min_memory_bytes: mem,
+            soc: vec![],
+        };
+        let pi = hw("raspberry-pi", "aarch64", &["XnnpackExecutionProvider", "CPUExecutionProvider"], 8 << 30);
+        let jetson = hw("nvidia-jetson", "aarch64", &["TensorrtExecutionProvider", "CPUExecutionProvider"], 16 << 30);
+        let qnn = req(&["QNNExecutionProvider"], &[], None);
+        let trt = req(&["TensorrtExecutionProvider"], &["aarch64"], Some(8 << 30));
+        let cpu = req(&["CPUExecutionProvider"], &[], None);
+        let cpu_x86 = req(&[], &["x86_64"], None);
+        let big = req(&[], &[], Some(32 << 30));
+        for (r, device, expected) in [
+            (&qnn, &pi, false),
+            (&trt, &pi, false),
+            (&trt, &jetson, true),
+            (&cpu, &pi, true),
+            (&cpu_x86, &pi, false),
+            (&big, &jetson, false),
+            (&Requirements::default(), &pi, true),
+        ] {
+            assert_eq!(fits(r, device), expected, "{r:?} on {}", device.device_class);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! `edgefleet-server`: the control plane an organisation runs. Registry of signed releases and their blobs,
+//! device enrollment with a built-in CA, mutual-TLS check-in answering signed desired-state documents, device
+//! inventory, API tokens with roles, and an audit log; over SQLite (embedded default) or PostgreSQL.
+//!
+//! Invariant: nothing here loads or runs a model, and nothing here knows a device's file layout.
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod desired;
+pub mod server;
+pub mod state;
+pub mod store;
+pub mod tls;

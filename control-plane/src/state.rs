@@ -1,0 +1,107 @@
+//! Shared server state: storage, blobs, trust material, the device CA, and the in-memory caches that keep the
+//! check-in hot path off the database.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use edgefleet_protocol::DeviceId;
+use model_registry::{BlobStore, KeyPair, Limits, Root};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use crate::desired::{AssignmentSnapshot, CachedDesired};
+use crate::store::Store;
+use crate::tls::DeviceCa;
+
+/// The trust root the server verifies releases against, and the chain it serves to devices.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    /// Every root version, oldest first, as signed bytes.
+    pub chain: Vec<(u64, String)>,
+    /// The newest, verified.
+    pub root: Root,
+}
+
+#[derive(Debug)]
+pub struct Inner {
+    pub config: Config,
+    pub store: Store,
+    pub blobs: Arc<dyn BlobStore>,
+    pub limits: Limits,
+    pub trust: RwLock<Arc<Trust>>,
+    pub fleet_key: KeyPair,
+    pub ca: DeviceCa,
+    /// Bumped whenever anything desired states depend on changes (assignments, releases, labels, roots).
+    pub generation: watch::Sender<u64>,
+    pub assignments: RwLock<Option<Arc<AssignmentSnapshot>>>,
+    pub desired: Mutex<HashMap<DeviceId, CachedDesired>>,
+    pub revoked: RwLock<HashSet<DeviceId>>,
+    /// Digest of the last stored report per device, so an unchanged report costs no write.
+    pub reports: Mutex<HashMap<DeviceId, String>>,
+    pub seen: mpsc::UnboundedSender<(DeviceId, i64)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AppState(pub Arc<Inner>);
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+impl Inner {
+    pub fn trust(&self) -> Arc<Trust> {
+        self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Something desired states depend on changed: every cached document is recomputed on its next check-in,
+    /// and long-polls wake.
+    pub fn invalidate(&self) {
+        *self.assignments.write().unwrap_or_else(|p| p.into_inner()) = None;
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    pub fn is_revoked(&self, id: &DeviceId) -> bool {
+        self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(id)
+    }
+}
+
+/// Drains `last_seen` updates and writes them in batches, so a check-in never waits on a write.
+pub async fn flush_last_seen(store: Store, mut rx: mpsc::UnboundedReceiver<(DeviceId, i64)>, every_ms: u64) {
+    let mut batch: BTreeMap<DeviceId, i64> = BTreeMap::new();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(every_ms.max(10)));
+    loop {
+        tokio::select! {
+            item = rx.recv() => match item {
+                Some((id, at)) => { batch.insert(id, at); }
+                None => break,
+            },
+            _ = tick.tick() => {
+                if !batch.is_empty() {
+                    let taken = std::mem::take(&mut batch);
+                    if let Err(e) = store.touch_devices(&taken).await {
+                        tracing::warn!(error = %e, devices = taken.len(), "writing last_seen failed; will retry");
+                        batch = taken;
+                    }
+                }
+            }
+        }
+    }
+    if !batch.is_empty()
+        && let Err(e) = store.touch_devices(&batch).await
+    {
+        tracing::warn!(error = %e, "final last_seen flush failed");
+    }
+}
