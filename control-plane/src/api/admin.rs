@@ -8,23 +8,22 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use edgefleet_protocol::api::{
-    Assignment, AuditEntry, CreateAssignment, CreateToken, TokenCreated, TokenInfo, TokenRole,
-};
+use edgefleet_protocol::api::{Assignment, AuditEntry, CreateAssignment, CreateToken, TokenCreated, TokenInfo};
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson, ApiResult, Principal, Source, new_token, path_id, token_hash};
+use super::{
+    Admin, ApiError, ApiJson, ApiResult, Authorized, Operator, Source, Viewer, new_token, path_id, token_hash,
+};
 use crate::state::{AppState, Trust, now_ms, rfc3339};
 
 // === tokens ===
 
 pub async fn create_token(
     State(state): State<AppState>,
-    who: Principal,
+    Authorized(who, _): Authorized<Admin>,
     source: Source,
     ApiJson(req): ApiJson<CreateToken>,
 ) -> ApiResult<(StatusCode, Json<TokenCreated>)> {
-    who.require(TokenRole::Admin)?;
     if req.name.is_empty() || req.name.len() > 64 || !req.name.chars().all(|c| c.is_ascii_graphic()) {
         return Err(ApiError::bad_request("invalid_name", "token names are 1 to 64 printable characters"));
     }
@@ -34,8 +33,7 @@ pub async fn create_token(
     Ok((StatusCode::CREATED, Json(TokenCreated { id, name: req.name, role: req.role, token })))
 }
 
-pub async fn list_tokens(State(state): State<AppState>, who: Principal) -> ApiResult<Json<Vec<TokenInfo>>> {
-    who.require(TokenRole::Admin)?;
+pub async fn list_tokens(State(state): State<AppState>, _: Authorized<Admin>) -> ApiResult<Json<Vec<TokenInfo>>> {
     let rows = state.store.list_tokens().await?;
     Ok(Json(
         rows.into_iter()
@@ -52,11 +50,10 @@ pub async fn list_tokens(State(state): State<AppState>, who: Principal) -> ApiRe
 
 pub async fn revoke_token(
     State(state): State<AppState>,
-    who: Principal,
+    Authorized(who, _): Authorized<Admin>,
     source: Source,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.require(TokenRole::Admin)?;
     let id = path_id(&id)?;
     if !state.store.revoke_token(id, now_ms()).await? {
         return Err(ApiError::not_found(format!("active token {id}")));
@@ -75,10 +72,9 @@ pub struct AuditQuery {
 
 pub async fn audit(
     State(state): State<AppState>,
-    who: Principal,
+    _: Authorized<Viewer>,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
-    who.require(TokenRole::Viewer)?;
     let rows = state.store.list_audit(q.limit.unwrap_or(100).clamp(1, 1000), q.before).await?;
     Ok(Json(
         rows.into_iter()
@@ -121,11 +117,10 @@ pub async fn get_root(State(state): State<AppState>, Path(version): Path<String>
 /// keys and of its own.
 pub async fn add_root(
     State(state): State<AppState>,
-    who: Principal,
+    Authorized(who, _): Authorized<Admin>,
     source: Source,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    who.require(TokenRole::Admin)?;
     let current = state.trust();
     let next = model_registry::update_root(&current.root, &body, &state.limits).map_err(|r| {
         ApiError::new(
@@ -159,11 +154,10 @@ pub async fn add_root(
 
 pub async fn create_assignment(
     State(state): State<AppState>,
-    who: Principal,
+    Authorized(who, _): Authorized<Operator>,
     source: Source,
     ApiJson(req): ApiJson<CreateAssignment>,
 ) -> ApiResult<(StatusCode, Json<Assignment>)> {
-    who.require(TokenRole::Operator)?;
     if state.store.get_release(&req.model, req.version).await?.is_none() {
         return Err(ApiError::not_found(format!("release {} of {}", req.version, req.model)));
     }
@@ -192,8 +186,10 @@ pub async fn create_assignment(
     ))
 }
 
-pub async fn list_assignments(State(state): State<AppState>, who: Principal) -> ApiResult<Json<Vec<Assignment>>> {
-    who.require(TokenRole::Viewer)?;
+pub async fn list_assignments(
+    State(state): State<AppState>,
+    _: Authorized<Viewer>,
+) -> ApiResult<Json<Vec<Assignment>>> {
     let rows = state.store.assignments().await?;
     Ok(Json(
         rows.into_iter()
@@ -211,11 +207,10 @@ pub async fn list_assignments(State(state): State<AppState>, who: Principal) -> 
 
 pub async fn delete_assignment(
     State(state): State<AppState>,
-    who: Principal,
+    Authorized(who, _): Authorized<Operator>,
     source: Source,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.require(TokenRole::Operator)?;
     let id = path_id(&id)?;
     if !state.store.delete_assignment(id).await? {
         return Err(ApiError::not_found(format!("assignment {id}")));

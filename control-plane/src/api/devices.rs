@@ -12,12 +12,14 @@ use edgefleet_protocol::DeviceId;
 use edgefleet_protocol::api::{
     CHECKIN_INTERVAL_HEADER, CreateEnrollToken, DeviceDetail, DeviceEvent, DevicePage, DeviceReport, DeviceSummary,
     EnrollRequest, EnrollResponse, EnrollTokenCreated, EventsAccepted, HardwareProfile, RenewRequest, Selector,
-    SetLabels, TokenRole, check_label,
+    SetLabels, check_label,
 };
 use model_registry::{Envelope, ReleaseManifest, Sha256Digest};
 use serde::Deserialize;
 
-use super::{ApiError, ApiJson, ApiResult, Principal, Source, new_token, token_hash};
+use super::{
+    ApiError, ApiJson, ApiResult, Authorized, DeviceCaller, Operator, Principal, Source, Viewer, new_token, token_hash,
+};
 use crate::desired::{self, AssignmentSnapshot, CachedDesired, Entry};
 use crate::state::{AppState, now_ms, rfc3339};
 use crate::store::{DeviceRow, EnrollRefusal};
@@ -40,11 +42,10 @@ fn check_labels(labels: &edgefleet_protocol::api::Labels) -> ApiResult<()> {
 
 pub async fn create_enroll_token(
     State(state): State<AppState>,
-    who: Principal,
+    Authorized(who, _): Authorized<Operator>,
     source: Source,
     ApiJson(req): ApiJson<CreateEnrollToken>,
 ) -> ApiResult<(StatusCode, Json<EnrollTokenCreated>)> {
-    who.require(TokenRole::Operator)?;
     check_labels(&req.labels)?;
     let ttl = req.expires_in_secs.unwrap_or(86_400);
     if ttl == 0 || ttl > 30 * 86_400 {
@@ -135,11 +136,11 @@ pub async fn enroll(
 /// `POST /api/v1/device/renew`: a new certificate for the calling device's new key.
 pub async fn renew(
     State(state): State<AppState>,
-    who: Principal,
+    DeviceCaller(id): DeviceCaller,
     source: Source,
     ApiJson(req): ApiJson<RenewRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let id = who.device()?.clone();
+    let who = Principal::Device(id.clone());
     let (pem, serial) = state
         .ca
         .issue(&req.csr_pem, &id, state.config.device_cert_days)
@@ -258,12 +259,11 @@ async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) ->
 /// `If-None-Match` already names it.
 pub async fn checkin(
     State(state): State<AppState>,
-    who: Principal,
+    DeviceCaller(id): DeviceCaller,
     Query(q): Query<CheckinQuery>,
     headers: HeaderMap,
     ApiJson(report): ApiJson<DeviceReport>,
 ) -> ApiResult<Response> {
-    let id = who.device()?.clone();
     let _ = state.seen.send((id.clone(), now_ms()));
     store_report(&state, &id, &report).await?;
     let known = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -300,10 +300,9 @@ pub async fn checkin(
 /// `POST /api/v1/device/events`: a batch of events, each with its own idempotency id.
 pub async fn events(
     State(state): State<AppState>,
-    who: Principal,
+    DeviceCaller(id): DeviceCaller,
     ApiJson(events): ApiJson<Vec<DeviceEvent>>,
 ) -> ApiResult<Json<EventsAccepted>> {
-    let id = who.device()?.clone();
     if events.len() > 1000 {
         return Err(ApiError::bad_request("too_many_events", "at most 1000 events per request"));
     }
@@ -345,10 +344,9 @@ pub struct ListQuery {
 
 pub async fn list(
     State(state): State<AppState>,
-    who: Principal,
+    _: Authorized<Viewer>,
     Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<DevicePage>> {
-    who.require(TokenRole::Viewer)?;
     let selector: Selector =
         q.selector.as_deref().unwrap_or("").parse().map_err(|e: edgefleet_protocol::api::SelectorError| {
             ApiError::bad_request("invalid_selector", e.to_string())
@@ -362,10 +360,9 @@ pub async fn list(
 
 pub async fn show(
     State(state): State<AppState>,
-    who: Principal,
+    _: Authorized<Viewer>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<DeviceDetail>> {
-    who.require(TokenRole::Viewer)?;
     let id = device_id(&id)?;
     let d = state.store.device(&id).await?.ok_or_else(|| ApiError::not_found(format!("device {id}")))?;
     let events = state.store.events(&id, 100).await?.iter().filter_map(|b| serde_json::from_str(b).ok()).collect();
@@ -380,12 +377,11 @@ pub async fn show(
 
 pub async fn set_labels(
     State(state): State<AppState>,
-    who: Principal,
+    Authorized(who, _): Authorized<Operator>,
     source: Source,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<SetLabels>,
 ) -> ApiResult<Json<SetLabels>> {
-    who.require(TokenRole::Operator)?;
     let id = device_id(&id)?;
     check_labels(&req.labels)?;
     if !state.store.set_labels(&id, &req.labels).await? {
@@ -398,11 +394,10 @@ pub async fn set_labels(
 
 pub async fn revoke(
     State(state): State<AppState>,
-    who: Principal,
+    Authorized(who, _): Authorized<Operator>,
     source: Source,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    who.require(TokenRole::Operator)?;
     let id = device_id(&id)?;
     if state.store.device(&id).await?.is_none() {
         return Err(ApiError::not_found(format!("device {id}")));

@@ -24,6 +24,13 @@ mod admin;
 mod devices;
 pub mod error;
 mod openapi;
+
+pub use openapi::{Access, ROUTES as openapi_route_table, RouteDoc};
+
+/// The documented routes (the OpenAPI document is built from them).
+pub fn openapi_routes() -> &'static [RouteDoc] {
+    openapi::ROUTES
+}
 mod registry;
 
 pub use error::{ApiError, ApiResult};
@@ -126,6 +133,50 @@ impl FromRequestParts<AppState> for Principal {
             return Ok(Principal::Device(id));
         }
         Err(ApiError::unauthorized("an API token (Authorization: Bearer) or a device certificate is required"))
+    }
+}
+
+/// A role a route needs, as a type, so the check happens while extracting: before the body is read.
+pub trait NeededRole {
+    const ROLE: TokenRole;
+}
+
+macro_rules! needed_roles {
+    ($($name:ident => $role:ident),*) => {$(
+        #[derive(Debug)]
+        pub struct $name;
+        impl NeededRole for $name {
+            const ROLE: TokenRole = TokenRole::$role;
+        }
+    )*};
+}
+
+needed_roles!(Viewer => Viewer, Publisher => Publisher, Operator => Operator, Admin => Admin);
+
+/// A caller holding an API token whose role allows `R`.
+#[derive(Debug)]
+pub struct Authorized<R>(pub Principal, std::marker::PhantomData<R>);
+
+impl<R: NeededRole + Send + Sync> FromRequestParts<AppState> for Authorized<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let who = Principal::from_request_parts(parts, state).await?;
+        who.require(R::ROLE)?;
+        Ok(Self(who, std::marker::PhantomData))
+    }
+}
+
+/// A caller with a device certificate.
+#[derive(Debug)]
+pub struct DeviceCaller(pub DeviceId);
+
+impl FromRequestParts<AppState> for DeviceCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let who = Principal::from_request_parts(parts, state).await?;
+        Ok(Self(who.device()?.clone()))
     }
 }
 

@@ -6,14 +6,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use edgefleet_protocol::api::{ModelSummary, ReleaseSummary, TokenRole};
+use edgefleet_protocol::api::{ModelSummary, ReleaseSummary};
 use edgefleet_protocol::{ModelName, ReleaseVersion, Sha256Digest};
 use futures_util::TryStreamExt;
 use model_registry::artifact::ArtifactRef;
 use model_registry::{ByteRange, LastSeen, Verifier};
 use tokio_util::io::{ReaderStream, StreamReader};
 
-use super::{ApiError, ApiResult, Principal, Source};
+use super::{ApiError, ApiResult, Authorized, Principal, Publisher, Source, Viewer};
 use crate::state::{AppState, now_ms, rfc3339};
 use crate::store::{Publish, ReleaseRow};
 
@@ -32,13 +32,12 @@ fn release_version(s: &str) -> ApiResult<ReleaseVersion> {
 /// `PUT /api/v1/blobs/{sha256}`: the body must be exactly the blob, with a Content-Length.
 pub async fn put_blob(
     State(state): State<AppState>,
-    who: Principal,
+    Authorized(who, _): Authorized<Publisher>,
     source: Source,
     Path(d): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    who.require(TokenRole::Publisher)?;
     let sha256 = digest(&d)?;
     let size: u64 = headers
         .get(header::CONTENT_LENGTH)
@@ -156,11 +155,10 @@ fn summary(r: &ReleaseRow) -> ReleaseSummary {
 /// `POST /api/v1/releases`: the body is the signed manifest envelope.
 pub async fn publish(
     State(state): State<AppState>,
-    who: Principal,
+    Authorized(who, _): Authorized<Publisher>,
     source: Source,
     body: Bytes,
 ) -> ApiResult<(StatusCode, Json<ReleaseSummary>)> {
-    who.require(TokenRole::Publisher)?;
     let trust = state.trust();
     let verified = Verifier::new(&trust.root, &LastSeen::default(), chrono::Utc::now(), &state.limits)
         .release(&body)
@@ -214,8 +212,7 @@ pub async fn publish(
     Ok((StatusCode::CREATED, Json(summary(&row))))
 }
 
-pub async fn list_models(State(state): State<AppState>, who: Principal) -> ApiResult<Json<Vec<ModelSummary>>> {
-    who.require(TokenRole::Viewer)?;
+pub async fn list_models(State(state): State<AppState>, _: Authorized<Viewer>) -> ApiResult<Json<Vec<ModelSummary>>> {
     let rows = state.store.list_models().await?;
     Ok(Json(
         rows.into_iter()
@@ -226,10 +223,9 @@ pub async fn list_models(State(state): State<AppState>, who: Principal) -> ApiRe
 
 pub async fn list_releases(
     State(state): State<AppState>,
-    who: Principal,
+    _: Authorized<Viewer>,
     Path(model): Path<String>,
 ) -> ApiResult<Json<Vec<ReleaseSummary>>> {
-    who.require(TokenRole::Viewer)?;
     let rows = state.store.list_releases(&model_name(&model)?).await?;
     Ok(Json(rows.iter().map(summary).collect()))
 }
