@@ -34,7 +34,7 @@ async fn every_route_checks_its_role(backend: Backend) {
                 .request(route.method.parse().expect("method"), app.url(&path))
                 .header("content-type", "application/json")
                 .body("{}");
-            if let Some(_) = role {
+            if role.is_some() {
                 req = req.bearer_auth(&tokens[i - 1]);
             }
             let resp = req.send().await.expect("request");
