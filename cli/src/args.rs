@@ -22,9 +22,101 @@ pub enum Command {
     /// Create, sign, rotate and inspect the trust root (root.json).
     #[command(subcommand)]
     Trust(TrustCmd),
-    /// Pack, sign and verify releases.
+    /// Pack, sign, verify and push releases.
     #[command(subcommand)]
     Release(ReleaseCmd),
+    /// Save the control plane's address, an API token, and how to trust its certificate.
+    Login {
+        /// `https://host:port`
+        #[arg(long)]
+        server: String,
+        #[arg(long, env = "EDGEFLEET_TOKEN")]
+        token: String,
+        /// Trust the server through this CA (or its own certificate) file, PEM.
+        #[arg(long)]
+        ca_cert: Option<PathBuf>,
+        /// Or pin the server certificate's SHA-256 fingerprint (printed by edgefleet-server at start).
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
+    /// Models in the registry, with their latest release.
+    Models,
+    /// Releases of a model, newest first.
+    Releases { model: String },
+    /// Assign a release of a model to the devices a label selector matches (`region=eu,hw.npu=hexagon`).
+    Assign {
+        model: String,
+        version: u64,
+        /// Empty: every device.
+        #[arg(long, default_value = "")]
+        selector: String,
+    },
+    /// The device inventory.
+    #[command(subcommand)]
+    Devices(DevicesCmd),
+    /// API tokens (admin).
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// One-time device enrollment tokens (operator).
+    #[command(subcommand, name = "enroll-token")]
+    EnrollToken(EnrollTokenCmd),
+    /// The audit log, newest first.
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCmd {
+    /// Devices matching a selector.
+    List {
+        #[arg(long, default_value = "")]
+        selector: String,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+        /// Continue after this device id (the `next` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// One device: hardware, last report, events.
+    Show { id: String },
+    /// Replace a device's labels: `--label k=v` for each.
+    Label {
+        id: String,
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    /// Revoke a device: its certificate is refused from now on.
+    Revoke { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCmd {
+    /// Create an API token; its secret is printed once.
+    Create {
+        #[arg(long)]
+        name: String,
+        /// viewer, publisher, operator or admin.
+        #[arg(long)]
+        role: String,
+    },
+    List,
+    Revoke {
+        id: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EnrollTokenCmd {
+    /// Create a one-time enrollment token; devices enrolled with it get these labels.
+    Create {
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        /// Lifetime in seconds (default one day).
+        #[arg(long)]
+        expires_in_secs: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -151,6 +243,8 @@ pub enum ReleaseCmd {
         #[arg(long)]
         floor: Option<u64>,
     },
+    /// Upload a signed release's blobs (skipping those the server has) and publish its manifest.
+    Push { release: PathBuf },
     /// Run a variant's golden vectors on this machine with ONNX Runtime and report how close it comes.
     Golden {
         release: PathBuf,

@@ -10,6 +10,8 @@ mod docs;
 mod keys_cmd;
 mod output;
 mod release;
+mod remote;
+mod remote_cmd;
 mod runtime;
 mod trust_cmd;
 
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
         Command::Keys(c) => keys_cmd::run(c, &out),
         Command::Trust(c) => trust_cmd::run(c, &out),
         Command::Release(c) => release::run(c, &out),
+        other => remote_cmd::run(other, &out),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

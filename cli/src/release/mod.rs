@@ -52,6 +52,7 @@ pub fn run(cmd: ReleaseCmd, out: &Out) -> anyhow::Result<()> {
         ReleaseCmd::Sign { release, key } => sign(&release, &key, out),
         ReleaseCmd::Verify { release, root, chain, floor } => verify(&release, &root, &chain, floor, out),
         ReleaseCmd::Golden { release, variant, ort } => golden(&release, &variant, ort.lib.as_deref(), out),
+        ReleaseCmd::Push { release } => crate::remote_cmd::push(&release, out),
     }
 }
 
@@ -82,7 +83,7 @@ impl ReleaseDir {
         Ok(BufReader::with_capacity(256 << 10, file))
     }
 
-    fn envelope(&self) -> anyhow::Result<Envelope> {
+    pub fn envelope(&self) -> anyhow::Result<Envelope> {
         let env = docs::read_envelope(&self.manifest, Limits::default().max_manifest_bytes)?;
         anyhow::ensure!(
             env.doc_type() == Some("release"),

@@ -51,12 +51,15 @@ pub async fn put_blob(
             format!("{size} bytes is over the blob limit of {} bytes", state.config.max_blob_bytes),
         ));
     }
-    if state.blobs.has(&sha256).await? == Some(size) {
+    // A blob already stored is still read and checked (answering before the body is read breaks clients that
+    // are still sending); clients that want to skip uploads ask with HEAD first.
+    let existed = state.blobs.has(&sha256).await? == Some(size);
+    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
+    let stored = state.blobs.put(Box::pin(reader), Some(ArtifactRef { sha256, size }), size).await?;
+    if existed {
         return Ok((StatusCode::OK, Json(serde_json::json!({"sha256": sha256, "size": size, "stored": false})))
             .into_response());
     }
-    let reader = StreamReader::new(body.into_data_stream().map_err(std::io::Error::other));
-    let stored = state.blobs.put(Box::pin(reader), Some(ArtifactRef { sha256, size }), size).await?;
     state.audit(&who, &source, "blob.upload", &sha256.to_string(), serde_json::json!({"size": stored.size})).await?;
     Ok((StatusCode::CREATED, Json(serde_json::json!({"sha256": sha256, "size": size, "stored": true}))).into_response())
 }

@@ -1,0 +1,176 @@
+//! Helpers for whole-system tests: find (building if needed) the real binaries, run the CLI, and start
+//! `edgefleet-server` as a child process on a free loopback port.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
+}
+
+/// A file fetched by `scripts/setup.sh`; missing is a loud failure.
+pub fn cache(rel: &str) -> PathBuf {
+    let p = repo().join(".cache").join(rel);
+    assert!(p.exists(), "{} is missing: run scripts/setup.sh (the README's test command does)", p.display());
+    p
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo().join("target"))
+}
+
+static BUILD: Once = Once::new();
+
+/// The path of a workspace binary of the dev profile, built once per test process if it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let path = target_dir().join("debug").join(name);
+    BUILD.call_once(|| {
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "-p", "edgefleet-server", "-p", "edgefleet-cli", "--bins"])
+            .current_dir(repo())
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the binaries failed");
+    });
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// The result of one command.
+#[derive(Debug)]
+pub struct Ran {
+    pub out: Output,
+}
+
+impl Ran {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.out.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.out.stderr).into_owned()
+    }
+    pub fn ok(self) -> Self {
+        assert!(self.out.status.success(), "failed: {}{}", self.stdout(), self.stderr());
+        self
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout().trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout()))
+    }
+    pub fn fails_with(self, says: &str) -> Self {
+        assert!(!self.out.status.success(), "succeeded, but should have failed: {}", self.stdout());
+        assert!(self.stderr().contains(says), "stderr does not say {says:?}: {}", self.stderr());
+        self
+    }
+}
+
+/// A scratch directory in which the CLI runs, with its own login file.
+#[derive(Debug)]
+pub struct Workdir {
+    pub dir: tempfile::TempDir,
+}
+
+impl Default for Workdir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Workdir {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().expect("tempdir") }
+    }
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+    pub fn edgefleet(&self, args: &[&str]) -> Ran {
+        let out = Command::new(bin("edgefleet"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("EDGEFLEET_CLI_CONFIG", self.path("login.json"))
+            .env("EDGEFLEET_ORT_LIB", cache("lib/libonnxruntime.so.1.31.1"))
+            .output()
+            .expect("run edgefleet");
+        Ran { out }
+    }
+}
+
+/// A running `edgefleet-server`, stopped (SIGTERM, then kill) when dropped.
+#[derive(Debug)]
+pub struct ServerProcess {
+    pub child: Child,
+    pub url: String,
+    pub fingerprint: String,
+    pub data_dir: PathBuf,
+}
+
+impl ServerProcess {
+    /// Starts the server on 127.0.0.1:0 with `env` (EDGEFLEET_* settings) and waits for its address.
+    pub fn start(data_dir: &Path, env: &[(&str, &Path)]) -> Self {
+        let mut cmd = Command::new(bin("edgefleet-server"));
+        cmd.env("EDGEFLEET_DATA_DIR", data_dir).env("EDGEFLEET_LISTEN", "127.0.0.1:0").env("RUST_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start edgefleet-server");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let (mut url, mut fingerprint) = (None, None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while url.is_none() || fingerprint.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("edgefleet-server did not print its address within 60 s");
+            if let Some(u) = line.strip_prefix("edgefleet-server listening on ") {
+                url = Some(u.trim().to_owned());
+            }
+            if let Some(i) = line.find("fingerprint ") {
+                fingerprint = Some(line[i + "fingerprint ".len()..].trim().to_owned());
+            }
+        }
+        Self {
+            child,
+            url: url.unwrap_or_default(),
+            fingerprint: fingerprint.unwrap_or_default(),
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    /// Runs `edgefleet-server` against the same data directory (for `token create`).
+    pub fn admin(data_dir: &Path, args: &[&str]) -> Ran {
+        let out = Command::new(bin("edgefleet-server"))
+            .args(args)
+            .env("EDGEFLEET_DATA_DIR", data_dir)
+            .env("RUST_LOG", "warn")
+            .output()
+            .expect("run edgefleet-server");
+        Ran { out }
+    }
+
+    /// Stops with SIGTERM and answers the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "edgefleet-server did not stop within 20 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
