@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --quiet --bin edgefleet
+cargo build --release --quiet --bin edgefleet --bin edgefleet-server
 E="$PWD/target/release/edgefleet"
+S="$PWD/target/release/edgefleet-server"
 export EDGEFLEET_ORT_LIB="$PWD/.cache/lib/libonnxruntime.so.1.31.1"
 C="$PWD/.cache"
 D=build/demo
@@ -88,4 +89,32 @@ refused "$E" release verify magika-1 --root root.json --chain root-2.json
 "$E" release sign magika-1 --key carol.key
 "$E" release verify magika-1 --root root.json --chain root-2.json
 
-step "Done. Everything is in build/demo/"
+step "Control plane: edgefleet-server on SQLite in build/demo/server (self-signed TLS, device CA made at first start)"
+export EDGEFLEET_DATA_DIR="$PWD/server" EDGEFLEET_TRUST_ROOT="$PWD/root.json" EDGEFLEET_FLEET_KEY="$PWD/fleet.key"
+EDGEFLEET_LISTEN=127.0.0.1:0 RUST_LOG=warn "$S" serve > server.log 2>&1 &
+server_pid=$!
+trap 'kill $server_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do grep -q fingerprint server.log 2>/dev/null && break; sleep 0.1; done
+url=$(sed -n 's/^edgefleet-server listening on //p' server.log)
+fingerprint=$(sed -n 's/.*fingerprint //p' server.log)
+sed 's/^/   /' server.log
+admin=$("$S" token create --name demo-admin --role admin)
+export EDGEFLEET_CLI_CONFIG="$PWD/login.json"
+"$E" login --server "$url" --token "$admin" --fingerprint "$fingerprint"
+
+step "Push: blobs first, then the manifest, which the server verifies against its own copy of the root"
+"$E" release push magika-1
+"$E" release push silero-vad-1
+echo "   pushing the tampered copy is refused by the server too:"
+refused "$E" release push edited
+"$E" models
+"$E" releases magika
+
+step "Operate: a one-time enrollment token for EU devices, an assignment, the audit log"
+"$E" enroll-token create --label region=eu
+"$E" assign magika 1 --selector region=eu
+"$E" audit --limit 12
+kill $server_pid && wait $server_pid 2>/dev/null || true
+trap - EXIT
+
+step "Done. Everything is in build/demo/ (the server's data in build/demo/server)"

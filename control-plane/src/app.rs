@@ -93,6 +93,7 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
         ca,
         generation,
         assignments: RwLock::new(None),
+        rebuilding: tokio::sync::Mutex::new(()),
         desired: Mutex::new(HashMap::new()),
         revoked: RwLock::new(revoked),
         reports: Mutex::new(HashMap::new()),

@@ -34,6 +34,8 @@ pub struct Inner {
     /// Bumped whenever anything desired states depend on changes (assignments, releases, labels, roots).
     pub generation: watch::Sender<u64>,
     pub assignments: RwLock<Option<Arc<AssignmentSnapshot>>>,
+    /// Held while the assignment snapshot is rebuilt, so concurrent check-ins rebuild it once, not each.
+    pub rebuilding: tokio::sync::Mutex<()>,
     pub desired: Mutex<HashMap<DeviceId, CachedDesired>>,
     pub revoked: RwLock<HashSet<DeviceId>>,
     /// Digest of the last stored report per device, so an unchanged report costs no write.

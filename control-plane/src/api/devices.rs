@@ -160,11 +160,22 @@ pub struct CheckinQuery {
 
 /// The assignments with their parsed releases, rebuilt once per generation.
 async fn snapshot(state: &AppState) -> ApiResult<Arc<AssignmentSnapshot>> {
+    let cached = |generation: u64| {
+        state
+            .assignments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .filter(|s| s.generation == generation)
+            .cloned()
+    };
+    if let Some(s) = cached(*state.generation.borrow()) {
+        return Ok(s);
+    }
+    let _single_flight = state.rebuilding.lock().await;
     let generation = *state.generation.borrow();
-    if let Some(s) = state.assignments.read().unwrap_or_else(|p| p.into_inner()).as_ref()
-        && s.generation == generation
-    {
-        return Ok(s.clone());
+    if let Some(s) = cached(generation) {
+        return Ok(s);
     }
     let mut entries = Vec::new();
     for a in state.store.assignments().await? {
