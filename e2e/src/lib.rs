@@ -24,12 +24,28 @@ fn target_dir() -> PathBuf {
 
 static BUILD: Once = Once::new();
 
-/// The path of a workspace binary of the dev profile, built once per test process if it is missing.
+/// The path of a workspace binary of the dev profile, brought up to date once per test process.
+///
+/// The build asks for every target of the workspace, as the test runner does, so that features unify the same
+/// way and an up-to-date tree builds nothing (building only the binaries would pick other features of shared
+/// dependencies and rebuild them).
 pub fn bin(name: &str) -> PathBuf {
     let path = target_dir().join("debug").join(name);
     BUILD.call_once(|| {
+        // The test runner adds variables (CARGO_PKG_*, CARGO_MANIFEST_DIR, NEXTEST_*, ...) that some build
+        // scripts watch; the inner build sees the environment the outer one saw, or it rebuilds them.
+        let inherited = std::env::vars().filter(|(k, _)| {
+            let injected = (k.starts_with("CARGO_") && !matches!(k.as_str(), "CARGO_HOME" | "CARGO_TARGET_DIR"))
+                || k.starts_with("NEXTEST")
+                || k.starts_with("__NEXTEST")
+                || k.starts_with("RUST_TEST")
+                || k == "OUT_DIR";
+            !injected
+        });
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--quiet", "-p", "edgefleet-server", "-p", "edgefleet-cli", "--bins"])
+            .env_clear()
+            .envs(inherited)
+            .args(["build", "--quiet", "--workspace", "--all-targets"])
             .current_dir(repo())
             .status()
             .expect("run cargo build");
