@@ -497,3 +497,100 @@ both_backends!(
     revoked_and_foreign_devices_are_refused,
     bad_input_gets_stable_json_errors,
 );
+
+async fn labels_renewal_and_root_rotation(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let publisher = app.token(TokenRole::Publisher).await;
+    let operator = app.token(TokenRole::Operator).await;
+    let dev = app.enroll("dev-5", &[("region", "us")], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    let m1 = upload_release(&app, &publisher, "magika", 1).await;
+    assert_eq!(publish(&app, &publisher, signed(&m1, &[key(10), key(11)])).await.status(), 201);
+    let assign = app
+        .client()
+        .post(app.url("/assignments"))
+        .bearer_auth(&operator)
+        .json(&serde_json::json!({"model": "magika", "version": 1, "selector": "region=eu"}))
+        .send()
+        .await
+        .expect("assign");
+    assert_eq!(assign.status(), 201);
+    let models = |body: &[u8]| -> usize {
+        let env: serde_json::Value = serde_json::from_slice(body).expect("json");
+        env["signed"]["models"].as_array().map_or(0, Vec::len)
+    };
+    let r = dev.client.post(app.url("/device/checkin")).json(&serde_json::json!({})).send().await.expect("checkin");
+    assert_eq!(models(&r.bytes().await.expect("body")), 0, "region=us does not match region=eu");
+
+    // Relabelling the device moves it under the assignment.
+    let r = app
+        .client()
+        .put(app.url("/devices/dev-5/labels"))
+        .bearer_auth(&operator)
+        .json(&serde_json::json!({"labels": {"region": "eu"}}))
+        .send()
+        .await
+        .expect("labels");
+    assert_eq!(r.status(), 200);
+    let bad = app
+        .client()
+        .put(app.url("/devices/dev-5/labels"))
+        .bearer_auth(&operator)
+        .json(&serde_json::json!({"labels": {"Region!": "eu"}}))
+        .send()
+        .await
+        .expect("labels");
+    assert_error(bad, 400, "invalid_labels").await;
+    let r = dev.client.post(app.url("/device/checkin")).json(&serde_json::json!({})).send().await.expect("checkin");
+    assert_eq!(models(&r.bytes().await.expect("body")), 1);
+
+    // Renewal: a new key, a new certificate, and it works for check-in.
+    let (csr, key2) = csr();
+    let renewed: serde_json::Value = dev
+        .client
+        .post(app.url("/device/renew"))
+        .json(&serde_json::json!({"csr_pem": csr}))
+        .send()
+        .await
+        .expect("renew")
+        .json()
+        .await
+        .expect("json");
+    let chain = rustls_pemfile::certs(&mut renewed["certificate_pem"].as_str().expect("pem").as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("cert");
+    let renewed_client = http(client_config(
+        app.server_cert(),
+        Some((chain, rustls::pki_types::PrivateKeyDer::try_from(key2.serialize_der()).expect("key"))),
+    ));
+    let r = renewed_client.post(app.url("/device/checkin")).json(&serde_json::json!({})).send().await.expect("checkin");
+    assert_eq!(r.status(), 200);
+
+    // Root rotation through the API: v2 adds a release key; a v3 without this server's fleet key is refused.
+    let roots: serde_json::Value =
+        app.client().get(app.url("/trust/roots")).send().await.expect("roots").json().await.expect("json");
+    assert_eq!(roots["versions"], serde_json::json!([1]));
+    let mut v2 = root().next_version(Utc::now() + Duration::days(30));
+    v2.add_key(model_registry::Role::Release, key(12).public().clone());
+    let post_root =
+        |body: Vec<u8>| app.client().post(app.url("/trust/roots")).bearer_auth(&app.admin).body(body).send();
+    let msg = assert_error(post_root(signed(&v2, &[key(9)])).await.expect("post"), 422, "root_refused").await;
+    assert!(msg.contains("key-compromise"), "{msg}");
+    assert_eq!(post_root(signed(&v2, &[key(1)])).await.expect("post").status(), 201);
+    let mut v3 = v2.next_version(Utc::now() + Duration::days(30));
+    v3.revoke_key(&key(20).key_id());
+    v3.add_key(model_registry::Role::Fleet, key(21).public().clone());
+    let msg = assert_error(post_root(signed(&v3, &[key(1)])).await.expect("post"), 422, "root_refused").await;
+    assert!(msg.contains("fleet key"), "{msg}");
+    let roots: serde_json::Value =
+        app.client().get(app.url("/trust/roots")).send().await.expect("roots").json().await.expect("json");
+    assert_eq!(roots["versions"], serde_json::json!([1, 2]));
+    let v2_served =
+        app.client().get(app.url("/trust/roots/2")).send().await.expect("root").bytes().await.expect("body");
+    let reached = model_registry::update_root(&root(), &v2_served, &Limits::default()).expect("a device walks to v2");
+    assert_eq!(reached.version, 2);
+    // Releases signed with the new key 12 now publish.
+    let m2 = upload_release(&app, &publisher, "magika", 2).await;
+    assert_eq!(publish(&app, &publisher, signed(&m2, &[key(10), key(12)])).await.status(), 201);
+}
+
+both_backends!(labels_renewal_and_root_rotation);
