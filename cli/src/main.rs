@@ -12,7 +12,6 @@ mod output;
 mod release;
 mod remote;
 mod remote_cmd;
-mod runtime;
 mod trust_cmd;
 
 use args::{Cli, Command};

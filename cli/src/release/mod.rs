@@ -20,7 +20,7 @@ use model_registry::{
 use crate::args::ReleaseCmd;
 use crate::docs;
 use crate::output::Out;
-use crate::runtime::Runtime;
+use edgefleet_runtime::Runtime;
 
 mod pack;
 

@@ -22,7 +22,7 @@ use model_registry::{
 
 use crate::args::ReleasePack;
 use crate::output::Out;
-use crate::runtime::{Model, Runtime};
+use edgefleet_runtime::{Model, Runtime};
 
 /// One `--variant` as given on the command line.
 #[derive(Debug)]

@@ -1,5 +1,9 @@
-//! The CLI's use of ONNX Runtime: load the library named at run time, open a model, read its signature, and
-//! run it on host tensors. Used by `release pack` (reference outputs) and `release golden`.
+//! edgefleet's one contact with ONNX Runtime (through `ort` with `load-dynamic`): load the library named at run
+//! time, open a model on the best execution provider this ONNX Runtime build offers (falling back, with the
+//! reason kept, down to CPU), read its signature, and run it on host tensors. Used by the CLI (`release pack`,
+//! `release golden`) and by the device daemon.
+//!
+//! Invariant: no other crate of the workspace imports `ort`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,7 +38,17 @@ pub struct Runtime {
     env: ort::environment::Environment,
 }
 
+static SHARED: std::sync::OnceLock<Result<Runtime, String>> = std::sync::OnceLock::new();
+
 impl Runtime {
+    /// The process's one ONNX Runtime (ONNX Runtime allows one environment per process): loaded from `path` by
+    /// the first caller; later callers get the same one whatever path they pass.
+    pub fn shared(path: Option<&Path>) -> Result<&'static Runtime, RuntimeError> {
+        SHARED.get_or_init(|| Runtime::load(path).map_err(|e| e.to_string())).as_ref().map_err(|message| {
+            RuntimeError::Library { path: path.map(Path::to_owned).unwrap_or_default(), message: message.clone() }
+        })
+    }
+
     pub fn load(path: Option<&Path>) -> Result<Self, RuntimeError> {
         let path = path.ok_or(RuntimeError::NoLibrary)?;
         let lib = |e: &dyn std::fmt::Display| RuntimeError::Library { path: path.to_owned(), message: e.to_string() };
@@ -45,15 +59,99 @@ impl Runtime {
         Ok(Self { env })
     }
 
+    /// Opens a model on CPU with ONNX Runtime's default threading.
     pub fn open(&self, path: &Path) -> Result<Model, RuntimeError> {
+        self.open_with(path, &Options::default())
+    }
+
+    /// Opens a model trying `options.providers` in order; the first that this ONNX Runtime build has and that
+    /// registers is used, each one skipped is recorded in [`Model::fallbacks`] with why.
+    pub fn open_with(&self, path: &Path, options: &Options) -> Result<Model, RuntimeError> {
         let err = |e: ort::Error| RuntimeError::Model { path: path.to_owned(), message: e.to_string() };
-        let session = Session::builder(&self.env).map_err(err)?.commit_from_file(path).map_err(err)?;
+        let err_b = |e: ort::Error<ort::session::builder::SessionBuilder>| RuntimeError::Model {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        let mut builder = Session::builder(&self.env).map_err(err)?;
+        if let Some(n) = options.intra_threads {
+            builder = builder.with_intra_threads(n).map_err(err_b)?;
+        }
+        let mut fallbacks = Vec::new();
+        let mut provider = CPU.to_owned();
+        for name in &options.providers {
+            if name == CPU {
+                break;
+            }
+            match try_register(&mut builder, name) {
+                Ok(()) => {
+                    provider = name.clone();
+                    break;
+                }
+                Err(why) => {
+                    tracing::info!(provider = %name, reason = %why, "execution provider not used; trying the next");
+                    fallbacks.push(format!("{name}: {why}"));
+                }
+            }
+        }
+        let session = builder.commit_from_file(path).map_err(err)?;
         let specs = |what: &'static str, outlets: &[ort::value::Outlet]| {
             outlets.iter().map(|o| spec(path, what, o.name(), o.dtype())).collect::<Result<Vec<_>, _>>()
         };
         let inputs = specs("input", session.inputs())?;
         let outputs = specs("output", session.outputs())?;
-        Ok(Model { path: path.to_owned(), session, inputs, outputs })
+        Ok(Model { path: path.to_owned(), session, inputs, outputs, provider, fallbacks })
+    }
+}
+
+pub const CPU: &str = "CPUExecutionProvider";
+
+/// How to open a model.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Execution providers to try, best first (ONNX Runtime names, e.g. `QNNExecutionProvider`). CPU is
+    /// always the last resort, listed or not.
+    pub providers: Vec<String>,
+    /// Threads within one operator; `None` for ONNX Runtime's default.
+    pub intra_threads: Option<usize>,
+}
+
+/// The execution providers compiled into the loaded ONNX Runtime library.
+#[allow(unsafe_code)]
+pub fn available_providers() -> Vec<String> {
+    let api = ort::api();
+    let mut list: *mut *mut std::ffi::c_char = std::ptr::null_mut();
+    let mut n: std::ffi::c_int = 0;
+    // SAFETY: GetAvailableProviders fills `list` with `n` NUL-terminated strings owned by ONNX Runtime, which
+    // are copied here and then handed back with ReleaseAvailableProviders; a non-null status is an error and
+    // leaves nothing to release.
+    unsafe {
+        let status = (api.GetAvailableProviders)(&mut list, &mut n);
+        if !status.0.is_null() {
+            (api.ReleaseStatus)(status.0);
+            return Vec::new();
+        }
+        if list.is_null() {
+            return Vec::new();
+        }
+        let names = (0..n.max(0) as usize)
+            .map(|i| std::ffi::CStr::from_ptr(*list.add(i)).to_string_lossy().into_owned())
+            .collect();
+        let status = (api.ReleaseAvailableProviders)(list, n);
+        if !status.0.is_null() {
+            (api.ReleaseStatus)(status.0);
+        }
+        names
+    }
+}
+
+/// Registers one named provider, or says why not. This ONNX Runtime build's providers are asked first; ones it
+/// lacks are skipped with that reason. Registering a present accelerator needs ort's provider feature for it,
+/// which the PyPI CPU build edgefleet is tested with never offers; that case is reported, not guessed.
+fn try_register(_builder: &mut ort::session::builder::SessionBuilder, name: &str) -> Result<(), String> {
+    if available_providers().iter().any(|p| p == name) {
+        Err("present in this ONNX Runtime build, but this edgefleet build does not register it yet".into())
+    } else {
+        Err("not compiled into this ONNX Runtime build".into())
     }
 }
 
@@ -91,6 +189,10 @@ pub struct Model {
     session: Session,
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// The execution provider the session runs on.
+    pub provider: String,
+    /// Providers tried before it, each with the reason it was not used.
+    pub fallbacks: Vec<String>,
 }
 
 fn le<const N: usize, T>(data: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {

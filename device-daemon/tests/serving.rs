@@ -1,0 +1,260 @@
+//! Serving real models over the Open Inference Protocol: magika names the type of known files, bad requests
+//! are refused before ONNX Runtime sees them, and releases swap under a steady load with no failed request.
+//! Needs `.cache/` from `scripts/setup.sh` (the README's test command runs it); missing files fail loudly.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use edgefleet_daemon::serving::{ModelTable, Served};
+use edgefleet_daemon::v2::{V2State, router};
+use edgefleet_runtime::{Options, Runtime};
+
+fn cache(rel: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("root").join(".cache").join(rel);
+    assert!(p.exists(), "{} is missing: run scripts/setup.sh (the README's test command does)", p.display());
+    p
+}
+
+/// A plain-HTTP client (local inference is on loopback); reqwest still wants a TLS provider chosen.
+fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+fn runtime() -> &'static Runtime {
+    Runtime::shared(Some(&cache("lib/libonnxruntime.so.1.31.1"))).expect("ONNX Runtime loads")
+}
+
+/// magika's input: the first 1024 bytes of the whitespace-stripped start, padded with 256 at the end, then
+/// the last 1024 of the stripped end, padded at the start (config.min.json of standard_v3_3).
+fn magika_features(content: &[u8]) -> Vec<i32> {
+    let (beg, end, pad, block) = (1024, 1024, 256, 4096);
+    let head_block = &content[..content.len().min(block)];
+    let head: Vec<u8> = head_block.iter().skip_while(|b| b.is_ascii_whitespace()).take(beg).copied().collect();
+    let tail_block = &content[content.len().saturating_sub(block)..];
+    let trimmed =
+        tail_block.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(&tail_block[..0], |i| &tail_block[..=i]);
+    let tail = &trimmed[trimmed.len().saturating_sub(end)..];
+    let mut f: Vec<i32> = head.iter().map(|b| i32::from(*b)).collect();
+    f.resize(beg, pad);
+    f.extend(std::iter::repeat_n(pad, end - tail.len()));
+    f.extend(tail.iter().map(|b| i32::from(*b)));
+    f
+}
+
+fn labels() -> Vec<String> {
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache("models/magika/config.min.json")).expect("config")).expect("json");
+    cfg["target_labels_space"]
+        .as_array()
+        .expect("labels")
+        .iter()
+        .map(|l| l.as_str().expect("label").to_owned())
+        .collect()
+}
+
+fn load(file: &str, release: u64, variant: &str, slot: &str) -> Served {
+    Served::load(
+        runtime(),
+        &cache(file),
+        &Options { providers: vec!["CPUExecutionProvider".into()], intra_threads: Some(1) },
+        2,
+        "magika".parse().expect("name"),
+        edgefleet_protocol::ReleaseVersion::new(release).expect("version"),
+        variant.parse().expect("variant"),
+        slot,
+    )
+    .expect("model loads")
+}
+
+async fn serve(models: Arc<ModelTable>) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        axum::serve(listener, router(V2State { models }, 8 << 20)).await.expect("serve");
+    });
+    url
+}
+
+fn request(features: &[i32]) -> serde_json::Value {
+    serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32", "data": features}]})
+}
+
+fn top(resp: &serde_json::Value, labels: &[String]) -> String {
+    let out = &resp["outputs"][0];
+    assert_eq!(out["name"], "target_label");
+    assert_eq!(out["shape"], serde_json::json!([1, 214]));
+    let scores: Vec<f64> = out["data"].as_array().expect("data").iter().map(|v| v.as_f64().expect("f64")).collect();
+    let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map(|(i, _)| i).expect("scores");
+    labels[best].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn magika_names_known_files_over_the_v2_api() {
+    let models = Arc::new(ModelTable::default());
+    let client = http();
+    let url = serve(models.clone()).await;
+    // Nothing loaded: live, not ready.
+    assert_eq!(client.get(format!("{url}/v2/health/live")).send().await.expect("live").status(), 200);
+    assert_eq!(client.get(format!("{url}/v2/health/ready")).send().await.expect("ready").status(), 503);
+
+    models.install(load("models/magika/model.onnx", 1, "cpu-fp32", "a"));
+    assert_eq!(client.get(format!("{url}/v2/health/ready")).send().await.expect("ready").status(), 200);
+    let meta: serde_json::Value =
+        client.get(format!("{url}/v2/models/magika")).send().await.expect("meta").json().await.expect("json");
+    assert_eq!(meta["inputs"][0], serde_json::json!({"name": "bytes", "datatype": "INT32", "shape": [-1, 2048]}));
+    assert_eq!(meta["edgefleet"]["provider"], "CPUExecutionProvider");
+
+    let labels = labels();
+    let python = br#"import json
+import sys
+
+
+def main(path):
+    """Print the keys of a JSON document."""
+    with open(path) as f:
+        doc = json.load(f)
+    for key in sorted(doc):
+        print(key, type(doc[key]).__name__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
+"#;
+    let json = serde_json::to_vec_pretty(&serde_json::json!({
+        "name": "edgefleet", "models": [{"name": "magika", "versions": [1, 2, 3]}, {"name": "silero-vad", "versions": [6]}],
+        "waves": [1, 10, 50, 100], "gates": {"p95_latency_ratio": 1.2, "error_rate": 0.01}, "owner": "sre@example.com",
+    }))
+    .expect("json");
+    for (content, expected) in [(&python[..], "python"), (&json[..], "json")] {
+        let r: serde_json::Value = client
+            .post(format!("{url}/v2/models/magika/infer"))
+            .json(&request(&magika_features(content)))
+            .send()
+            .await
+            .expect("infer")
+            .json()
+            .await
+            .expect("json");
+        assert_eq!(top(&r, &labels), expected, "{r}");
+        assert_eq!(r["model_version"], "1");
+    }
+
+    // Bad requests: each a 400 in the protocol's error shape; none reaches ONNX Runtime.
+    let features = magika_features(python);
+    let post = |body: serde_json::Value| client.post(format!("{url}/v2/models/magika/infer")).json(&body).send();
+    for (body, says) in [
+        (
+            serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2047], "datatype": "INT32", "data": &features[..2047]}]}),
+            "does not fit",
+        ),
+        (
+            serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "FP32", "data": features}]}),
+            "datatype FP32",
+        ),
+        (
+            serde_json::json!({"inputs": [{"name": "pixels", "shape": [1, 2048], "datatype": "INT32", "data": features}]}),
+            "no input",
+        ),
+        (
+            serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32", "data": &features[..100]}]}),
+            "100 values",
+        ),
+        (
+            serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32", "data": vec![1.5; 2048]}]}),
+            "not an integer",
+        ),
+        (serde_json::json!({"inputs": []}), "missing"),
+        (
+            serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32", "data": features}], "outputs": [{"name": "nope"}]}),
+            "no output",
+        ),
+    ] {
+        let r = post(body).await.expect("post");
+        assert_eq!(r.status(), 400);
+        let e: serde_json::Value = r.json().await.expect("json");
+        assert!(e["error"].as_str().is_some_and(|m| m.contains(says)), "{e} should say {says}");
+    }
+    let r = client
+        .post(format!("{url}/v2/models/magika/infer"))
+        .header("content-type", "application/json")
+        .body("{\"inputs\": [")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<serde_json::Value>().await.expect("json")["error"].is_string());
+    let r = client.post(format!("{url}/v2/models/unknown/infer")).json(&request(&features)).send().await.expect("post");
+    assert_eq!(r.status(), 404);
+    let huge = vec![0u8; 9 << 20];
+    let r = client
+        .post(format!("{url}/v2/models/magika/infer"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 413);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapping_releases_under_load_fails_no_request() {
+    let models = Arc::new(ModelTable::default());
+    models.install(load("models/magika/model.onnx", 1, "cpu-fp32", "a"));
+    let url = serve(models.clone()).await;
+    let body = Arc::new(request(&magika_features(b"#!/bin/sh\nset -eu\necho hello\nexit 0\n")));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (url, body, stop, ok, failed) = (url.clone(), body.clone(), stop.clone(), ok.clone(), failed.clone());
+        clients.push(tokio::spawn(async move {
+            let client = http();
+            let mut versions = std::collections::BTreeSet::new();
+            // Bounded: at most 100,000 requests per client even if the swaps were to stall.
+            for _ in 0..100_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                match client.post(format!("{url}/v2/models/magika/infer")).json(&*body).send().await {
+                    Ok(r) if r.status() == 200 => {
+                        let v: serde_json::Value = r.json().await.expect("json");
+                        assert_eq!(v["outputs"][0]["shape"], serde_json::json!([1, 214]));
+                        versions.insert(v["model_version"].as_str().unwrap_or_default().to_owned());
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            versions
+        }));
+    }
+    // 30 swaps between release 1 (fp32, slot a) and release 2 (int8, slot b), each after requests went by.
+    for i in 0..30u64 {
+        let seen = ok.load(Ordering::Relaxed);
+        let (file, variant, slot) = if i % 2 == 0 {
+            ("models/magika/model-int8.onnx", "cpu-int8", "b")
+        } else {
+            ("models/magika/model.onnx", "cpu-fp32", "a")
+        };
+        let old = models.install(load(file, 2 + i, variant, slot));
+        assert!(old.is_some());
+        // Wait (bounded) until requests went by on the new release.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while ok.load(Ordering::Relaxed) < seen + 20 {
+            assert!(std::time::Instant::now() < deadline, "no progress: {} failed", failed.load(Ordering::Relaxed));
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut versions = std::collections::BTreeSet::new();
+    for c in clients {
+        versions.extend(c.await.expect("client"));
+    }
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during swaps");
+    assert!(ok.load(Ordering::Relaxed) >= 600, "{} requests", ok.load(Ordering::Relaxed));
+    assert!(versions.len() > 10, "requests saw only {versions:?}");
+}
