@@ -4,6 +4,8 @@
 //!
 //! Invariant: hardware is read from files under a configurable root, never from the build machine.
 
+pub mod agent;
 pub mod hardware;
+pub mod run;
 pub mod serving;
 pub mod v2;

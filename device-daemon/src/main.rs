@@ -22,11 +22,61 @@ struct Cli {
 enum Command {
     /// Detect the hardware: device class, execution providers in order, memory, SoC, power sensor.
     Hardware,
+    /// Enroll (first start), then check in, install and serve until stopped.
+    Run(edgefleet_daemon::run::RunArgs),
+    /// What is committed in each slot, and what failed last (read from the data directory).
+    Status {
+        #[arg(long, env = "EDGEFLEET_DATA_DIR")]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(edgefleet_daemon::run::run(args, cli.hardware_root)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Status { data_dir } => {
+            let layout = edgefleet_daemon::agent::Layout { root: data_dir };
+            match layout.load_state() {
+                Ok(s) => {
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&s).unwrap_or_default());
+                    } else {
+                        for (m, i) in &s.committed {
+                            println!("{m}: release {} variant {} in slot {}", i.release, i.variant, i.slot.as_str());
+                        }
+                        if s.committed.is_empty() {
+                            println!("no model committed");
+                        }
+                        println!("last error: {}", s.last_error.as_deref().unwrap_or("none"));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Hardware => {
             let d = edgefleet_daemon::hardware::detect(&cli.hardware_root);
             if cli.json {

@@ -2,19 +2,13 @@
 //! are refused before ONNX Runtime sees them, and releases swap under a steady load with no failed request.
 //! Needs `.cache/` from `scripts/setup.sh` (the README's test command runs it); missing files fail loudly.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use edgefleet_daemon::serving::{ModelTable, Served};
 use edgefleet_daemon::v2::{V2State, router};
+use edgefleet_e2e::{PYTHON_SOURCE, cache, magika_features, magika_labels as labels};
 use edgefleet_runtime::{Options, Runtime};
-
-fn cache(rel: &str) -> PathBuf {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("root").join(".cache").join(rel);
-    assert!(p.exists(), "{} is missing: run scripts/setup.sh (the README's test command does)", p.display());
-    p
-}
 
 /// A plain-HTTP client (local inference is on loopback); reqwest still wants a TLS provider chosen.
 fn http() -> reqwest::Client {
@@ -24,34 +18,6 @@ fn http() -> reqwest::Client {
 
 fn runtime() -> &'static Runtime {
     Runtime::shared(Some(&cache("lib/libonnxruntime.so.1.31.1"))).expect("ONNX Runtime loads")
-}
-
-/// magika's input: the first 1024 bytes of the whitespace-stripped start, padded with 256 at the end, then
-/// the last 1024 of the stripped end, padded at the start (config.min.json of standard_v3_3).
-fn magika_features(content: &[u8]) -> Vec<i32> {
-    let (beg, end, pad, block) = (1024, 1024, 256, 4096);
-    let head_block = &content[..content.len().min(block)];
-    let head: Vec<u8> = head_block.iter().skip_while(|b| b.is_ascii_whitespace()).take(beg).copied().collect();
-    let tail_block = &content[content.len().saturating_sub(block)..];
-    let trimmed =
-        tail_block.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(&tail_block[..0], |i| &tail_block[..=i]);
-    let tail = &trimmed[trimmed.len().saturating_sub(end)..];
-    let mut f: Vec<i32> = head.iter().map(|b| i32::from(*b)).collect();
-    f.resize(beg, pad);
-    f.extend(std::iter::repeat_n(pad, end - tail.len()));
-    f.extend(tail.iter().map(|b| i32::from(*b)));
-    f
-}
-
-fn labels() -> Vec<String> {
-    let cfg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(cache("models/magika/config.min.json")).expect("config")).expect("json");
-    cfg["target_labels_space"]
-        .as_array()
-        .expect("labels")
-        .iter()
-        .map(|l| l.as_str().expect("label").to_owned())
-        .collect()
 }
 
 fn load(file: &str, release: u64, variant: &str, slot: &str) -> Served {
@@ -107,27 +73,13 @@ async fn magika_names_known_files_over_the_v2_api() {
     assert_eq!(meta["edgefleet"]["provider"], "CPUExecutionProvider");
 
     let labels = labels();
-    let python = br#"import json
-import sys
-
-
-def main(path):
-    """Print the keys of a JSON document."""
-    with open(path) as f:
-        doc = json.load(f)
-    for key in sorted(doc):
-        print(key, type(doc[key]).__name__)
-
-
-if __name__ == "__main__":
-    main(sys.argv[1])
-"#;
+    let python = PYTHON_SOURCE;
     let json = serde_json::to_vec_pretty(&serde_json::json!({
         "name": "edgefleet", "models": [{"name": "magika", "versions": [1, 2, 3]}, {"name": "silero-vad", "versions": [6]}],
         "waves": [1, 10, 50, 100], "gates": {"p95_latency_ratio": 1.2, "error_rate": 0.01}, "owner": "sre@example.com",
     }))
     .expect("json");
-    for (content, expected) in [(&python[..], "python"), (&json[..], "json")] {
+    for (content, expected) in [(python, "python"), (&json[..], "json")] {
         let r: serde_json::Value = client
             .post(format!("{url}/v2/models/magika/infer"))
             .json(&request(&magika_features(content)))

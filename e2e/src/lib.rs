@@ -113,6 +113,60 @@ impl Workdir {
     }
 }
 
+/// magika's input for `content` (config.min.json of standard_v3_3): the first 1024 bytes of the
+/// whitespace-stripped start padded with 256 at the end, then the last 1024 of the stripped end padded at the
+/// start.
+pub fn magika_features(content: &[u8]) -> Vec<i32> {
+    let (beg, end, pad, block) = (1024, 1024, 256, 4096);
+    let head_block = &content[..content.len().min(block)];
+    let head: Vec<u8> = head_block.iter().skip_while(|b| b.is_ascii_whitespace()).take(beg).copied().collect();
+    let tail_block = &content[content.len().saturating_sub(block)..];
+    let trimmed =
+        tail_block.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(&tail_block[..0], |i| &tail_block[..=i]);
+    let tail = &trimmed[trimmed.len().saturating_sub(end)..];
+    let mut f: Vec<i32> = head.iter().map(|b| i32::from(*b)).collect();
+    f.resize(beg, pad);
+    f.extend(std::iter::repeat_n(pad, end - tail.len()));
+    f.extend(tail.iter().map(|b| i32::from(*b)));
+    f
+}
+
+/// magika's label names, in output order.
+pub fn magika_labels() -> Vec<String> {
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache("models/magika/config.min.json")).expect("config")).expect("json");
+    cfg["target_labels_space"].as_array().expect("labels").iter().map(|l| l.as_str().unwrap_or("").to_owned()).collect()
+}
+
+/// A small Python program, which magika must call `python`.
+pub const PYTHON_SOURCE: &[u8] = br#"import json
+import sys
+
+
+def main(path):
+    """Print the keys of a JSON document."""
+    with open(path) as f:
+        doc = json.load(f)
+    for key in sorted(doc):
+        print(key, type(doc[key]).__name__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
+"#;
+
+/// Waits, bounded, for `f` to answer `Some`.
+pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// A running `edgefleet-server`, stopped (SIGTERM, then kill) when dropped.
 #[derive(Debug)]
 pub struct ServerProcess {

@@ -1,0 +1,499 @@
+//! The agent: enrollment, check-in, and installing what the signed desired state names.
+//!
+//! Decisions are pure ([`plan`]): given what is installed and a verified desired state, what to do per model.
+//! Effects are separate steps, each leaving disk consistent at every instant: downloads go to
+//! `downloads/<sha256>.partial` and resume with HTTP Range; the model is decompressed, verified while it
+//! streams, into the inactive slot through a temporary file, fsync and rename; the golden vectors run on the
+//! new session before it is swapped in; `state.json` (what is committed, the last-seen trust state) is
+//! written atomically. A failure at any step leaves the previous model serving and is reported as an event.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use edgefleet_protocol::api::{
+    DeviceEvent, DeviceReport, EnrollResponse, EventKind, HardwareProfile, ModelStatus, SlotStatus,
+};
+use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, VariantId};
+use edgefleet_runtime::{Options, Runtime};
+use model_registry::artifact::{ArtifactRef, StreamCheck, decompress_verified};
+use model_registry::fsutil::{sync_dir, write_atomic, write_file_atomic};
+use model_registry::golden::GoldenVectors;
+use model_registry::{LastSeen, Limits, Root, Variant, VerifiedDesiredState, Verifier};
+use serde::{Deserialize, Serialize};
+
+use crate::serving::{ModelTable, Served};
+
+/// Which of a model's two slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl std::ops::Not for Slot {
+    type Output = Slot;
+    fn not(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+impl Slot {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+}
+
+/// A release installed in a slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Installed {
+    pub release: ReleaseVersion,
+    pub variant: VariantId,
+    pub slot: Slot,
+    pub raw: ArtifactRef,
+}
+
+/// What the device keeps on disk between runs (`state.json`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceState {
+    pub last_seen: LastSeen,
+    /// Per model, the committed release: what serves after a restart.
+    pub committed: BTreeMap<ModelName, Installed>,
+    #[serde(default)]
+    pub last_error: Option<String>,
+    /// The ETag of the last accepted desired state.
+    #[serde(default)]
+    pub etag: Option<String>,
+}
+
+/// What to do for one model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// The committed release is the desired one.
+    Keep,
+    /// Install this variant of this release into the slot not in use.
+    Install { model: ModelName, release: ReleaseVersion, variant: VariantId, slot: Slot },
+}
+
+/// Pure: per model of the verified desired state, keep or install (into the slot not committed).
+pub fn plan(state: &DeviceState, desired: &VerifiedDesiredState) -> Vec<Action> {
+    desired
+        .state
+        .models
+        .iter()
+        .zip(&desired.releases)
+        .map(|(a, r)| match state.committed.get(&a.model) {
+            Some(i) if i.release == r.manifest.version && i.variant == a.variant => Action::Keep,
+            current => Action::Install {
+                model: a.model.clone(),
+                release: r.manifest.version,
+                variant: a.variant.clone(),
+                slot: current.map_or(Slot::A, |i| !i.slot),
+            },
+        })
+        .collect()
+}
+
+/// The daemon's files.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn state(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+    pub fn trusted_root(&self) -> PathBuf {
+        self.root.join("trust").join("root.json")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.root.join("identity").join("device.key")
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.root.join("identity").join("device.crt")
+    }
+    pub fn partial(&self, r: &ArtifactRef) -> PathBuf {
+        self.root.join("downloads").join(format!("{}.partial", r.sha256))
+    }
+    /// A slot's directory; model names are validated types, safe as path components.
+    pub fn slot(&self, model: &ModelName, slot: Slot) -> PathBuf {
+        self.root.join("models").join(model.as_str()).join(slot.as_str())
+    }
+
+    pub fn load_state(&self) -> anyhow::Result<DeviceState> {
+        match std::fs::read(self.state()) {
+            Ok(b) => {
+                serde_json::from_slice(&b).with_context(|| format!("{}: corrupt device state", self.state().display()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DeviceState::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", self.state().display())),
+        }
+    }
+
+    pub fn save_state(&self, s: &DeviceState) -> anyhow::Result<()> {
+        std::fs::create_dir_all(&self.root)?;
+        write_file_atomic(&self.state(), &serde_json::to_vec_pretty(s)?)?;
+        Ok(())
+    }
+}
+
+/// A device's HTTPS client: the server's certificate as trust anchor, the device's certificate once enrolled.
+pub fn http_client(server_ca: &Path, identity: Option<(&Path, &Path)>) -> anyhow::Result<reqwest::Client> {
+    let pem = std::fs::read(server_ca).with_context(|| format!("reading {}", server_ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let tls = match identity {
+        Some((cert, key)) => {
+            let chain = rustls_pemfile::certs(&mut std::fs::read(cert)?.as_slice()).collect::<Result<Vec<_>, _>>()?;
+            let key = rustls_pemfile::private_key(&mut std::fs::read(key)?.as_slice())?
+                .with_context(|| format!("{}: no private key", key.display()))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(120))
+        .build()?)
+}
+
+/// Enrolls once: a key pair made here (kept 0600), a CSR, the one-time token; the certificate is stored.
+pub async fn enroll(
+    layout: &Layout,
+    server: &str,
+    server_ca: &Path,
+    token: &str,
+    device: &DeviceId,
+    hardware: &HardwareProfile,
+) -> anyhow::Result<()> {
+    if layout.cert().exists() && layout.key().exists() {
+        return Ok(());
+    }
+    let dir = layout.key().parent().map(Path::to_owned).unwrap_or_default();
+    std::fs::create_dir_all(&dir)?;
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?.pem()?;
+    let resp = http_client(server_ca, None)?
+        .post(format!("{server}/api/v1/enroll"))
+        .json(&serde_json::json!({"token": token, "device_id": device, "csr_pem": csr, "hardware": hardware}))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("enrollment refused ({}): {}", resp.status(), resp.text().await.unwrap_or_default());
+    }
+    let enrolled: EnrollResponse = resp.json().await?;
+    write_atomic(&layout.key(), |f| -> anyhow::Result<()> {
+        f.write_all(key.serialize_pem().as_bytes())?;
+        Ok(())
+    })?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(layout.key(), std::fs::Permissions::from_mode(0o600))?;
+    }
+    write_file_atomic(&layout.cert(), enrolled.certificate_pem.as_bytes())?;
+    Ok(())
+}
+
+/// Downloads `r` from the server into its partial file, resuming with Range from what is there, and checks
+/// size and digest as it goes. Answers the path of the complete, verified file.
+pub async fn download(
+    client: &reqwest::Client,
+    server: &str,
+    layout: &Layout,
+    r: &ArtifactRef,
+) -> anyhow::Result<PathBuf> {
+    let path = layout.partial(r);
+    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
+    let mut check = StreamCheck::new("download", *r);
+    // Re-hash what a previous run left (a partial file survives restarts), then ask for the rest.
+    let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(&path)?;
+    let mut have = 0u64;
+    let mut buf = vec![0u8; 256 << 10];
+    file.seek(std::io::SeekFrom::Start(0))?;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if check.update(&buf[..n]).is_err() {
+            // Longer than signed: the partial is not the signed blob; start over.
+            drop(file);
+            std::fs::remove_file(&path)?;
+            return Box::pin(download(client, server, layout, r)).await;
+        }
+        have += n as u64;
+    }
+    if have < r.size {
+        let mut resp = client
+            .get(format!("{server}/api/v1/blobs/{}", r.sha256))
+            .header("range", format!("bytes={have}-"))
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        if status != 206 && !(status == 200 && have == 0) {
+            bail!("blob {}: server answered {status} to a range request", r.sha256);
+        }
+        while let Some(chunk) = resp.chunk().await? {
+            check.update(&chunk).map_err(|e| anyhow::anyhow!("blob {}: {e}", r.sha256))?;
+            file.write_all(&chunk)?;
+        }
+        file.sync_all()?;
+    }
+    match check.finish() {
+        Ok(()) => Ok(path),
+        Err(e) => {
+            // Wrong bytes are never resumed from: remove them, so the next try starts clean.
+            let _ = std::fs::remove_file(&path);
+            Err(anyhow::anyhow!("blob {}: {e}", r.sha256))
+        }
+    }
+}
+
+/// Decompresses a verified download into `slot_dir/model.onnx` (temporary file, fsync, rename, fsync dir).
+pub fn stage(zstd_file: &Path, variant: &Variant, slot_dir: &Path) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(slot_dir)?;
+    let dest = slot_dir.join("model.onnx");
+    write_atomic(&dest, |f| -> anyhow::Result<()> {
+        let src = std::io::BufReader::with_capacity(256 << 10, std::fs::File::open(zstd_file)?);
+        decompress_verified(src, f, &variant.zstd, &variant.raw)?;
+        Ok(())
+    })?;
+    sync_dir(slot_dir)?;
+    Ok(dest)
+}
+
+/// Runs a variant's golden vectors on a freshly loaded session; `Err` names what was out of tolerance.
+pub async fn golden_check(served: &Arc<Served>, golden: &GoldenVectors) -> anyhow::Result<()> {
+    let mut actual = BTreeMap::new();
+    for (case, inputs) in &golden.inputs {
+        actual.insert(case.clone(), served.infer(inputs.clone()).await.with_context(|| format!("golden case {case}"))?);
+    }
+    let report = golden.check(&actual);
+    if !report.passed() {
+        bail!("golden vectors failed:\n{report}");
+    }
+    Ok(())
+}
+
+/// Everything one reconcile pass needs.
+#[derive(Debug)]
+pub struct Agent {
+    pub device: DeviceId,
+    pub server: String,
+    pub client: reqwest::Client,
+    pub layout: Layout,
+    pub root: Root,
+    pub runtime: &'static Runtime,
+    pub options: Options,
+    pub sessions: usize,
+    pub models: Arc<ModelTable>,
+    pub hardware: HardwareProfile,
+    pub limits: Limits,
+}
+
+fn event(
+    kind: EventKind,
+    model: &ModelName,
+    release: ReleaseVersion,
+    variant: &VariantId,
+    detail: String,
+) -> DeviceEvent {
+    let at = chrono_now();
+    DeviceEvent {
+        id: format!("{}-{}-{}-{:?}-{}", model, release, variant, kind, at),
+        kind,
+        model: Some(model.clone()),
+        release: Some(release),
+        variant: Some(variant.clone()),
+        detail,
+        at,
+    }
+}
+
+fn chrono_now() -> String {
+    let d = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+impl Agent {
+    /// Loads every committed model from its slot, so a restart serves what was committed before it.
+    pub fn restore(&self, state: &DeviceState) -> Vec<String> {
+        let mut problems = Vec::new();
+        for (model, i) in &state.committed {
+            let path = self.layout.slot(model, i.slot).join("model.onnx");
+            match Served::load(
+                self.runtime,
+                &path,
+                &self.options,
+                self.sessions,
+                model.clone(),
+                i.release,
+                i.variant.clone(),
+                i.slot.as_str(),
+            ) {
+                Ok(s) => {
+                    self.models.install(s);
+                }
+                Err(e) => problems.push(format!("{model}: committed slot {} does not load: {e}", i.slot.as_str())),
+            }
+        }
+        problems
+    }
+
+    fn report(&self, state: &DeviceState) -> DeviceReport {
+        DeviceReport {
+            models: state
+                .committed
+                .iter()
+                .map(|(m, i)| ModelStatus {
+                    model: m.clone(),
+                    active: Some(SlotStatus {
+                        slot: i.slot.as_str().to_owned(),
+                        release: i.release,
+                        variant: i.variant.clone(),
+                        provider: self.models.get(m.as_str()).map(|s| s.provider.clone()),
+                        state: "committed".into(),
+                    }),
+                    staged: None,
+                })
+                .collect(),
+            last_error: state.last_error.clone(),
+            hardware_digest: None,
+            hardware: Some(self.hardware.clone()),
+        }
+    }
+
+    async fn send_events(&self, events: &[DeviceEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let r = self.client.post(format!("{}/api/v1/device/events", self.server)).json(events).send().await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "reporting events failed; they are not retried yet");
+        }
+    }
+
+    /// One pass: check in (long-poll `wait` seconds), verify, install what changed, report. Answers the
+    /// server's suggested interval.
+    pub async fn reconcile(&self, state: &mut DeviceState, wait: u64) -> anyhow::Result<u64> {
+        let mut req =
+            self.client.post(format!("{}/api/v1/device/checkin?wait={wait}", self.server)).json(&self.report(state));
+        if let Some(etag) = &state.etag {
+            req = req.header("if-none-match", etag);
+        }
+        let resp = req.send().await.context("check-in")?;
+        let interval = resp
+            .headers()
+            .get(edgefleet_protocol::api::CHECKIN_INTERVAL_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(60);
+        if resp.status() == 304 {
+            return Ok(interval);
+        }
+        if !resp.status().is_success() {
+            bail!("check-in refused ({}): {}", resp.status(), resp.text().await.unwrap_or_default());
+        }
+        let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = resp.bytes().await?;
+        let now = chrono::Utc::now();
+        let verified =
+            match Verifier::new(&self.root, &state.last_seen, now, &self.limits).desired_state(&body, &self.device) {
+                Ok(v) => v,
+                Err(refusal) => {
+                    let msg = format!("desired state refused ({}): {refusal}", refusal.defence());
+                    state.last_error = Some(msg.clone());
+                    self.layout.save_state(state)?;
+                    bail!(msg);
+                }
+            };
+        state.last_seen.record(&verified);
+        state.etag = etag;
+        let mut events = Vec::new();
+        for (action, (assignment, release)) in
+            plan(state, &verified).into_iter().zip(verified.state.models.iter().zip(&verified.releases))
+        {
+            let Action::Install { model, release: version, variant, slot } = action else { continue };
+            let Some(v) = release.manifest.variant(&assignment.variant) else { continue };
+            match self.install(&model, version, v, slot).await {
+                Ok(installed) => {
+                    events.push(event(
+                        EventKind::Installed,
+                        &model,
+                        version,
+                        &variant,
+                        format!("slot {}", slot.as_str()),
+                    ));
+                    state.committed.insert(model, installed);
+                    state.last_error = None;
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    tracing::warn!(%model, %version, error = %msg, "install failed; the previous release keeps serving");
+                    let kind =
+                        if msg.contains("golden") { EventKind::GoldenFailed } else { EventKind::VerificationFailed };
+                    events.push(event(kind, &model, version, &variant, msg.clone()));
+                    state.last_error = Some(format!("{model} {version}: {msg}"));
+                }
+            }
+        }
+        self.layout.save_state(state)?;
+        self.send_events(&events).await;
+        Ok(interval)
+    }
+
+    /// Download → verify → stage into `slot` → load → golden vectors → swap. The committed state is the
+    /// caller's to write once this answers.
+    async fn install(
+        &self,
+        model: &ModelName,
+        release: ReleaseVersion,
+        v: &Variant,
+        slot: Slot,
+    ) -> anyhow::Result<Installed> {
+        let zst = download(&self.client, &self.server, &self.layout, &v.zstd).await.context("model download")?;
+        let golden_file =
+            download(&self.client, &self.server, &self.layout, &v.golden).await.context("golden download")?;
+        let slot_dir = self.layout.slot(model, slot);
+        let (zst2, v2, dir2) = (zst.clone(), v.clone(), slot_dir.clone());
+        let path = tokio::task::spawn_blocking(move || stage(&zst2, &v2, &dir2)).await??;
+        let golden = GoldenVectors::from_bytes(&std::fs::read(&golden_file)?).context("golden vectors")?;
+        let served = Arc::new(
+            Served::load(
+                self.runtime,
+                &path,
+                &self.options,
+                self.sessions,
+                model.clone(),
+                release,
+                v.id.clone(),
+                slot.as_str(),
+            )
+            .context("loading the model")?,
+        );
+        golden_check(&served, &golden).await?;
+        let served = Arc::try_unwrap(served).map_err(|_| anyhow::anyhow!("the new session is still in use"))?;
+        self.models.install(served);
+        let _ = std::fs::remove_file(&zst);
+        let _ = std::fs::remove_file(&golden_file);
+        Ok(Installed { release, variant: v.id.clone(), slot, raw: v.raw })
+    }
+}

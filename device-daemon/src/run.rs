@@ -1,0 +1,164 @@
+//! `edgefleet-daemon run`: detect the hardware, take the provisioned root, walk to the server's newest root,
+//! enroll once, restore what was committed, serve the v2 API, and reconcile in a loop (long-poll check-ins,
+//! jittered exponential backoff on errors). A control plane that is slow, down or answers garbage never
+//! touches what is serving.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use edgefleet_protocol::DeviceId;
+use edgefleet_runtime::{Options, Runtime};
+use model_registry::fsutil::write_file_atomic;
+use model_registry::verify::{self_signed_root, update_root};
+use model_registry::{Limits, Root};
+
+use crate::agent::{Agent, Layout, enroll, http_client};
+use crate::serving::ModelTable;
+use crate::v2::{V2State, router};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The control plane, `https://host:port`.
+    #[arg(long, env = "EDGEFLEET_SERVER")]
+    pub server: String,
+    /// The server's certificate (or its CA), PEM.
+    #[arg(long, env = "EDGEFLEET_SERVER_CA")]
+    pub server_ca: PathBuf,
+    #[arg(long, env = "EDGEFLEET_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// The root.json this device was provisioned with (copied into the data directory at first start).
+    #[arg(long, env = "EDGEFLEET_TRUST_ROOT")]
+    pub trust_root: Option<PathBuf>,
+    /// One-time enrollment token (first start only).
+    #[arg(long, env = "EDGEFLEET_ENROLL_TOKEN")]
+    pub enroll_token: Option<String>,
+    #[arg(long, env = "EDGEFLEET_DEVICE_ID")]
+    pub device_id: DeviceId,
+    #[arg(long, env = "EDGEFLEET_ORT_LIB")]
+    pub ort_lib: PathBuf,
+    /// Local inference address.
+    #[arg(long, env = "EDGEFLEET_LISTEN", default_value = "127.0.0.1:8181")]
+    pub listen: String,
+    /// Sessions per model (concurrent requests per model).
+    #[arg(long, default_value_t = 2)]
+    pub sessions: usize,
+    /// Threads per session.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Longest check-in long-poll, seconds.
+    #[arg(long, default_value_t = 30)]
+    pub wait: u64,
+}
+
+/// The trusted root: the stored one, else the provisioned one; then walked forward through the server's.
+async fn trusted_root(
+    layout: &Layout,
+    args: &RunArgs,
+    limits: &Limits,
+    client: &reqwest::Client,
+) -> anyhow::Result<Root> {
+    let stored = layout.trusted_root();
+    let bytes = match std::fs::read(&stored) {
+        Ok(b) => b,
+        Err(_) => {
+            let p = args
+                .trust_root
+                .as_ref()
+                .context("no trusted root yet: give --trust-root (the provisioned root.json)")?;
+            let b = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
+            std::fs::create_dir_all(stored.parent().unwrap_or(&layout.root))?;
+            write_file_atomic(&stored, &b)?;
+            b
+        }
+    };
+    let mut root = self_signed_root(&bytes, limits).map_err(|r| anyhow::anyhow!("trusted root refused: {r}"))?;
+    // Walk forward; a server that is down or serves garbage leaves the stored root in place.
+    let versions: Option<serde_json::Value> =
+        match client.get(format!("{}/api/v1/trust/roots", args.server)).send().await {
+            Ok(r) if r.status().is_success() => r.json().await.ok(),
+            _ => None,
+        };
+    let latest = versions.as_ref().and_then(|v| v["latest"].as_u64()).unwrap_or(root.version);
+    while root.version < latest {
+        let next = client
+            .get(format!("{}/api/v1/trust/roots/{}", args.server, root.version + 1))
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        match update_root(&root, &next, limits) {
+            Ok(r) => {
+                write_file_atomic(&stored, &next)?;
+                root = r;
+            }
+            Err(refusal) => {
+                tracing::warn!(%refusal, "a newer root was refused; staying on version {}", root.version);
+                break;
+            }
+        }
+    }
+    Ok(root)
+}
+
+pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
+    let detection = crate::hardware::detect(&hardware_root);
+    tracing::info!(class = %detection.profile.device_class, providers = ?detection.profile.execution_providers, "hardware detected");
+    let layout = Layout { root: args.data_dir.clone() };
+    std::fs::create_dir_all(&layout.root)?;
+    let limits = Limits::default();
+    let anonymous = http_client(&args.server_ca, None)?;
+    let root = trusted_root(&layout, &args, &limits, &anonymous).await?;
+    if !layout.cert().exists() {
+        let token = args.enroll_token.as_deref().context("not enrolled yet: give --enroll-token")?;
+        enroll(&layout, &args.server, &args.server_ca, token, &args.device_id, &detection.profile).await?;
+        tracing::info!(device = %args.device_id, "enrolled");
+    }
+    let client = http_client(&args.server_ca, Some((&layout.cert(), &layout.key())))?;
+    let runtime = Runtime::shared(Some(&args.ort_lib))?;
+    let models = Arc::new(ModelTable::default());
+    let agent = Agent {
+        device: args.device_id.clone(),
+        server: args.server.clone(),
+        client,
+        layout: layout.clone(),
+        root,
+        runtime,
+        options: Options {
+            providers: detection.profile.execution_providers.clone(),
+            intra_threads: Some(args.threads),
+        },
+        sessions: args.sessions,
+        models: models.clone(),
+        hardware: detection.profile.clone(),
+        limits,
+    };
+    let mut state = layout.load_state()?;
+    for problem in agent.restore(&state) {
+        tracing::warn!(%problem, "restoring a committed model failed");
+        state.last_error = Some(problem);
+    }
+    let listener =
+        tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    println!("edgefleet-daemon serving v2 on http://{}", listener.local_addr()?);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, router(V2State { models }, 64 << 20)).await {
+            tracing::error!(error = %e, "the inference server stopped");
+        }
+    });
+    let mut failures = 0u32;
+    loop {
+        match agent.reconcile(&mut state, args.wait).await {
+            Ok(_interval) => failures = 0,
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                let backoff = Duration::from_millis((500u64 << failures.min(7)).min(60_000));
+                // Jitter, so a fleet that lost its server does not come back in step.
+                let jitter = Duration::from_millis(u64::from(std::process::id() % 500));
+                tracing::warn!(error = %format!("{e:#}"), retry_in = ?(backoff + jitter), "reconcile failed");
+                tokio::time::sleep(backoff + jitter).await;
+            }
+        }
+    }
+}

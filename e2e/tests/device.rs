@@ -1,0 +1,202 @@
+//! A device end to end, over real processes: `edgefleet-server`, the CLI, and `edgefleet-daemon` on an x86
+//! server hardware fixture. A release is pushed and assigned; the daemon enrolls, installs it through its
+//! verified pipeline and serves it over the v2 API; a second release swaps in; a third whose blob was corrupted
+//! in the server's store is refused while the second keeps serving; killed with SIGKILL, the daemon comes back
+//! serving what it had committed.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use edgefleet_e2e::{PYTHON_SOURCE, ServerProcess, Workdir, bin, cache, eventually, magika_features, magika_labels};
+
+struct Daemon {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_daemon(w: &Workdir, server: &ServerProcess, token: Option<&str>) -> Daemon {
+    let mut cmd = Command::new(bin("edgefleet-daemon"));
+    cmd.arg("--hardware-root")
+        .arg(w.path("hw"))
+        .arg("run")
+        .arg("--server")
+        .arg(&server.url)
+        .arg("--server-ca")
+        .arg(server.data_dir.join("tls/server.crt"))
+        .arg("--data-dir")
+        .arg(w.path("device"))
+        .arg("--trust-root")
+        .arg(w.path("root.json"))
+        .arg("--device-id")
+        .arg("edge-1")
+        .arg("--ort-lib")
+        .arg(cache("lib/libonnxruntime.so.1.31.1"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--wait")
+        .arg("2")
+        .env("RUST_LOG", "warn");
+    if let Some(t) = token {
+        cmd.arg("--enroll-token").arg(t);
+    }
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start edgefleet-daemon");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(60)).expect("edgefleet-daemon did not print its address");
+    let url = line.strip_prefix("edgefleet-daemon serving v2 on ").expect("address line").trim().to_owned();
+    Daemon { child, url }
+}
+
+fn http() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::new()
+}
+
+/// The release version serving magika and its answer for a Python file, once the model answers.
+fn classify(client: &reqwest::blocking::Client, daemon: &Daemon) -> Option<(String, String)> {
+    let body = serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32", "data": magika_features(PYTHON_SOURCE)}]});
+    let r = client.post(format!("{}/v2/models/magika/infer", daemon.url)).json(&body).send().ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    let v: serde_json::Value = r.json().ok()?;
+    let scores: Vec<f64> = v["outputs"][0]["data"].as_array()?.iter().filter_map(|x| x.as_f64()).collect();
+    let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?.0;
+    Some((v["model_version"].as_str()?.to_owned(), magika_labels()[best].clone()))
+}
+
+#[test]
+fn a_daemon_installs_serves_swaps_refuses_and_survives_kill_9() {
+    let w = Workdir::new();
+    for k in ["root", "alice", "fleet"] {
+        w.edgefleet(&["keys", "generate", "-o", &format!("{k}.key")]).ok();
+    }
+    w.edgefleet(&[
+        "trust",
+        "init",
+        "--root-key",
+        "root.pub",
+        "--release-key",
+        "alice.pub",
+        "--fleet-key",
+        "fleet.pub",
+        "-o",
+        "root.json",
+    ])
+    .ok();
+    w.edgefleet(&["trust", "sign", "root.json", "--key", "root.key"]).ok();
+    let samples = cache("samples/magika.safetensors");
+    let samples = samples.to_str().expect("utf-8");
+    let fp32 = format!("id=cpu-fp32,file={},precision=fp32", cache("models/magika/model.onnx").display());
+    let int8 = format!("id=cpu-int8,file={},precision=int8", cache("models/magika/model-int8.onnx").display());
+    for (version, variant, reference) in
+        [("1", &fp32, None), ("2", &int8, Some("model.onnx")), ("3", &int8, Some("model.onnx"))]
+    {
+        let mut args = vec![
+            "release",
+            "pack",
+            "--model",
+            "magika",
+            "--version",
+            version,
+            "--variant",
+            variant,
+            "--samples",
+            samples,
+        ];
+        let r;
+        if reference.is_some() {
+            r = cache("models/magika/model.onnx").display().to_string();
+            args.extend(["--reference", r.as_str()]);
+        }
+        let out = format!("magika-{version}");
+        args.extend(["-o", out.as_str()]);
+        w.edgefleet(&args).ok();
+        w.edgefleet(&["release", "sign", &out, "--key", "alice.key"]).ok();
+    }
+    // The device's hardware: an x86 server (HARDWARE-FACTS §6).
+    std::fs::create_dir_all(w.path("hw/proc")).expect("hw");
+    std::fs::write(
+        w.path("hw/proc/cpuinfo"),
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n",
+    )
+    .expect("cpuinfo");
+    std::fs::write(w.path("hw/proc/meminfo"), "MemTotal:       16127920 kB\n").expect("meminfo");
+
+    let data = w.path("server-data");
+    let server = ServerProcess::start(
+        &data,
+        &[("EDGEFLEET_TRUST_ROOT", &w.path("root.json")), ("EDGEFLEET_FLEET_KEY", &w.path("fleet.key"))],
+    );
+    let admin = ServerProcess::admin(&data, &["token", "create", "--name", "ci", "--role", "admin"]).ok().stdout();
+    w.edgefleet(&["login", "--server", &server.url, "--token", admin.trim(), "--fingerprint", &server.fingerprint])
+        .ok();
+    w.edgefleet(&["release", "push", "magika-1"]).ok();
+    w.edgefleet(&["assign", "magika", "1", "--selector", "site=lab"]).ok();
+    let token = w.edgefleet(&["--json", "enroll-token", "create", "--label", "site=lab"]).ok().json();
+    let token = token["token"].as_str().expect("token").to_owned();
+
+    // Enroll, install release 1, serve it: magika says the Python file is Python.
+    let client = http();
+    let daemon = start_daemon(&w, &server, Some(&token));
+    let (version, label) = eventually("release 1 serving", Duration::from_secs(90), || classify(&client, &daemon));
+    assert_eq!((version.as_str(), label.as_str()), ("1", "python"));
+    let device = w.edgefleet(&["--json", "devices", "show", "edge-1"]).ok().json();
+    assert_eq!(device["device_class"], "x86-server");
+    assert_eq!(device["labels"]["site"], "lab");
+
+    // Release 2 (int8) swaps in.
+    w.edgefleet(&["release", "push", "magika-2"]).ok();
+    w.edgefleet(&["assign", "magika", "2", "--selector", "site=lab"]).ok();
+    eventually("release 2 serving", Duration::from_secs(90), || classify(&client, &daemon).filter(|(v, _)| v == "2"));
+
+    // Release 3 with its model blob corrupted in the server's store: refused, release 2 keeps serving.
+    w.edgefleet(&["release", "push", "magika-3"]).ok();
+    let m3: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path("magika-3/manifest.json")).expect("manifest")).expect("json");
+    let sha = m3["signed"]["variants"][0]["zstd"]["sha256"].as_str().expect("sha").to_owned();
+    let blob = data.join("blobs/sha256").join(&sha[..2]).join(&sha);
+    let mut bytes = std::fs::read(&blob).expect("stored blob");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&blob, &bytes).expect("corrupt");
+    w.edgefleet(&["assign", "magika", "3", "--selector", "site=lab"]).ok();
+    eventually("the refusal reported", Duration::from_secs(90), || {
+        let d = w.edgefleet(&["--json", "devices", "show", "edge-1"]).json();
+        d["events"].as_array()?.iter().find(|e| e["kind"] == "verification_failed" && e["release"] == 3).cloned()
+    });
+    let (version, label) = classify(&client, &daemon).expect("still serving");
+    assert_eq!((version.as_str(), label.as_str()), ("2", "python"));
+    let status = Command::new(bin("edgefleet-daemon"))
+        .args(["status", "--json", "--data-dir"])
+        .arg(w.path("device"))
+        .output()
+        .expect("status");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    assert_eq!(status["committed"]["magika"]["release"], 2);
+    assert!(status["last_error"].as_str().is_some_and(|e| e.contains("not the signed")), "{status}");
+
+    // kill -9, restart (no token needed now): the committed release 2 serves again.
+    let mut daemon = daemon;
+    daemon.child.kill().expect("kill -9");
+    let _ = daemon.child.wait();
+    drop(daemon);
+    let daemon = start_daemon(&w, &server, None);
+    let (version, _) = eventually("release 2 after restart", Duration::from_secs(60), || classify(&client, &daemon));
+    assert_eq!(version, "2");
+    drop(daemon);
+    assert!(server.stop().success());
+}
