@@ -101,6 +101,22 @@ impl Workdir {
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
+    /// Keys `root.key`, `fleet.key` and one per release signer, and a signed `root.json` whose release role needs
+    /// `threshold` of them.
+    pub fn trust(&self, signers: &[&str], threshold: u32) {
+        for k in ["root", "fleet"].iter().chain(signers) {
+            self.edgefleet(&["keys", "generate", "-o", &format!("{k}.key")]).ok();
+        }
+        let mut args: Vec<String> =
+            ["trust", "init", "--root-key", "root.pub", "--fleet-key", "fleet.pub"].map(String::from).into();
+        for s in signers {
+            args.extend(["--release-key".to_owned(), format!("{s}.pub")]);
+        }
+        args.extend(["--release-threshold".to_owned(), threshold.to_string(), "-o".to_owned(), "root.json".to_owned()]);
+        self.edgefleet(&args.iter().map(String::as_str).collect::<Vec<_>>()).ok();
+        self.edgefleet(&["trust", "sign", "root.json", "--key", "root.key"]).ok();
+    }
+
     pub fn edgefleet(&self, args: &[&str]) -> Ran {
         let out = Command::new(bin("edgefleet"))
             .args(args)

@@ -81,23 +81,7 @@ fn classify(client: &reqwest::blocking::Client, daemon: &Daemon) -> Option<(Stri
 #[test]
 fn a_daemon_installs_serves_swaps_refuses_and_survives_kill_9() {
     let w = Workdir::new();
-    for k in ["root", "alice", "fleet"] {
-        w.edgefleet(&["keys", "generate", "-o", &format!("{k}.key")]).ok();
-    }
-    w.edgefleet(&[
-        "trust",
-        "init",
-        "--root-key",
-        "root.pub",
-        "--release-key",
-        "alice.pub",
-        "--fleet-key",
-        "fleet.pub",
-        "-o",
-        "root.json",
-    ])
-    .ok();
-    w.edgefleet(&["trust", "sign", "root.json", "--key", "root.key"]).ok();
+    w.trust(&["alice"], 1);
     let samples = cache("samples/magika.safetensors");
     let samples = samples.to_str().expect("utf-8");
     let fp32 = format!("id=cpu-fp32,file={},precision=fp32", cache("models/magika/model.onnx").display());

@@ -7,27 +7,7 @@ use edgefleet_e2e::{ServerProcess, Workdir, cache};
 #[test]
 fn push_a_signed_release_to_a_real_server_and_operate_it() {
     let w = Workdir::new();
-    for k in ["root", "alice", "bob", "fleet"] {
-        w.edgefleet(&["keys", "generate", "-o", &format!("{k}.key")]).ok();
-    }
-    w.edgefleet(&[
-        "trust",
-        "init",
-        "--root-key",
-        "root.pub",
-        "--release-key",
-        "alice.pub",
-        "--release-key",
-        "bob.pub",
-        "--release-threshold",
-        "2",
-        "--fleet-key",
-        "fleet.pub",
-        "-o",
-        "root.json",
-    ])
-    .ok();
-    w.edgefleet(&["trust", "sign", "root.json", "--key", "root.key"]).ok();
+    w.trust(&["alice", "bob"], 2);
     let fp32 = format!("id=cpu-fp32,file={},precision=fp32", cache("models/magika/model.onnx").display());
     let int8 = format!("id=cpu-int8,file={},precision=int8", cache("models/magika/model-int8.onnx").display());
     let samples = cache("samples/magika.safetensors");
