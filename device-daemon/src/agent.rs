@@ -307,6 +307,28 @@ pub struct Agent {
     pub models: Arc<ModelTable>,
     pub hardware: HardwareProfile,
     pub limits: Limits,
+    pub bake: Bake,
+}
+
+/// The health watch after a swap: for `window`, the new release's failed-request ratio must stay at or below
+/// `max_error_rate` once `min_requests` were answered; otherwise the previous release is swapped back.
+#[derive(Debug, Clone, Copy)]
+pub struct Bake {
+    pub window: Duration,
+    pub max_error_rate: f64,
+    pub min_requests: u64,
+}
+
+impl Default for Bake {
+    fn default() -> Self {
+        Self { window: Duration::from_secs(30), max_error_rate: 0.05, min_requests: 20 }
+    }
+}
+
+/// Pure: whether a release with these counts fails the health watch.
+pub fn bake_failed(bake: &Bake, ok: u64, errors: u64) -> bool {
+    let total = ok + errors;
+    total >= bake.min_requests && errors as f64 > bake.max_error_rate * total as f64
 }
 
 fn event(
@@ -444,11 +466,9 @@ impl Agent {
                     state.committed.insert(model, installed);
                     state.last_error = None;
                 }
-                Err(e) => {
+                Err((kind, e)) => {
                     let msg = format!("{e:#}");
                     tracing::warn!(%model, %version, error = %msg, "install failed; the previous release keeps serving");
-                    let kind =
-                        if msg.contains("golden") { EventKind::GoldenFailed } else { EventKind::VerificationFailed };
                     events.push(event(kind, &model, version, &variant, msg.clone()));
                     state.last_error = Some(format!("{model} {version}: {msg}"));
                 }
@@ -461,20 +481,34 @@ impl Agent {
 
     /// Download → verify → stage into `slot` → load → golden vectors → swap. The committed state is the
     /// caller's to write once this answers.
+    /// Failures come with the event that reports them.
     async fn install(
         &self,
         model: &ModelName,
         release: ReleaseVersion,
         v: &Variant,
         slot: Slot,
-    ) -> anyhow::Result<Installed> {
-        let zst = download(&self.client, &self.server, &self.layout, &v.zstd).await.context("model download")?;
-        let golden_file =
-            download(&self.client, &self.server, &self.layout, &v.golden).await.context("golden download")?;
+    ) -> Result<Installed, (EventKind, anyhow::Error)> {
+        let verification = |e: anyhow::Error| (EventKind::VerificationFailed, e);
+        let zst = download(&self.client, &self.server, &self.layout, &v.zstd)
+            .await
+            .context("model download")
+            .map_err(verification)?;
+        let golden_file = download(&self.client, &self.server, &self.layout, &v.golden)
+            .await
+            .context("golden download")
+            .map_err(verification)?;
         let slot_dir = self.layout.slot(model, slot);
         let (zst2, v2, dir2) = (zst.clone(), v.clone(), slot_dir.clone());
-        let path = tokio::task::spawn_blocking(move || stage(&zst2, &v2, &dir2)).await??;
-        let golden = GoldenVectors::from_bytes(&std::fs::read(&golden_file)?).context("golden vectors")?;
+        let path = tokio::task::spawn_blocking(move || stage(&zst2, &v2, &dir2))
+            .await
+            .map_err(|e| verification(e.into()))?
+            .map_err(verification)?;
+        let golden = std::fs::read(&golden_file)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| GoldenVectors::from_bytes(&b).map_err(anyhow::Error::from))
+            .context("golden vectors")
+            .map_err(verification)?;
         let served = Arc::new(
             Served::load(
                 self.runtime,
@@ -486,13 +520,36 @@ impl Agent {
                 v.id.clone(),
                 slot.as_str(),
             )
-            .context("loading the model")?,
+            .context("loading the model")
+            .map_err(verification)?,
         );
-        golden_check(&served, &golden).await?;
-        let served = Arc::try_unwrap(served).map_err(|_| anyhow::anyhow!("the new session is still in use"))?;
-        self.models.install(served);
+        golden_check(&served, &golden).await.map_err(|e| (EventKind::GoldenFailed, e))?;
+        // The golden run's own requests do not count towards the health watch.
+        served.ok.store(0, std::sync::atomic::Ordering::Relaxed);
+        served.errors.store(0, std::sync::atomic::Ordering::Relaxed);
+        let previous = self.models.install_arc(served.clone());
         let _ = std::fs::remove_file(&zst);
         let _ = std::fs::remove_file(&golden_file);
+        // Bake: watch the new release's answers; roll back to the previous one if too many fail.
+        let deadline = tokio::time::Instant::now() + self.bake.window;
+        while tokio::time::Instant::now() < deadline {
+            let (ok, errors) = (
+                served.ok.load(std::sync::atomic::Ordering::Relaxed),
+                served.errors.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            if bake_failed(&self.bake, ok, errors) {
+                let why = format!("health watch: {errors} of {} requests failed during the bake window", ok + errors);
+                match previous {
+                    Some(prev) => {
+                        self.models.install_arc(prev);
+                        return Err((EventKind::RolledBack, anyhow::anyhow!("rolled back: {why}")));
+                    }
+                    None => tracing::warn!(%model, %release, "{why}; no previous release to roll back to"),
+                }
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(Installed { release, variant: v.id.clone(), slot, raw: v.raw })
     }
 }

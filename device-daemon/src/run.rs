@@ -50,6 +50,15 @@ pub struct RunArgs {
     /// Longest check-in long-poll, seconds.
     #[arg(long, default_value_t = 30)]
     pub wait: u64,
+    /// Bake window after a swap, seconds: the new release is watched and rolled back if too many requests fail.
+    #[arg(long, default_value_t = 30)]
+    pub bake_secs: u64,
+    /// Largest failed-request ratio tolerated during the bake window.
+    #[arg(long, default_value_t = 0.05)]
+    pub bake_max_error_rate: f64,
+    /// Requests needed before the ratio is judged.
+    #[arg(long, default_value_t = 20)]
+    pub bake_min_requests: u64,
 }
 
 /// The trusted root: the stored one, else the provisioned one; then walked forward through the server's.
@@ -133,6 +142,11 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         models: models.clone(),
         hardware: detection.profile.clone(),
         limits,
+        bake: crate::agent::Bake {
+            window: Duration::from_secs(args.bake_secs),
+            max_error_rate: args.bake_max_error_rate,
+            min_requests: args.bake_min_requests,
+        },
     };
     let mut state = layout.load_state()?;
     for problem in agent.restore(&state) {

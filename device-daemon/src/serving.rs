@@ -28,6 +28,9 @@ pub struct Served {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pool: SessionPool,
+    /// Requests answered and requests failed by this release, for the health watch.
+    pub ok: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
 }
 
 /// Sessions of one model; `Session::run` needs `&mut`, so each request borrows one whole.
@@ -86,6 +89,8 @@ impl Served {
             inputs: first.inputs.clone(),
             outputs: first.outputs.clone(),
             pool: SessionPool { permits: Semaphore::new(pool.len()), idle: Mutex::new(pool) },
+            ok: Default::default(),
+            errors: Default::default(),
         })
     }
 
@@ -129,6 +134,8 @@ impl Served {
         };
         this.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(session);
         drop(permit);
+        let counter = if result.is_ok() { &self.ok } else { &self.errors };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(result?)
     }
 }
@@ -149,7 +156,11 @@ impl ModelTable {
 
     /// Makes `served` the release that answers new requests for its model; answers the one it replaced.
     pub fn install(&self, served: Served) -> Option<Arc<Served>> {
-        self.handle(&served.model.clone()).swap(Some(Arc::new(served)))
+        self.install_arc(Arc::new(served))
+    }
+
+    pub fn install_arc(&self, served: Arc<Served>) -> Option<Arc<Served>> {
+        self.handle(&served.model.clone()).swap(Some(served))
     }
 
     /// The release serving `name` right now.

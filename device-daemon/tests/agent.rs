@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use chrono::{Duration, Utc};
-use edgefleet_daemon::agent::{Agent, DeviceState, Layout, download};
+use edgefleet_daemon::agent::{Agent, Bake, DeviceState, Layout, download};
 use edgefleet_daemon::serving::{ModelTable, Served};
 use edgefleet_e2e::cache;
 use edgefleet_protocol::api::HardwareProfile;
@@ -175,7 +175,7 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
         )
         .expect("load"),
     );
-    let agent = Agent {
+    let mut agent = Agent {
         device: "edge-1".parse().expect("device"),
         server: server.clone(),
         client: reqwest::Client::new(),
@@ -187,6 +187,7 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
         models: models.clone(),
         hardware: HardwareProfile::default(),
         limits: Limits::default(),
+        bake: Bake { window: std::time::Duration::from_millis(300), max_error_rate: 0.2, min_requests: 5 },
     };
     let mut state = DeviceState::default();
     let set = |status: u16, body: Vec<u8>| *fake.checkin.lock().expect("lock") = (status, body);
@@ -248,4 +249,40 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
     assert!(!partial.exists(), "a partial that failed its digest must not be resumed from");
     let path = download(&agent.client, &server, &agent.layout, &good_variant.zstd).await.expect("clean retry");
     assert_eq!(std::fs::read(&path).expect("read"), z);
+
+    // A release that passes its golden vectors but fails real requests during the bake window is rolled back.
+    // The failing requests reach ONNX Runtime directly (past the v2 API's checks) with a shape it refuses.
+    agent.bake = Bake { window: std::time::Duration::from_secs(5), max_error_rate: 0.2, min_requests: 5 };
+    let (five, _) = release(&fake, 5, "models/magika/model-int8.onnx", "models/magika/model.onnx");
+    set(200, desired(5, Utc::now() + Duration::hours(1), &five, &key(20)));
+    let poison = tokio::spawn({
+        let models = models.clone();
+        async move {
+            let bad: Vec<u8> = std::iter::repeat_n(7i32, 100).flat_map(|x| x.to_le_bytes()).collect();
+            let input = std::collections::BTreeMap::from([(
+                "bytes".to_owned(),
+                model_registry::golden::HostTensor::new("bytes", ElementType::Int32, vec![1, 100], bad)
+                    .expect("tensor"),
+            )]);
+            let mut failures = 0;
+            // Bounded: 20 s at most; done once release 5 was hit and then replaced.
+            for _ in 0..400 {
+                let on_five = models.get("magika").filter(|s| s.release.get() == 5);
+                match on_five {
+                    Some(s) => failures += usize::from(s.infer(input.clone()).await.is_err()),
+                    None if failures > 0 => break,
+                    None => {}
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            failures
+        }
+    });
+    agent.reconcile(&mut state, 0).await.expect("the document is fine; the install is what fails");
+    assert!(poison.await.expect("poison") >= 5, "the bad inputs did not fail on release 5");
+    assert_eq!(serving(&models), 2, "release 2 must be back after the rollback");
+    assert_eq!(state.committed.get(&"magika".parse().expect("m")).map(|i| i.release.get()), Some(2));
+    assert!(state.last_error.as_deref().is_some_and(|m| m.contains("rolled back")), "{:?}", state.last_error);
+    let events = fake.events.lock().expect("lock").clone();
+    assert!(events.iter().any(|e| e["kind"] == "rolled_back" && e["release"] == 5), "{events:#?}");
 }
