@@ -23,7 +23,7 @@ enum Command {
     /// Detect the hardware: device class, execution providers in order, memory, SoC, power sensor.
     Hardware,
     /// Enroll (first start), then check in, install and serve until stopped.
-    Run(edgefleet_daemon::run::RunArgs),
+    Run(Box<edgefleet_daemon::run::RunArgs>),
     /// What is committed in each slot, and what failed last (read from the data directory).
     Status {
         #[arg(long, env = "EDGEFLEET_DATA_DIR")]
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(edgefleet_daemon::run::run(args, cli.hardware_root)) {
+            match rt.block_on(edgefleet_daemon::run::run(*args, cli.hardware_root)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
