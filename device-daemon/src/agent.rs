@@ -454,7 +454,7 @@ impl Agent {
         {
             let Action::Install { model, release: version, variant, slot } = action else { continue };
             let Some(v) = release.manifest.variant(&assignment.variant) else { continue };
-            match self.install(&model, version, v, slot).await {
+            match self.install(&model, version, v, slot, &mut events).await {
                 Ok(installed) => {
                     events.push(event(
                         EventKind::Installed,
@@ -488,8 +488,11 @@ impl Agent {
         release: ReleaseVersion,
         v: &Variant,
         slot: Slot,
+        events: &mut Vec<DeviceEvent>,
     ) -> Result<Installed, (EventKind, anyhow::Error)> {
         let verification = |e: anyhow::Error| (EventKind::VerificationFailed, e);
+        let mut step = |kind: EventKind, detail: String| events.push(event(kind, model, release, &v.id, detail));
+        step(EventKind::DownloadStarted, format!("{} bytes compressed", v.zstd.size));
         let zst = download(&self.client, &self.server, &self.layout, &v.zstd)
             .await
             .context("model download")
@@ -523,11 +526,13 @@ impl Agent {
             .context("loading the model")
             .map_err(verification)?,
         );
+        step(EventKind::Verified, format!("digests match; staged in slot {}", slot.as_str()));
         golden_check(&served, &golden).await.map_err(|e| (EventKind::GoldenFailed, e))?;
         // The golden run's own requests do not count towards the health watch.
         served.ok.store(0, std::sync::atomic::Ordering::Relaxed);
         served.errors.store(0, std::sync::atomic::Ordering::Relaxed);
         let previous = self.models.install_arc(served.clone());
+        step(EventKind::Swapped, format!("serving from slot {} on {}", slot.as_str(), served.provider));
         let _ = std::fs::remove_file(&zst);
         let _ = std::fs::remove_file(&golden_file);
         // Bake: watch the new release's answers; roll back to the previous one if too many fail.
@@ -550,6 +555,7 @@ impl Agent {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        step(EventKind::Committed, format!("survived a bake window of {:?}", self.bake.window));
         Ok(Installed { release, variant: v.id.clone(), slot, raw: v.raw })
     }
 }

@@ -226,6 +226,15 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
     assert_eq!(serving(&models), 2);
     assert_eq!(state.committed.get(&"magika".parse().expect("m")).map(|i| i.release.get()), Some(2));
     assert!(dir.path().join("models/magika/a/model.onnx").exists());
+    let kinds: Vec<String> = fake
+        .events
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|e| e["release"] == 2)
+        .filter_map(|e| e["kind"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(kinds, ["download_started", "verified", "swapped", "committed", "installed"], "every step is reported");
     let saved = Layout { root: dir.path().to_owned() }.load_state().expect("state on disk");
     assert_eq!(saved.last_seen.desired_sequence, Some(4));
     // The same document again is a replay (the device remembers sequence 4).
