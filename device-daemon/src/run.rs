@@ -38,7 +38,7 @@ pub struct RunArgs {
     pub device_id: DeviceId,
     #[arg(long, env = "EDGEFLEET_ORT_LIB")]
     pub ort_lib: PathBuf,
-    /// Local inference address.
+    /// Local inference address: `host:port`, or `unix:/path/to.sock`.
     #[arg(long, env = "EDGEFLEET_LISTEN", default_value = "127.0.0.1:8181")]
     pub listen: String,
     /// Sessions per model (concurrent requests per model).
@@ -111,6 +111,38 @@ async fn trusted_root(
     Ok(root)
 }
 
+/// Serves the v2 API on `listen`: `host:port`, or `unix:/path/to.sock` for a Unix socket (made 0660, an
+/// existing stale socket file replaced). Prints where it serves.
+pub async fn serve_v2(listen: &str, app: axum::Router) -> anyhow::Result<()> {
+    if let Some(path) = listen.strip_prefix("unix:") {
+        let path = PathBuf::from(path);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+        }
+        let listener = tokio::net::UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
+        }
+        println!("edgefleet-daemon serving v2 on unix:{}", path.display());
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the inference server stopped");
+            }
+        });
+    } else {
+        let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        println!("edgefleet-daemon serving v2 on http://{}", listener.local_addr()?);
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "the inference server stopped");
+            }
+        });
+    }
+    Ok(())
+}
+
 pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
     let detection = crate::hardware::detect(&hardware_root);
     tracing::info!(class = %detection.profile.device_class, providers = ?detection.profile.execution_providers, "hardware detected");
@@ -153,14 +185,7 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         tracing::warn!(%problem, "restoring a committed model failed");
         state.last_error = Some(problem);
     }
-    let listener =
-        tokio::net::TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
-    println!("edgefleet-daemon serving v2 on http://{}", listener.local_addr()?);
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router(V2State { models }, 64 << 20)).await {
-            tracing::error!(error = %e, "the inference server stopped");
-        }
-    });
+    serve_v2(&args.listen, router(V2State { models }, 64 << 20)).await?;
     let mut failures = 0u32;
     loop {
         match agent.reconcile(&mut state, args.wait).await {

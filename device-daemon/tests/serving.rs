@@ -210,3 +210,26 @@ async fn swapping_releases_under_load_fails_no_request() {
     assert!(ok.load(Ordering::Relaxed) >= 600, "{} requests", ok.load(Ordering::Relaxed));
     assert!(versions.len() > 10, "requests saw only {versions:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_v2_api_also_serves_on_a_unix_socket() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("v2.sock");
+    // A stale socket file from a previous run is replaced.
+    std::fs::write(&sock, b"stale").expect("stale");
+    let models = Arc::new(ModelTable::default());
+    models.install(load("models/magika/model-int8.onnx", 4, "cpu-int8", "b"));
+    edgefleet_daemon::run::serve_v2(&format!("unix:{}", sock.display()), router(V2State { models }, 1 << 20))
+        .await
+        .expect("serve on a socket");
+    let mut stream = tokio::net::UnixStream::connect(&sock).await.expect("connect");
+    stream
+        .write_all(b"GET /v2/models/magika/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"ready\":true"), "{response}");
+}
