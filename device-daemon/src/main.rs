@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -31,12 +32,55 @@ enum Command {
     },
 }
 
+/// `run --config FILE` (or `EDGEFLEET_CONFIG`): every `key = value` of the TOML file becomes `--key value`
+/// unless the flag was given or its `EDGEFLEET_KEY` variable is set. So flags beat the environment, which beats
+/// the file, which beats the defaults.
+fn with_config_file(mut argv: Vec<String>) -> anyhow::Result<Vec<String>> {
+    let Some(run_at) = argv.iter().position(|a| a == "run") else { return Ok(argv) };
+    let mut path = std::env::var_os("EDGEFLEET_CONFIG").map(PathBuf::from);
+    if let Some(i) = argv.iter().position(|a| a == "--config") {
+        path = argv.get(i + 1).map(PathBuf::from);
+        argv.drain(i..(i + 2).min(argv.len()));
+    } else if let Some(i) = argv.iter().position(|a| a.starts_with("--config=")) {
+        path = Some(PathBuf::from(&argv[i]["--config=".len()..]));
+        argv.remove(i);
+    }
+    let Some(path) = path else { return Ok(argv) };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("{}: not valid TOML", path.display()))?;
+    for (key, value) in table {
+        let flag = format!("--{}", key.replace('_', "-"));
+        let env = format!("EDGEFLEET_{}", key.to_ascii_uppercase());
+        let given = argv[run_at..].iter().any(|a| a == &flag || a.starts_with(&format!("{flag}=")));
+        if given || std::env::var_os(&env).is_some() {
+            continue;
+        }
+        let value = match value {
+            toml::Value::String(s) => s,
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => anyhow::bail!("{}: `{key}` must be a string, number or boolean, not {other}", path.display()),
+        };
+        argv.push(flag);
+        argv.push(value);
+    }
+    Ok(argv)
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let argv = match with_config_file(std::env::args().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(argv);
     match cli.command {
         Command::Run(args) => {
             let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

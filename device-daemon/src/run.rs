@@ -1,6 +1,7 @@
 //! `edgefleet-daemon run`: detect the hardware, take the provisioned root, walk to the server's newest root,
 //! enroll once, restore what was committed, serve the v2 API, and reconcile in a loop (long-poll check-ins,
-//! jittered exponential backoff on errors). A control plane that is slow, down or answers garbage never
+//! jittered exponential backoff on errors). Settings come from flags, `EDGEFLEET_*` variables, or a TOML
+//! file given with `--config` (keys are the flag names, `server_ca = "..."`), in that order of precedence. A control plane that is slow, down or answers garbage never
 //! touches what is serving.
 
 use std::path::PathBuf;
@@ -42,22 +43,22 @@ pub struct RunArgs {
     #[arg(long, env = "EDGEFLEET_LISTEN", default_value = "127.0.0.1:8181")]
     pub listen: String,
     /// Sessions per model (concurrent requests per model).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, env = "EDGEFLEET_SESSIONS", default_value_t = 2)]
     pub sessions: usize,
     /// Threads per session.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "EDGEFLEET_THREADS", default_value_t = 1)]
     pub threads: usize,
     /// Longest check-in long-poll, seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "EDGEFLEET_WAIT", default_value_t = 30)]
     pub wait: u64,
     /// Bake window after a swap, seconds: the new release is watched and rolled back if too many requests fail.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "EDGEFLEET_BAKE_SECS", default_value_t = 30)]
     pub bake_secs: u64,
     /// Largest failed-request ratio tolerated during the bake window.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, env = "EDGEFLEET_BAKE_MAX_ERROR_RATE", default_value_t = 0.05)]
     pub bake_max_error_rate: f64,
     /// Requests needed before the ratio is judged.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, env = "EDGEFLEET_BAKE_MIN_REQUESTS", default_value_t = 20)]
     pub bake_min_requests: u64,
 }
 

@@ -43,10 +43,34 @@ fn start_daemon(w: &Workdir, server: &ServerProcess, token: Option<&str>) -> Dae
         .arg("127.0.0.1:0")
         .arg("--wait")
         .arg("2")
+        .arg("--bake-secs")
+        .arg("1")
         .env("RUST_LOG", "warn");
     if let Some(t) = token {
         cmd.arg("--enroll-token").arg(t);
     }
+    spawn(cmd)
+}
+
+/// The same daemon configured by a TOML file alone.
+fn start_daemon_from_config(w: &Workdir, server: &ServerProcess) -> Daemon {
+    let config = format!(
+        "server = {:?}\nserver_ca = {:?}\ndata_dir = {:?}\ntrust_root = {:?}\ndevice_id = \"edge-1\"\n\
+         ort_lib = {:?}\nlisten = \"127.0.0.1:0\"\nwait = 2\nbake_secs = 1\nhardware_root = {:?}\n",
+        server.url,
+        server.data_dir.join("tls/server.crt"),
+        w.path("device"),
+        w.path("root.json"),
+        cache("lib/libonnxruntime.so.1.31.1"),
+        w.path("hw"),
+    );
+    std::fs::write(w.path("device.toml"), config).expect("config");
+    let mut cmd = Command::new(bin("edgefleet-daemon"));
+    cmd.arg("run").arg("--config").arg(w.path("device.toml")).env("RUST_LOG", "warn");
+    spawn(cmd)
+}
+
+fn spawn(mut cmd: Command) -> Daemon {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start edgefleet-daemon");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
@@ -173,12 +197,12 @@ fn a_daemon_installs_serves_swaps_refuses_and_survives_kill_9() {
     assert_eq!(status["committed"]["magika"]["release"], 2);
     assert!(status["last_error"].as_str().is_some_and(|e| e.contains("not the signed")), "{status}");
 
-    // kill -9, restart (no token needed now): the committed release 2 serves again.
+    // kill -9, restart (no token needed now, configured by a TOML file): the committed release 2 serves again.
     let mut daemon = daemon;
     daemon.child.kill().expect("kill -9");
     let _ = daemon.child.wait();
     drop(daemon);
-    let daemon = start_daemon(&w, &server, None);
+    let daemon = start_daemon_from_config(&w, &server);
     let (version, _) = eventually("release 2 after restart", Duration::from_secs(60), || classify(&client, &daemon));
     assert_eq!(version, "2");
     drop(daemon);
