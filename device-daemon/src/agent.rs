@@ -27,6 +27,25 @@ use serde::{Deserialize, Serialize};
 
 use crate::serving::{ModelTable, Served};
 
+/// How a check-in went: the server's suggested interval (seconds) and whether a new document came.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkin {
+    pub interval: u64,
+    pub changed: bool,
+}
+
+/// Pure: how long to wait before the next check-in. After a change: at once (more may follow). After a
+/// long-poll the server really held (at least half of `wait`): at once, since the long-poll was the wait and
+/// a rollout must start in seconds. Otherwise (no long-poll asked, or the server answered early): the server's
+/// interval, plus up to 10 % jitter from `seed`, so a fleet does not check in in step.
+pub fn next_checkin(c: Checkin, wait: Duration, held: Duration, seed: u64) -> Duration {
+    if c.changed || (!wait.is_zero() && held >= wait / 2) {
+        return Duration::ZERO;
+    }
+    let ms = c.interval.max(1) * 1000;
+    Duration::from_millis(ms + seed % (ms / 10 + 1))
+}
+
 /// Which of a model's two slots.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -414,7 +433,7 @@ impl Agent {
 
     /// One pass: check in (long-poll `wait` seconds), verify, install what changed, report. Answers the
     /// server's suggested interval.
-    pub async fn reconcile(&self, state: &mut DeviceState, wait: u64) -> anyhow::Result<u64> {
+    pub async fn reconcile(&self, state: &mut DeviceState, wait: u64) -> anyhow::Result<Checkin> {
         let mut req =
             self.client.post(format!("{}/api/v1/device/checkin?wait={wait}", self.server)).json(&self.report(state));
         if let Some(etag) = &state.etag {
@@ -428,7 +447,7 @@ impl Agent {
             .and_then(|v| v.parse().ok())
             .unwrap_or(60);
         if resp.status() == 304 {
-            return Ok(interval);
+            return Ok(Checkin { interval, changed: false });
         }
         if !resp.status().is_success() {
             bail!("check-in refused ({}): {}", resp.status(), resp.text().await.unwrap_or_default());
@@ -476,7 +495,7 @@ impl Agent {
         }
         self.layout.save_state(state)?;
         self.send_events(&events).await;
-        Ok(interval)
+        Ok(Checkin { interval, changed: true })
     }
 
     /// Download → verify → stage into `slot` → load → golden vectors → swap. The committed state is the
@@ -557,5 +576,37 @@ impl Agent {
         }
         step(EventKind::Committed, format!("survived a bake window of {:?}", self.bake.window));
         Ok(Installed { release, variant: v.id.clone(), slot, raw: v.raw })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_in_pacing() {
+        let (quiet, secs) = (Checkin { interval: 60, changed: false }, Duration::from_secs);
+        // A long-poll the server held: poll again at once.
+        assert_eq!(next_checkin(quiet, secs(30), secs(30), 7), Duration::ZERO);
+        // A change: at once.
+        assert_eq!(next_checkin(Checkin { interval: 60, changed: true }, secs(0), secs(0), 7), Duration::ZERO);
+        // No long-poll, or a server that answered at once: the interval plus at most 10 % jitter, never a tight loop.
+        for (wait, held) in [(secs(0), secs(0)), (secs(30), Duration::from_millis(20))] {
+            for seed in [0, 1, 5_999, 6_000, u64::MAX] {
+                let d = next_checkin(quiet, wait, held, seed);
+                assert!(d >= secs(60) && d <= secs(66), "{d:?}");
+            }
+        }
+        assert!(next_checkin(Checkin { interval: 0, changed: false }, secs(0), secs(0), 0) >= secs(1));
+    }
+
+    #[test]
+    fn bake_verdicts() {
+        let bake = Bake { window: Duration::from_secs(1), max_error_rate: 0.1, min_requests: 10 };
+        for (ok, errors, failed) in
+            [(0, 9, false), (9, 1, false), (8, 2, true), (100, 10, false), (100, 12, true), (0, 0, false)]
+        {
+            assert_eq!(bake_failed(&bake, ok, errors), failed, "{ok} ok, {errors} errors");
+        }
     }
 }

@@ -189,8 +189,15 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
     serve_v2(&args.listen, router(V2State { models }, 64 << 20)).await?;
     let mut failures = 0u32;
     loop {
+        let started = std::time::Instant::now();
         match agent.reconcile(&mut state, args.wait).await {
-            Ok(_interval) => failures = 0,
+            Ok(checkin) => {
+                failures = 0;
+                let seed = u64::from(std::process::id()) ^ u64::from(chrono::Utc::now().timestamp_subsec_nanos());
+                let pause =
+                    crate::agent::next_checkin(checkin, Duration::from_secs(args.wait), started.elapsed(), seed);
+                tokio::time::sleep(pause).await;
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let backoff = Duration::from_millis((500u64 << failures.min(7)).min(60_000));
