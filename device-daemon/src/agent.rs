@@ -320,7 +320,8 @@ pub struct Agent {
     pub client: reqwest::Client,
     pub layout: Layout,
     pub root: Root,
-    pub runtime: &'static Runtime,
+    /// The ONNX Runtime library, loaded on first use: a device with nothing to serve never maps it.
+    pub ort_lib: PathBuf,
     pub options: Options,
     pub sessions: usize,
     pub models: Arc<ModelTable>,
@@ -374,13 +375,24 @@ fn chrono_now() -> String {
 }
 
 impl Agent {
+    fn runtime(&self) -> anyhow::Result<&'static Runtime> {
+        Ok(Runtime::shared(Some(&self.ort_lib))?)
+    }
+
     /// Loads every committed model from its slot, so a restart serves what was committed before it.
     pub fn restore(&self, state: &DeviceState) -> Vec<String> {
         let mut problems = Vec::new();
         for (model, i) in &state.committed {
             let path = self.layout.slot(model, i.slot).join("model.onnx");
+            let runtime = match self.runtime() {
+                Ok(r) => r,
+                Err(e) => {
+                    problems.push(format!("{model}: {e:#}"));
+                    continue;
+                }
+            };
             match Served::load(
-                self.runtime,
+                runtime,
                 &path,
                 &self.options,
                 self.sessions,
@@ -531,9 +543,10 @@ impl Agent {
             .and_then(|b| GoldenVectors::from_bytes(&b).map_err(anyhow::Error::from))
             .context("golden vectors")
             .map_err(verification)?;
+        let runtime = self.runtime().map_err(verification)?;
         let served = Arc::new(
             Served::load(
-                self.runtime,
+                runtime,
                 &path,
                 &self.options,
                 self.sessions,

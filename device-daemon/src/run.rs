@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use edgefleet_protocol::DeviceId;
-use edgefleet_runtime::{Options, Runtime};
+use edgefleet_runtime::Options;
 use model_registry::fsutil::write_file_atomic;
 use model_registry::verify::{self_signed_root, update_root};
 use model_registry::{Limits, Root};
@@ -158,7 +158,6 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         tracing::info!(device = %args.device_id, "enrolled");
     }
     let client = http_client(&args.server_ca, Some((&layout.cert(), &layout.key())))?;
-    let runtime = Runtime::shared(Some(&args.ort_lib))?;
     let models = Arc::new(ModelTable::default());
     let agent = Agent {
         device: args.device_id.clone(),
@@ -166,7 +165,7 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         client,
         layout: layout.clone(),
         root,
-        runtime,
+        ort_lib: args.ort_lib.clone(),
         options: Options {
             providers: detection.profile.execution_providers.clone(),
             intra_threads: Some(args.threads),

@@ -181,7 +181,7 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
         client: reqwest::Client::new(),
         layout: Layout { root: dir.path().to_owned() },
         root,
-        runtime: runtime(),
+        ort_lib: cache("lib/libonnxruntime.so.1.31.1"),
         options: options(),
         sessions: 1,
         models: models.clone(),
