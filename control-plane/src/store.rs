@@ -203,6 +203,16 @@ impl Store {
         Ok(Self { pool, backend })
     }
 
+    /// A transaction that will write. On SQLite it takes the write lock at `BEGIN IMMEDIATE`: a deferred
+    /// transaction that reads and then writes fails at once with "database is locked" (SQLITE_BUSY_SNAPSHOT,
+    /// which the busy timeout does not cover) when another connection committed in between.
+    async fn write_tx(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, StoreError> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
@@ -335,7 +345,7 @@ impl Store {
 
     /// Stores a release if its version is above every stored version of the model, atomically.
     pub async fn publish_release(&self, r: &ReleaseRow) -> Result<Publish, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let latest: Option<i64> = sqlx::query("SELECT MAX(version) AS v FROM releases WHERE model = $1")
             .bind(r.model.as_str())
             .fetch_one(&mut *tx)
@@ -485,7 +495,7 @@ impl Store {
         cert_serial: &str,
         now: i64,
     ) -> Result<Result<Labels, EnrollRefusal>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let row = sqlx::query("SELECT labels, expires_at, used_at FROM enroll_tokens WHERE token_hash = $1")
             .bind(token_hash)
             .fetch_optional(&mut *tx)
@@ -583,7 +593,7 @@ impl Store {
     }
 
     pub async fn set_labels(&self, id: &DeviceId, labels: &Labels) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query("UPDATE devices SET labels = $1 WHERE id = $2")
             .bind(serde_json::to_string(labels).unwrap_or_default())
             .bind(id.as_str())
@@ -622,7 +632,7 @@ impl Store {
 
     /// Writes many `last_seen` times in one transaction.
     pub async fn touch_devices(&self, seen: &BTreeMap<DeviceId, i64>) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         for (id, at) in seen {
             sqlx::query("UPDATE devices SET last_seen = $1 WHERE id = $2")
                 .bind(*at)
@@ -687,7 +697,7 @@ impl Store {
         events: &[(String, String, String)],
         now: i64,
     ) -> Result<usize, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.write_tx().await?;
         let mut new = 0;
         for (id, kind, body) in events {
             let r = sqlx::query(
