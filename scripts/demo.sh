@@ -5,9 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-cargo build --release --quiet --bin edgefleet --bin edgefleet-server
+cargo build --release --quiet --bin edgefleet --bin edgefleet-server --bin edgefleet-daemon
 E="$PWD/target/release/edgefleet"
 S="$PWD/target/release/edgefleet-server"
+DAEMON="$PWD/target/release/edgefleet-daemon"
+REPO="$PWD"
 export EDGEFLEET_ORT_LIB="$PWD/.cache/lib/libonnxruntime.so.1.31.1"
 C="$PWD/.cache"
 D=build/demo
@@ -22,7 +24,7 @@ refused() { # runs a command that must be refused; shows why
 }
 
 step "Keys: one offline root key, two ML engineers (alice, bob), the control plane's fleet key"
-for k in root alice bob fleet; do "$E" keys generate -o "$k.key" | head -n 1; done
+for k in root alice bob fleet; do "$E" --json keys generate -o "$k.key" | python3 -c 'import json,sys; k=json.load(sys.stdin); print("   %s  %s" % (k["keyid"][:16], k["private"]))'; done
 ls -l ./*.key | awk '{print "   " $1 " " $NF}'
 
 step "Trust root: release manifests need BOTH alice and bob (threshold 2)"
@@ -80,7 +82,7 @@ step "Attack: a device that has seen security floor 2 is offered release 1"
 refused "$E" release verify magika-1 --root root.json --floor 2
 
 step "Root rotation: bob's key is revoked, carol's added (root v2, signed by the root key)"
-"$E" keys generate -o carol.key | head -n 1
+"$E" keys generate -o carol.key
 "$E" trust rotate --from root.json --revoke bob.pub --add-release-key carol.pub -o root-2.json
 "$E" trust sign root-2.json --key root.key
 "$E" trust verify --trusted root.json root-2.json
@@ -110,11 +112,34 @@ refused "$E" release push edited
 "$E" models
 "$E" releases magika
 
-step "Operate: a one-time enrollment token for EU devices, an assignment, the audit log"
-"$E" enroll-token create --label region=eu
+step "Operate: a one-time enrollment token for EU devices, an assignment"
+token=$("$E" --json enroll-token create --label region=eu | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+echo "   enrollment token ${token:0:16}... (one-time, labels region=eu)"
 "$E" assign magika 1 --selector region=eu
-"$E" audit --limit 12
-kill $server_pid && wait $server_pid 2>/dev/null || true
+
+step "A device: edgefleet-daemon on this very machine (hardware read from /), enrolls, installs, serves"
+"$DAEMON" hardware | sed 's/^/   /'
+RUST_LOG=warn "$DAEMON" run --server "$url" --server-ca server/tls/server.crt --data-dir device \
+  --trust-root root.json --device-id demo-edge-1 --enroll-token "$token" --ort-lib "$EDGEFLEET_ORT_LIB" \
+  --listen 127.0.0.1:0 --wait 2 --bake-secs 2 > daemon.log 2>&1 &
+daemon_pid=$!
+trap 'kill $server_pid $daemon_pid 2>/dev/null || true' EXIT
+for _ in $(seq 1 100); do grep -q "serving v2 on" daemon.log 2>/dev/null && break; sleep 0.1; done
+v2=$(sed -n 's/^edgefleet-daemon serving v2 on //p' daemon.log)
+for _ in $(seq 1 300); do curl -sf "$v2/v2/models/magika/ready" >/dev/null 2>&1 && break; sleep 0.2; done
+echo "   v2 API at $v2; magika metadata:"
+curl -s "$v2/v2/models/magika" | python3 -c 'import json,sys; e=json.load(sys.stdin)["edgefleet"]; print("   release %s, variant %s, slot %s, provider %s" % (e["release"], e["variant"], e["slot"], e["provider"]))'
+echo "   inference requests, as an app on the device would send them:"
+python3 "$REPO/scripts/magika_infer.py" "$v2" "$C/models/magika/config.min.json" \
+  ../../scripts/make_samples.py ../../Cargo.toml ../../README.md root.json
+# The release is committed once it survived its bake window.
+for _ in $(seq 1 100); do grep -q '"magika"' device/state.json 2>/dev/null && break; sleep 0.1; done
+"$DAEMON" status --data-dir device | sed 's/^/   /'
+"$E" devices list
+
+step "The audit log tells the story"
+"$E" audit --limit 14
+kill $daemon_pid $server_pid 2>/dev/null; wait $daemon_pid $server_pid 2>/dev/null || true
 trap - EXIT
 
 step "Done. Everything is in build/demo/ (the server's data in build/demo/server)"

@@ -1,6 +1,7 @@
 //! Human or `--json` output. Results go to stdout; errors and progress to stderr.
 
 use std::fmt::Display;
+use std::io::Write;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -12,11 +13,9 @@ pub struct Out {
 impl Out {
     /// Prints `human` for people, or `json` (one document on one line) with `--json`.
     pub fn emit(&self, human: impl Display, json: serde_json::Value) {
-        if self.json {
-            println!("{json}");
-        } else {
-            println!("{human}");
-        }
+        // A reader that went away (`| head`) is not an error of this command: stop writing quietly.
+        let mut out = std::io::stdout().lock();
+        let _ = if self.json { writeln!(out, "{json}") } else { writeln!(out, "{human}") };
     }
 
     pub fn error(&self, e: &anyhow::Error) {
