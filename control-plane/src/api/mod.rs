@@ -246,6 +246,18 @@ async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> 
     }
 }
 
+/// Refusals may answer before the request body was read (a bad digest, a body too large, a missing role). On
+/// HTTP/1.1 the rest of that body is still on the wire, so the connection cannot carry another request: say
+/// so with `Connection: close`, or a client reusing it sees the connection drop under its next request.
+async fn close_after_refusal(req: Request, next: axum::middleware::Next) -> Response {
+    let http1 = req.version() < axum::http::Version::HTTP_2;
+    let mut resp = next.run(req).await;
+    if http1 && resp.status().is_client_error() {
+        resp.headers_mut().insert(axum::http::header::CONNECTION, axum::http::HeaderValue::from_static("close"));
+    }
+    resp
+}
+
 async fn fallback() -> ApiError {
     ApiError::not_found("no such route")
 }
@@ -286,5 +298,6 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(json_limit))
+        .layer(axum::middleware::from_fn(close_after_refusal))
         .with_state(state)
 }
