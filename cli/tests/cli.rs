@@ -4,17 +4,9 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use edgefleet_e2e::cache;
 use std::process::{Command, Output};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_owned()
-}
-
-fn cache(rel: &str) -> PathBuf {
-    let p = repo().join(".cache").join(rel);
-    assert!(p.exists(), "{} is missing: run scripts/setup.sh (the README's test command does)", p.display());
-    p
-}
 
 struct Run {
     out: Output,

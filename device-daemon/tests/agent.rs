@@ -17,7 +17,7 @@ use edgefleet_daemon::serving::{ModelTable, Served};
 use edgefleet_e2e::cache;
 use edgefleet_protocol::api::HardwareProfile;
 use edgefleet_runtime::{Options, Runtime};
-use model_registry::golden::{Cases, GoldenVectors, Tolerance, read_samples};
+use model_registry::golden::{GoldenVectors, Tolerance, read_samples};
 use model_registry::manifest::ModelFormat;
 use model_registry::root::DocType;
 use model_registry::*;
@@ -76,10 +76,7 @@ fn release(fake: &Fake, version: u64, model: &str, reference: &str) -> (Envelope
     let (raw_ref, zstd_ref) = compress(raw.as_slice(), &mut z, 3, u64::MAX).expect("compress");
     let samples = read_samples(&std::fs::read(cache("samples/magika.safetensors")).expect("samples")).expect("parse");
     let mut m = runtime().open_with(&cache(reference), &options()).expect("reference");
-    let mut outputs = Cases::new();
-    for (case, inputs) in &samples {
-        outputs.insert(case.clone(), m.run(inputs).expect("run"));
-    }
+    let outputs = m.run_cases(&samples).expect("reference outputs");
     let golden = GoldenVectors {
         inputs: samples,
         outputs,

@@ -183,6 +183,19 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
+/// Starts `cmd` with its stdout read line by line on a thread: the lines arrive on the receiver.
+pub fn spawn_with_stdout(mut cmd: Command) -> (Child, std::sync::mpsc::Receiver<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start the process");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    (child, rx)
+}
+
 /// A running `edgefleet-server`, stopped (SIGTERM, then kill) when dropped.
 #[derive(Debug)]
 pub struct ServerProcess {
@@ -200,19 +213,12 @@ impl ServerProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start edgefleet-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
+        let (child, lines) = spawn_with_stdout(cmd);
         let (mut url, mut fingerprint) = (None, None);
         let deadline = Instant::now() + Duration::from_secs(60);
         while url.is_none() || fingerprint.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
-            let line = rx.recv_timeout(left).expect("edgefleet-server did not print its address within 60 s");
+            let line = lines.recv_timeout(left).expect("edgefleet-server did not print its address within 60 s");
             if let Some(u) = line.strip_prefix("edgefleet-server listening on ") {
                 url = Some(u.trim().to_owned());
             }

@@ -4,11 +4,12 @@
 //! in the server's store is refused while the second keeps serving; killed with SIGKILL, the daemon comes back
 //! serving what it had committed.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
-use edgefleet_e2e::{PYTHON_SOURCE, ServerProcess, Workdir, bin, cache, eventually, magika_features, magika_labels};
+use edgefleet_e2e::{
+    PYTHON_SOURCE, ServerProcess, Workdir, bin, cache, eventually, magika_features, magika_labels, spawn_with_stdout,
+};
 
 struct Daemon {
     child: Child,
@@ -70,16 +71,9 @@ fn start_daemon_from_config(w: &Workdir, server: &ServerProcess) -> Daemon {
     spawn(cmd)
 }
 
-fn spawn(mut cmd: Command) -> Daemon {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start edgefleet-daemon");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let line = rx.recv_timeout(Duration::from_secs(60)).expect("edgefleet-daemon did not print its address");
+fn spawn(cmd: Command) -> Daemon {
+    let (child, lines) = spawn_with_stdout(cmd);
+    let line = lines.recv_timeout(Duration::from_secs(60)).expect("edgefleet-daemon did not print its address");
     let url = line.strip_prefix("edgefleet-daemon serving v2 on ").expect("address line").trim().to_owned();
     Daemon { child, url }
 }

@@ -244,6 +244,19 @@ fn to_host(v: &DynValue) -> Result<Option<HostTensor>, ort::Error> {
 }
 
 impl Model {
+    /// Runs the model on every case (`case -> input name -> tensor`): what golden vectors are made from and
+    /// checked against.
+    pub fn run_cases(
+        &mut self,
+        inputs: &model_registry::golden::Cases,
+    ) -> Result<model_registry::golden::Cases, RuntimeError> {
+        let mut out = model_registry::golden::Cases::new();
+        for (case, tensors) in inputs {
+            out.insert(case.clone(), self.run(tensors)?);
+        }
+        Ok(out)
+    }
+
     /// Runs the model once on `inputs` (by input name) and answers every output by name.
     pub fn run(&mut self, inputs: &BTreeMap<String, HostTensor>) -> Result<BTreeMap<String, HostTensor>, RuntimeError> {
         let path = self.path.clone();

@@ -208,7 +208,7 @@ fn golden(release: &Path, variant: &str, ort_lib: Option<&Path>, out: &Out) -> a
     let golden = GoldenVectors::from_bytes(&std::fs::read(rd.blob(&v.golden))?)?;
     let rt = Runtime::load(ort_lib)?;
     let mut model = rt.open(tmp.path())?;
-    let report = golden.check(&pack::run_cases(&mut model, &golden.inputs)?);
+    let report = golden.check(&model.run_cases(&golden.inputs)?);
     out.emit(
         format!("{} {} variant {}:\n{report}", manifest.model, manifest.version, v.id),
         serde_json::json!({"variant": v.id, "passed": report.passed(), "report": report}),

@@ -12,7 +12,7 @@ use anyhow::{Context, bail, ensure};
 use chrono::{DurationRound, Utc};
 use model_registry::artifact::ArtifactRef;
 use model_registry::fsutil::{read_capped, sync_dir, write_atomic};
-use model_registry::golden::{Cases, GoldenVectors, Tolerance, read_samples};
+use model_registry::golden::{GoldenVectors, Tolerance, read_samples};
 use model_registry::manifest::ModelFormat;
 use model_registry::root::DocType;
 use model_registry::{
@@ -22,7 +22,7 @@ use model_registry::{
 
 use crate::args::ReleasePack;
 use crate::output::Out;
-use edgefleet_runtime::{Model, Runtime};
+use edgefleet_runtime::Runtime;
 
 /// One `--variant` as given on the command line.
 #[derive(Debug)]
@@ -111,15 +111,6 @@ fn parse_tolerances(specs: &[String]) -> anyhow::Result<Vec<ToleranceOverride>> 
     Ok(out)
 }
 
-/// Runs `model` on every case.
-pub(crate) fn run_cases(model: &mut Model, inputs: &Cases) -> anyhow::Result<Cases> {
-    let mut out = Cases::new();
-    for (case, tensors) in inputs {
-        out.insert(case.clone(), model.run(tensors).with_context(|| format!("sample case {case}"))?);
-    }
-    Ok(out)
-}
-
 /// Writes a blob into `blobs/` under its digest, through `fill`, atomically.
 fn write_blob(
     blobs: &Path,
@@ -166,7 +157,8 @@ pub fn pack(a: ReleasePack, out: &Out) -> anyhow::Result<()> {
             .context("no fp32 variant to take reference outputs from: give --reference MODEL.onnx")?,
     };
     let mut reference = rt.open(&reference_path)?;
-    let reference_outputs = run_cases(&mut reference, &samples)
+    let reference_outputs = reference
+        .run_cases(&samples)
         .with_context(|| format!("running the reference model {}", reference_path.display()))?;
 
     let parent = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
@@ -204,8 +196,7 @@ pub fn pack(a: ReleasePack, out: &Out) -> anyhow::Result<()> {
         ensure!(!tolerances.is_empty(), "variant {}: every output is skipped; nothing would be checked", spec.id);
         let golden = GoldenVectors { inputs: samples.clone(), outputs: reference_outputs.clone(), tolerances };
         // A variant that cannot reproduce its own golden vectors here would be refused by every device.
-        let report =
-            golden.check(&run_cases(&mut m, &samples).with_context(|| format!("running variant {}", spec.id))?);
+        let report = golden.check(&m.run_cases(&samples).with_context(|| format!("running variant {}", spec.id))?);
         ensure!(report.passed(), "variant {} fails its golden vectors against the reference:\n{report}", spec.id);
 
         let golden_bytes = golden.to_bytes()?;
