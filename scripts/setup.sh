@@ -7,6 +7,8 @@
 #   .cache/models/silero_vad.onnx          silero-vad (16 kHz opset-15 graph, from the silero-vad wheel)
 #   .cache/models/*-int8.onnx              int8 variants made by onnxruntime's own quantizer
 #   .cache/models/magika/model-wrong.onnx  a deliberately wrong magika, for golden-vector tests
+#   .cache/models/magika/model-slow.onnx   magika with the same answers and ~3x the work, for latency gates
+#   .cache/models/magika/model-fails.onnx  magika that loads and then fails every request at run time
 #   .cache/samples/*.safetensors           sample inputs for golden vectors, built from real files
 #   .cache/venv/                           Python with onnxruntime + onnx, only for the quantizer
 set -euo pipefail
@@ -53,6 +55,10 @@ for m in magika/model silero_vad; do
 done
 [ -s "$C/models/magika/model-wrong.onnx" ] \
   || "$C/venv/bin/python" scripts/make_wrong_model.py "$C/models/magika/model.onnx" "$C/models/magika/model-wrong.onnx"
+[ -s "$C/models/magika/model-slow.onnx" ] \
+  || "$C/venv/bin/python" scripts/make_slow_model.py "$C/models/magika/model.onnx" "$C/models/magika/model-slow.onnx"
+[ -s "$C/models/magika/model-fails.onnx" ] \
+  || "$C/venv/bin/python" scripts/make_slow_model.py "$C/models/magika/model.onnx" "$C/models/magika/model-fails.onnx" fails
 [ -s "$C/samples/magika.safetensors" ] && [ -s "$C/samples/silero_vad.safetensors" ] \
   || "$C/venv/bin/python" scripts/make_samples.py "$C"
 echo "setup: ready in $C" >&2

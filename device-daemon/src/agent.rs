@@ -1,7 +1,8 @@
 //! The agent: enrollment, check-in, and installing what the signed desired state names.
 //!
-//! Decisions are pure ([`plan`]): given what is installed and a verified desired state, what to do per model.
-//! Effects are separate steps, each leaving disk consistent at every instant: downloads go to
+//! Decisions are pure: [`plan`] (given what is installed and a verified desired state, what to do per model),
+//! [`next_checkin`], and each install's state machine ([`crate::machine::Install`]), which this module drives by
+//! performing its effects. Each effect leaves disk consistent at every instant: downloads go to
 //! `downloads/<sha256>.partial` and resume with HTTP Range; the model is decompressed, verified while it
 //! streams, into the inactive slot through a temporary file, fsync and rename; the golden vectors run on the
 //! new session before it is swapped in; `state.json` (what is committed, the last-seen trust state) is
@@ -25,7 +26,9 @@ use model_registry::golden::GoldenVectors;
 use model_registry::{LastSeen, Limits, Root, Variant, VerifiedDesiredState, Verifier};
 use serde::{Deserialize, Serialize};
 
-use crate::serving::{ModelTable, Served};
+use crate::health::{Bake, Window};
+use crate::machine::{Effect, Install, Outcome, fit};
+use crate::serving::{Drained, ModelTable, Served};
 
 /// How a check-in went: the server's suggested interval (seconds) and whether a new document came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,77 @@ pub struct DeviceState {
     /// The ETag of the last accepted desired state.
     #[serde(default)]
     pub etag: Option<String>,
+    /// Events not yet accepted by the control plane, oldest first; sent again with every check-in (the server
+    /// drops duplicates by id). At most [`MAX_PENDING_EVENTS`] are kept; older ones are dropped and counted.
+    #[serde(default)]
+    pub pending_events: Vec<DeviceEvent>,
+    #[serde(default)]
+    pub dropped_events: u64,
+}
+
+pub const MAX_PENDING_EVENTS: usize = 1000;
+
+impl DeviceState {
+    /// Queues events for the control plane, dropping the oldest beyond the cap.
+    pub fn queue_events(&mut self, events: Vec<DeviceEvent>) {
+        self.pending_events.extend(events);
+        let over = self.pending_events.len().saturating_sub(MAX_PENDING_EVENTS);
+        if over > 0 {
+            self.pending_events.drain(..over);
+            self.dropped_events += over as u64;
+        }
+    }
+}
+
+/// A test hook for crash tests: the named point in an install where the daemon stops (prints
+/// `edgefleet-daemon paused at <point>` and waits forever, still serving), so a test can kill -9 it exactly
+/// there. Set by `EDGEFLEET_PAUSE_AT`; off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PausePoint {
+    /// After part of the model blob is written to its partial file.
+    Download,
+    /// Halfway through decompressing into the slot's temporary file.
+    Decompress,
+    /// After the model file is renamed into its slot, before it is loaded or committed.
+    Renamed,
+}
+
+fn announce_pause(at: PausePoint) {
+    println!("edgefleet-daemon paused at {}", format!("{at:?}").to_lowercase());
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+}
+
+async fn pause_if(pause: Option<PausePoint>, at: PausePoint) {
+    if pause == Some(at) {
+        announce_pause(at);
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Counts the bytes written through it and pauses the writing thread at half of `total` if asked to.
+struct Tripwire<W> {
+    inner: W,
+    written: u64,
+    at: Option<u64>,
+}
+
+impl<W: Write> Write for Tripwire<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        if self.at.is_some_and(|at| self.written >= at) {
+            self.inner.flush()?;
+            announce_pause(PausePoint::Decompress);
+            loop {
+                std::thread::park();
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// What to do for one model.
@@ -238,6 +312,7 @@ pub async fn download(
     server: &str,
     layout: &Layout,
     r: &ArtifactRef,
+    pause: Option<PausePoint>,
 ) -> anyhow::Result<PathBuf> {
     let path = layout.partial(r);
     std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
@@ -256,7 +331,7 @@ pub async fn download(
             // Longer than signed: the partial is not the signed blob; start over.
             drop(file);
             std::fs::remove_file(&path)?;
-            return Box::pin(download(client, server, layout, r)).await;
+            return Box::pin(download(client, server, layout, r, pause)).await;
         }
         have += n as u64;
     }
@@ -270,9 +345,16 @@ pub async fn download(
         if status != 206 && !(status == 200 && have == 0) {
             bail!("blob {}: server answered {status} to a range request", r.sha256);
         }
+        if have > 0 {
+            tracing::info!(blob = %r.sha256, have, of = r.size, "resuming a partial download");
+        }
         while let Some(chunk) = resp.chunk().await? {
             check.update(&chunk).map_err(|e| anyhow::anyhow!("blob {}: {e}", r.sha256))?;
             file.write_all(&chunk)?;
+            if have == 0 {
+                file.sync_all()?;
+                pause_if(pause, PausePoint::Download).await;
+            }
         }
         file.sync_all()?;
     }
@@ -287,12 +369,18 @@ pub async fn download(
 }
 
 /// Decompresses a verified download into `slot_dir/model.onnx` (temporary file, fsync, rename, fsync dir).
-pub fn stage(zstd_file: &Path, variant: &Variant, slot_dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn stage(
+    zstd_file: &Path,
+    variant: &Variant,
+    slot_dir: &Path,
+    pause: Option<PausePoint>,
+) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(slot_dir)?;
     let dest = slot_dir.join("model.onnx");
     write_atomic(&dest, |f| -> anyhow::Result<()> {
         let src = std::io::BufReader::with_capacity(256 << 10, std::fs::File::open(zstd_file)?);
-        decompress_verified(src, f, &variant.zstd, &variant.raw)?;
+        let at = (pause == Some(PausePoint::Decompress)).then_some(variant.raw.size / 2);
+        decompress_verified(src, Tripwire { inner: f, written: 0, at }, &variant.zstd, &variant.raw)?;
         Ok(())
     })?;
     sync_dir(slot_dir)?;
@@ -328,27 +416,9 @@ pub struct Agent {
     pub hardware: HardwareProfile,
     pub limits: Limits,
     pub bake: Bake,
-}
-
-/// The health watch after a swap: for `window`, the new release's failed-request ratio must stay at or below
-/// `max_error_rate` once `min_requests` were answered; otherwise the previous release is swapped back.
-#[derive(Debug, Clone, Copy)]
-pub struct Bake {
-    pub window: Duration,
-    pub max_error_rate: f64,
-    pub min_requests: u64,
-}
-
-impl Default for Bake {
-    fn default() -> Self {
-        Self { window: Duration::from_secs(30), max_error_rate: 0.05, min_requests: 20 }
-    }
-}
-
-/// Pure: whether a release with these counts fails the health watch.
-pub fn bake_failed(bake: &Bake, ok: u64, errors: u64) -> bool {
-    let total = ok + errors;
-    total >= bake.min_requests && errors as f64 > bake.max_error_rate * total as f64
+    /// Bytes all loaded models may take together (see `Served::memory`); `None`: no budget.
+    pub memory_budget: Option<u64>,
+    pub pause: Option<PausePoint>,
 }
 
 fn event(
@@ -374,37 +444,57 @@ fn chrono_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
+/// What an install has to hand between its effects.
+struct Work<'a> {
+    model: &'a ModelName,
+    release: ReleaseVersion,
+    variant: &'a Variant,
+    slot: Slot,
+    /// The committed release this install replaces, if any (where to roll back to).
+    previous: Option<&'a Installed>,
+    zst: Option<PathBuf>,
+    golden_file: Option<PathBuf>,
+    staged: Option<PathBuf>,
+    /// The new release, loaded.
+    loaded: Option<Arc<Served>>,
+    /// The release serving before the swap, while it is still in memory.
+    before: Option<Arc<Served>>,
+    /// The closed gate of a drain, until the new release (or the old one again) is installed.
+    drained: Option<Drained>,
+    swapped_at: Option<tokio::time::Instant>,
+    /// The new release's health counters at the swap (the golden run's requests are not its health).
+    health_at_swap: Window,
+}
+
 impl Agent {
     fn runtime(&self) -> anyhow::Result<&'static Runtime> {
         Ok(Runtime::shared(Some(&self.ort_lib))?)
+    }
+
+    fn load(&self, model: &ModelName, i: &Installed) -> anyhow::Result<Served> {
+        let path = self.layout.slot(model, i.slot).join("model.onnx");
+        let served = Served::load(
+            self.runtime()?,
+            &path,
+            &self.options,
+            self.sessions,
+            model.clone(),
+            i.release,
+            i.variant.clone(),
+            i.slot.as_str(),
+        )?;
+        Ok(served)
     }
 
     /// Loads every committed model from its slot, so a restart serves what was committed before it.
     pub fn restore(&self, state: &DeviceState) -> Vec<String> {
         let mut problems = Vec::new();
         for (model, i) in &state.committed {
-            let path = self.layout.slot(model, i.slot).join("model.onnx");
-            let runtime = match self.runtime() {
-                Ok(r) => r,
-                Err(e) => {
-                    problems.push(format!("{model}: {e:#}"));
-                    continue;
-                }
-            };
-            match Served::load(
-                runtime,
-                &path,
-                &self.options,
-                self.sessions,
-                model.clone(),
-                i.release,
-                i.variant.clone(),
-                i.slot.as_str(),
-            ) {
+            match self.load(model, i) {
                 Ok(s) => {
                     self.models.install(s);
                 }
-                Err(e) => problems.push(format!("{model}: committed slot {} does not load: {e}", i.slot.as_str())),
+                Err(e) => problems.push(format!("{model}: committed slot {} does not load: {e:#}", i.slot.as_str())),
             }
         }
         problems
@@ -433,19 +523,35 @@ impl Agent {
         }
     }
 
-    async fn send_events(&self, events: &[DeviceEvent]) {
-        if events.is_empty() {
-            return;
+    /// Sends the queued events; those the server accepted leave the queue, the rest wait for the next pass.
+    async fn flush_events(&self, state: &mut DeviceState) -> anyhow::Result<()> {
+        if state.pending_events.is_empty() {
+            return Ok(());
         }
-        let r = self.client.post(format!("{}/api/v1/device/events", self.server)).json(events).send().await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, "reporting events failed; they are not retried yet");
+        let sent = state.pending_events.len();
+        let r = self
+            .client
+            .post(format!("{}/api/v1/device/events", self.server))
+            .json(&state.pending_events)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status());
+        match r {
+            Ok(_) => {
+                state.pending_events.drain(..sent);
+                self.layout.save_state(state)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, queued = sent, "reporting events failed; they are sent again next time");
+                Ok(())
+            }
         }
     }
 
-    /// One pass: check in (long-poll `wait` seconds), verify, install what changed, report. Answers the
-    /// server's suggested interval.
+    /// One pass: send queued events, check in (long-poll `wait` seconds), verify, install what changed, report.
+    /// Answers the server's suggested interval.
     pub async fn reconcile(&self, state: &mut DeviceState, wait: u64) -> anyhow::Result<Checkin> {
+        self.flush_events(state).await?;
         let mut req =
             self.client.post(format!("{}/api/v1/device/checkin?wait={wait}", self.server)).json(&self.report(state));
         if let Some(etag) = &state.etag {
@@ -479,13 +585,13 @@ impl Agent {
             };
         state.last_seen.record(&verified);
         state.etag = etag;
-        let mut events = Vec::new();
         for (action, (assignment, release)) in
             plan(state, &verified).into_iter().zip(verified.state.models.iter().zip(&verified.releases))
         {
             let Action::Install { model, release: version, variant, slot } = action else { continue };
             let Some(v) = release.manifest.variant(&assignment.variant) else { continue };
-            match self.install(&model, version, v, slot, &mut events).await {
+            let mut events = Vec::new();
+            match self.install(&model, version, v, slot, state.committed.get(&model), &mut events).await {
                 Ok(installed) => {
                     events.push(event(
                         EventKind::Installed,
@@ -497,98 +603,204 @@ impl Agent {
                     state.committed.insert(model, installed);
                     state.last_error = None;
                 }
-                Err((kind, e)) => {
-                    let msg = format!("{e:#}");
+                Err((kind, msg)) => {
                     tracing::warn!(%model, %version, error = %msg, "install failed; the previous release keeps serving");
                     events.push(event(kind, &model, version, &variant, msg.clone()));
                     state.last_error = Some(format!("{model} {version}: {msg}"));
                 }
             }
+            // What happened is on disk before it is reported, so a crash cannot lose the report.
+            state.queue_events(events);
+            self.layout.save_state(state)?;
         }
         self.layout.save_state(state)?;
-        self.send_events(&events).await;
+        self.flush_events(state).await?;
         Ok(Checkin { interval, changed: true })
     }
 
-    /// Download → verify → stage into `slot` → load → golden vectors → swap. The committed state is the
-    /// caller's to write once this answers.
-    /// Failures come with the event that reports them.
+    /// Drives one install's state machine ([`Install`]) to its end, performing each effect it asks for. The
+    /// committed state is the caller's to write once this answers. Each step's report is pushed to `events`.
     async fn install(
         &self,
         model: &ModelName,
         release: ReleaseVersion,
         v: &Variant,
         slot: Slot,
+        previous: Option<&Installed>,
         events: &mut Vec<DeviceEvent>,
-    ) -> Result<Installed, (EventKind, anyhow::Error)> {
-        let verification = |e: anyhow::Error| (EventKind::VerificationFailed, e);
-        let mut step = |kind: EventKind, detail: String| events.push(event(kind, model, release, &v.id, detail));
-        step(EventKind::DownloadStarted, format!("{} bytes compressed", v.zstd.size));
-        let zst = download(&self.client, &self.server, &self.layout, &v.zstd)
-            .await
-            .context("model download")
-            .map_err(verification)?;
-        let golden_file = download(&self.client, &self.server, &self.layout, &v.golden)
-            .await
-            .context("golden download")
-            .map_err(verification)?;
-        let slot_dir = self.layout.slot(model, slot);
-        let (zst2, v2, dir2) = (zst.clone(), v.clone(), slot_dir.clone());
-        let path = tokio::task::spawn_blocking(move || stage(&zst2, &v2, &dir2))
-            .await
-            .map_err(|e| verification(e.into()))?
-            .map_err(verification)?;
-        let golden = std::fs::read(&golden_file)
-            .map_err(anyhow::Error::from)
-            .and_then(|b| GoldenVectors::from_bytes(&b).map_err(anyhow::Error::from))
-            .context("golden vectors")
-            .map_err(verification)?;
-        let runtime = self.runtime().map_err(verification)?;
-        let served = Arc::new(
-            Served::load(
-                runtime,
-                &path,
-                &self.options,
-                self.sessions,
-                model.clone(),
-                release,
-                v.id.clone(),
-                slot.as_str(),
-            )
-            .context("loading the model")
-            .map_err(verification)?,
-        );
-        step(EventKind::Verified, format!("digests match; staged in slot {}", slot.as_str()));
-        golden_check(&served, &golden).await.map_err(|e| (EventKind::GoldenFailed, e))?;
-        // The golden run's own requests do not count towards the health watch.
-        served.ok.store(0, std::sync::atomic::Ordering::Relaxed);
-        served.errors.store(0, std::sync::atomic::Ordering::Relaxed);
-        let previous = self.models.install_arc(served.clone());
-        step(EventKind::Swapped, format!("serving from slot {} on {}", slot.as_str(), served.provider));
-        let _ = std::fs::remove_file(&zst);
-        let _ = std::fs::remove_file(&golden_file);
-        // Bake: watch the new release's answers; roll back to the previous one if too many fail.
-        let deadline = tokio::time::Instant::now() + self.bake.window;
-        while tokio::time::Instant::now() < deadline {
-            let (ok, errors) = (
-                served.ok.load(std::sync::atomic::Ordering::Relaxed),
-                served.errors.load(std::sync::atomic::Ordering::Relaxed),
-            );
-            if bake_failed(&self.bake, ok, errors) {
-                let why = format!("health watch: {errors} of {} requests failed during the bake window", ok + errors);
-                match previous {
-                    Some(prev) => {
-                        self.models.install_arc(prev);
-                        return Err((EventKind::RolledBack, anyhow::anyhow!("rolled back: {why}")));
-                    }
-                    None => tracing::warn!(%model, %release, "{why}; no previous release to roll back to"),
-                }
-                break;
+    ) -> Result<Installed, (EventKind, String)> {
+        let current = self.models.get(model.as_str());
+        let old = current.as_ref().map_or(0, |s| s.memory);
+        let need = v.raw.size * self.sessions.max(1) as u64;
+        let fit = fit(self.memory_budget, self.models.memory_except(model), old, need);
+        drop(current);
+        let (mut machine, mut step) = Install::start(self.bake, fit, previous.is_some(), slot.as_str(), v.zstd.size);
+        let mut work = Work {
+            model,
+            release,
+            variant: v,
+            slot,
+            previous,
+            zst: None,
+            golden_file: None,
+            staged: None,
+            loaded: None,
+            before: None,
+            drained: None,
+            swapped_at: None,
+            health_at_swap: Window::default(),
+        };
+        loop {
+            if let Some((kind, detail)) = step.report.take() {
+                events.push(event(kind, model, release, &v.id, detail));
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            let outcome = match &step.effect {
+                Effect::Done(result) => {
+                    // Downloads are kept until the release is committed or refused, so a retry resumes them.
+                    for f in [&work.zst, &work.golden_file].into_iter().flatten() {
+                        let _ = std::fs::remove_file(f);
+                    }
+                    return result.clone().map(|()| Installed { release, variant: v.id.clone(), slot, raw: v.raw });
+                }
+                effect => self.perform(effect, &mut work).await,
+            };
+            step = machine.on(outcome);
         }
-        step(EventKind::Committed, format!("survived a bake window of {:?}", self.bake.window));
-        Ok(Installed { release, variant: v.id.clone(), slot, raw: v.raw })
+    }
+
+    /// Performs one effect of an install (never `Done`).
+    async fn perform(&self, effect: &Effect, w: &mut Work<'_>) -> Outcome {
+        let failed = |kind: EventKind| move |e: anyhow::Error| Outcome::Failed(kind, format!("{e:#}"));
+        match effect {
+            Effect::Download => {
+                let fetch = async {
+                    let zst = download(&self.client, &self.server, &self.layout, &w.variant.zstd, self.pause)
+                        .await
+                        .context("model download")?;
+                    let golden = download(&self.client, &self.server, &self.layout, &w.variant.golden, None)
+                        .await
+                        .context("golden download")?;
+                    anyhow::Ok((zst, golden))
+                };
+                match fetch.await {
+                    Ok((zst, golden)) => {
+                        (w.zst, w.golden_file) = (Some(zst), Some(golden));
+                        Outcome::Done
+                    }
+                    Err(e) => failed(EventKind::VerificationFailed)(e),
+                }
+            }
+            Effect::Stage => {
+                let (zst, variant, dir) =
+                    (w.zst.clone().unwrap_or_default(), w.variant.clone(), self.layout.slot(w.model, w.slot));
+                let pause = self.pause;
+                let staged = tokio::task::spawn_blocking(move || stage(&zst, &variant, &dir, pause))
+                    .await
+                    .map_err(anyhow::Error::from)
+                    .and_then(|r| r);
+                match staged {
+                    Ok(path) => {
+                        pause_if(self.pause, PausePoint::Renamed).await;
+                        w.staged = Some(path);
+                        Outcome::Done
+                    }
+                    Err(e) => failed(EventKind::VerificationFailed)(e),
+                }
+            }
+            Effect::Load | Effect::DrainAndLoad => {
+                if matches!(effect, Effect::DrainAndLoad) {
+                    w.drained = Some(self.models.drain(w.model).await);
+                } else {
+                    w.before = self.models.get(w.model.as_str());
+                }
+                let loaded = self.runtime().and_then(|runtime| {
+                    Ok(Served::load(
+                        runtime,
+                        w.staged.as_deref().unwrap_or(Path::new("")),
+                        &self.options,
+                        self.sessions,
+                        w.model.clone(),
+                        w.release,
+                        w.variant.id.clone(),
+                        w.slot.as_str(),
+                    )?)
+                });
+                match loaded {
+                    Ok(s) => {
+                        w.loaded = Some(Arc::new(s));
+                        Outcome::Done
+                    }
+                    Err(e) => failed(EventKind::LoadFailed)(e.context("loading the model")),
+                }
+            }
+            Effect::Golden => {
+                let golden = w
+                    .golden_file
+                    .as_deref()
+                    .map(std::fs::read)
+                    .unwrap_or_else(|| Err(std::io::ErrorKind::NotFound.into()))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|b| GoldenVectors::from_bytes(&b).map_err(anyhow::Error::from))
+                    .context("golden vectors");
+                let served = w.loaded.clone();
+                match (golden, served) {
+                    (Ok(g), Some(s)) => match golden_check(&s, &g).await {
+                        Ok(()) => Outcome::Done,
+                        Err(e) => failed(EventKind::GoldenFailed)(e),
+                    },
+                    (Err(e), _) => failed(EventKind::VerificationFailed)(e),
+                    (_, None) => Outcome::Failed(EventKind::LoadFailed, "nothing loaded".into()),
+                }
+            }
+            Effect::Swap => {
+                let Some(new) = w.loaded.clone() else {
+                    return Outcome::Failed(EventKind::LoadFailed, "nothing loaded".into());
+                };
+                w.health_at_swap = new.health.snapshot();
+                match w.drained.take() {
+                    Some(gate) => gate.install(new),
+                    None => {
+                        self.models.install_arc(new);
+                    }
+                }
+                w.swapped_at = Some(tokio::time::Instant::now());
+                Outcome::Done
+            }
+            Effect::Watch(after) => {
+                tokio::time::sleep(*after).await;
+                let Some(new) = &w.loaded else { return Outcome::Done };
+                Outcome::Health {
+                    elapsed: w.swapped_at.map_or(Duration::ZERO, |t| t.elapsed()),
+                    new: new.health.snapshot().since(&w.health_at_swap),
+                    baseline: w.before.as_ref().map(|b| b.health.snapshot()),
+                }
+            }
+            Effect::RollBack => match (w.before.take(), w.previous) {
+                // Still in memory: swap it back.
+                (Some(before), _) => {
+                    self.models.install_arc(before);
+                    Outcome::Done
+                }
+                // Drained to make room: unload the new release (if it serves) and load the previous one again.
+                (None, Some(previous)) => {
+                    let gate = match w.drained.take() {
+                        Some(gate) => gate,
+                        None => self.models.drain(w.model).await,
+                    };
+                    w.loaded = None;
+                    match self.load(w.model, previous) {
+                        Ok(s) => {
+                            gate.install(Arc::new(s));
+                            Outcome::Done
+                        }
+                        Err(e) => failed(EventKind::LoadFailed)(e),
+                    }
+                }
+                (None, None) => Outcome::Done,
+            },
+            Effect::Commit => Outcome::Done,
+            Effect::Done(_) => unreachable!("the driver ends at Done"),
+        }
     }
 }
 
@@ -611,15 +823,5 @@ mod tests {
             }
         }
         assert!(next_checkin(Checkin { interval: 0, changed: false }, secs(0), secs(0), 0) >= secs(1));
-    }
-
-    #[test]
-    fn bake_verdicts() {
-        let bake = Bake { window: Duration::from_secs(1), max_error_rate: 0.1, min_requests: 10 };
-        for (ok, errors, failed) in
-            [(0, 9, false), (9, 1, false), (8, 2, true), (100, 10, false), (100, 12, true), (0, 0, false)]
-        {
-            assert_eq!(bake_failed(&bake, ok, errors), failed, "{ok} ok, {errors} errors");
-        }
     }
 }

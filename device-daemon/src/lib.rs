@@ -6,6 +6,8 @@
 
 pub mod agent;
 pub mod hardware;
+pub mod health;
+pub mod machine;
 pub mod run;
 pub mod serving;
 pub mod v2;

@@ -57,9 +57,20 @@ pub struct RunArgs {
     /// Largest failed-request ratio tolerated during the bake window.
     #[arg(long, env = "EDGEFLEET_BAKE_MAX_ERROR_RATE", default_value_t = 0.05)]
     pub bake_max_error_rate: f64,
-    /// Requests needed before the ratio is judged.
+    /// Largest ratio of the new release's p95 latency to the previous release's, judged at the end of the bake
+    /// window.
+    #[arg(long, env = "EDGEFLEET_BAKE_MAX_LATENCY_RATIO", default_value_t = 1.5)]
+    pub bake_max_latency_ratio: f64,
+    /// Requests needed (on each release compared) before error rate or latency is judged.
     #[arg(long, env = "EDGEFLEET_BAKE_MIN_REQUESTS", default_value_t = 20)]
     pub bake_min_requests: u64,
+    /// Memory all loaded models may take together, MiB (each counted as model bytes × sessions). When the
+    /// release being replaced and the new one do not both fit, the swap drains: requests wait, none fail.
+    #[arg(long, env = "EDGEFLEET_MEMORY_BUDGET_MB")]
+    pub memory_budget_mb: Option<u64>,
+    /// Test hook for crash tests: stop at this point of an install and wait to be killed.
+    #[arg(long, env = "EDGEFLEET_PAUSE_AT", value_enum, hide = true)]
+    pub pause_at: Option<crate::agent::PausePoint>,
 }
 
 /// The trusted root: the stored one, else the provisioned one; then walked forward through the server's.
@@ -174,11 +185,14 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         models: models.clone(),
         hardware: detection.profile.clone(),
         limits,
-        bake: crate::agent::Bake {
+        bake: crate::health::Bake {
             window: Duration::from_secs(args.bake_secs),
             max_error_rate: args.bake_max_error_rate,
+            max_latency_ratio: args.bake_max_latency_ratio,
             min_requests: args.bake_min_requests,
         },
+        memory_budget: args.memory_budget_mb.map(|mb| mb << 20),
+        pause: args.pause_at,
     };
     let mut state = layout.load_state()?;
     for problem in agent.restore(&state) {

@@ -2,10 +2,15 @@
 //! sessions plus the signature from the manifest — swapped atomically. A request takes the handle once and
 //! finishes on that release even if a swap happens meanwhile; the old pool is freed when its last request
 //! ends. A swap therefore never fails a request.
+//!
+//! When old and new do not both fit the memory budget, the swap drains instead: the model's gate closes (new
+//! requests wait at it), in-flight requests finish, the old release is unloaded, the new one loaded, and the
+//! gate opens. Requests are delayed, never failed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
 use edgefleet_protocol::{ModelName, ReleaseVersion, VariantId};
@@ -13,7 +18,9 @@ use edgefleet_runtime::{Model, Options, Runtime, RuntimeError};
 use model_registry::golden::HostTensor;
 use model_registry::manifest::TensorSpec;
 use serde::Serialize;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, Semaphore};
+
+use crate::health::Health;
 
 /// A release of a model, loaded and ready.
 #[derive(Debug)]
@@ -28,9 +35,11 @@ pub struct Served {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
     pool: SessionPool,
-    /// Requests answered and requests failed by this release, for the health watch.
-    pub ok: std::sync::atomic::AtomicU64,
-    pub errors: std::sync::atomic::AtomicU64,
+    /// Requests answered and failed by this release and their latency, for the health watch.
+    pub health: Health,
+    /// What the memory budget counts for this release: model file bytes × sessions (ONNX Runtime keeps the
+    /// weights once per session).
+    pub memory: u64,
 }
 
 /// Sessions of one model; `Session::run` needs `&mut`, so each request borrows one whole.
@@ -74,6 +83,7 @@ impl Served {
         variant: VariantId,
         slot: &str,
     ) -> Result<Self, RuntimeError> {
+        let memory = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) * sessions.max(1) as u64;
         let mut pool = Vec::with_capacity(sessions.max(1));
         for _ in 0..sessions.max(1) {
             pool.push(runtime.open_with(path, options)?);
@@ -89,8 +99,8 @@ impl Served {
             inputs: first.inputs.clone(),
             outputs: first.outputs.clone(),
             pool: SessionPool { permits: Semaphore::new(pool.len()), idle: Mutex::new(pool) },
-            ok: Default::default(),
-            errors: Default::default(),
+            health: Health::default(),
+            memory,
         })
     }
 
@@ -110,6 +120,7 @@ impl Served {
         self: &Arc<Self>,
         inputs: BTreeMap<String, HostTensor>,
     ) -> Result<BTreeMap<String, HostTensor>, InferError> {
+        let started = Instant::now();
         let permit = self.pool.permits.acquire().await.map_err(|e| InferError::Worker(e.to_string()))?;
         let mut session = self
             .pool
@@ -134,24 +145,57 @@ impl Served {
         };
         this.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(session);
         drop(permit);
-        let counter = if result.is_ok() { &self.ok } else { &self.errors };
-        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.health.record(result.is_ok(), started.elapsed());
         Ok(result?)
+    }
+}
+
+/// One model's place in the table: the handle to the release serving it, and the gate a drain closes.
+#[derive(Debug, Default)]
+struct Entry {
+    handle: ArcSwapOption<Served>,
+    gate: Arc<tokio::sync::RwLock<()>>,
+}
+
+/// A request's hold on the release answering it: while any lease is out, a drain waits.
+#[derive(Debug)]
+pub struct Lease {
+    pub served: Arc<Served>,
+    _open: OwnedRwLockReadGuard<()>,
+}
+
+/// A model whose gate is closed: no request runs on it, new ones wait. Opening it (drop) lets them through to
+/// whatever release is installed by then.
+#[derive(Debug)]
+pub struct Drained {
+    entry: Arc<Entry>,
+    _closed: OwnedRwLockWriteGuard<()>,
+}
+
+impl Drained {
+    /// Makes `served` the release the waiting requests will run on.
+    pub fn install(&self, served: Arc<Served>) {
+        self.entry.handle.store(Some(served));
     }
 }
 
 /// Every model this device serves, each behind its own swappable handle.
 #[derive(Debug, Default)]
 pub struct ModelTable {
-    models: RwLock<HashMap<ModelName, Arc<ArcSwapOption<Served>>>>,
+    models: RwLock<HashMap<ModelName, Arc<Entry>>>,
 }
 
 impl ModelTable {
-    fn handle(&self, name: &ModelName) -> Arc<ArcSwapOption<Served>> {
-        if let Some(h) = self.models.read().unwrap_or_else(|p| p.into_inner()).get(name) {
-            return h.clone();
+    fn entry(&self, name: &ModelName) -> Arc<Entry> {
+        if let Some(e) = self.models.read().unwrap_or_else(|p| p.into_inner()).get(name) {
+            return e.clone();
         }
         self.models.write().unwrap_or_else(|p| p.into_inner()).entry(name.clone()).or_default().clone()
+    }
+
+    fn existing(&self, name: &str) -> Option<Arc<Entry>> {
+        let name: ModelName = name.parse().ok()?;
+        self.models.read().unwrap_or_else(|p| p.into_inner()).get(&name).cloned()
     }
 
     /// Makes `served` the release that answers new requests for its model; answers the one it replaced.
@@ -160,16 +204,41 @@ impl ModelTable {
     }
 
     pub fn install_arc(&self, served: Arc<Served>) -> Option<Arc<Served>> {
-        self.handle(&served.model.clone()).swap(Some(served))
+        self.entry(&served.model.clone()).handle.swap(Some(served))
     }
 
-    /// The release serving `name` right now.
+    /// The release serving `name` right now, for a request: waits while the model is drained.
+    pub async fn lease(&self, name: &str) -> Option<Lease> {
+        let entry = self.existing(name)?;
+        let open = entry.gate.clone().read_owned().await;
+        entry.handle.load_full().map(|served| Lease { served, _open: open })
+    }
+
+    /// Closes `model`'s gate once its in-flight requests are done, and unloads the release serving it (freed when
+    /// the last other holder lets go). Answers the closed gate; requests wait until it is dropped.
+    pub async fn drain(&self, model: &ModelName) -> Drained {
+        let entry = self.entry(model);
+        let closed = entry.gate.clone().write_owned().await;
+        entry.handle.store(None);
+        Drained { entry, _closed: closed }
+    }
+
+    /// The release serving `name` right now (not waiting at a closed gate: `None` while drained).
     pub fn get(&self, name: &str) -> Option<Arc<Served>> {
-        let name: ModelName = name.parse().ok()?;
-        self.models.read().unwrap_or_else(|p| p.into_inner()).get(&name).and_then(|h| h.load_full())
+        self.existing(name).and_then(|e| e.handle.load_full())
     }
 
     pub fn all(&self) -> Vec<Arc<Served>> {
-        self.models.read().unwrap_or_else(|p| p.into_inner()).values().filter_map(|h| h.load_full()).collect()
+        self.models.read().unwrap_or_else(|p| p.into_inner()).values().filter_map(|e| e.handle.load_full()).collect()
+    }
+
+    /// Whether any model is served (or being swapped, its requests waiting).
+    pub fn has_any(&self) -> bool {
+        !self.models.read().unwrap_or_else(|p| p.into_inner()).is_empty()
+    }
+
+    /// What the memory budget counts for every loaded model but `except`.
+    pub fn memory_except(&self, except: &ModelName) -> u64 {
+        self.all().iter().filter(|s| &s.model != except).map(|s| s.memory).sum()
     }
 }

@@ -18,7 +18,7 @@ use model_registry::manifest::{ElementType, TensorSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::serving::{InferError, ModelTable, Served};
+use crate::serving::{InferError, Lease, ModelTable};
 
 #[derive(Debug, Clone)]
 pub struct V2State {
@@ -174,8 +174,13 @@ fn output_json(name: &str, t: &HostTensor) -> OutputTensor {
     OutputTensor { name: name.to_owned(), shape: t.shape.clone(), datatype: datatype(t.dtype), data }
 }
 
-fn model_of(state: &V2State, name: &str) -> Result<Arc<Served>, V2Error> {
-    state.models.get(name).ok_or_else(|| V2Error(StatusCode::NOT_FOUND, format!("model {name:?} is not served here")))
+/// The release serving `name` for this request (waiting while a drain swaps it).
+async fn model_of(state: &V2State, name: &str) -> Result<Lease, V2Error> {
+    state
+        .models
+        .lease(name)
+        .await
+        .ok_or_else(|| V2Error(StatusCode::NOT_FOUND, format!("model {name:?} is not served here")))
 }
 
 async fn live() -> Json<Value> {
@@ -183,7 +188,7 @@ async fn live() -> Json<Value> {
 }
 
 async fn ready(State(state): State<V2State>) -> Response {
-    let ready = !state.models.all().is_empty();
+    let ready = state.models.has_any();
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(serde_json::json!({"ready": ready}))).into_response()
 }
@@ -193,7 +198,8 @@ fn tensor_meta(specs: &[TensorSpec]) -> Vec<Value> {
 }
 
 async fn metadata(State(state): State<V2State>, Path(name): Path<String>) -> Result<Json<Value>, V2Error> {
-    let m = model_of(&state, &name)?;
+    let lease = model_of(&state, &name).await?;
+    let m = &lease.served;
     Ok(Json(serde_json::json!({
         "name": m.model,
         "versions": [m.release.to_string()],
@@ -205,8 +211,8 @@ async fn metadata(State(state): State<V2State>, Path(name): Path<String>) -> Res
 }
 
 async fn model_ready(State(state): State<V2State>, Path(name): Path<String>) -> Result<Json<Value>, V2Error> {
-    let m = model_of(&state, &name)?;
-    Ok(Json(serde_json::json!({"name": m.model, "ready": true})))
+    let lease = model_of(&state, &name).await?;
+    Ok(Json(serde_json::json!({"name": lease.served.model, "ready": true})))
 }
 
 async fn infer(
@@ -216,7 +222,8 @@ async fn infer(
 ) -> Result<Json<Value>, V2Error> {
     let Json(req) = body.map_err(|e| V2Error(e.status(), e.body_text()))?;
     // Take the handle once: this request finishes on this release whatever is swapped in meanwhile.
-    let m = model_of(&state, &name)?;
+    let lease = model_of(&state, &name).await?;
+    let m = &lease.served;
     let mut tensors = BTreeMap::new();
     for t in &req.inputs {
         let spec = m

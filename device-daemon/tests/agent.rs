@@ -12,7 +12,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use chrono::{Duration, Utc};
-use edgefleet_daemon::agent::{Agent, Bake, DeviceState, Layout, download};
+use edgefleet_daemon::agent::{Agent, DeviceState, Layout, download};
+use edgefleet_daemon::health::Bake;
 use edgefleet_daemon::serving::{ModelTable, Served};
 use edgefleet_e2e::cache;
 use edgefleet_protocol::api::HardwareProfile;
@@ -32,6 +33,8 @@ struct Fake {
     blobs: Mutex<HashMap<String, Vec<u8>>>,
     served_bytes: AtomicU64,
     events: Mutex<Vec<serde_json::Value>>,
+    /// When set, the events endpoint answers 503 and keeps nothing.
+    refuse_events: std::sync::atomic::AtomicBool,
 }
 
 async fn checkin(State(f): State<Arc<Fake>>) -> impl IntoResponse {
@@ -55,6 +58,9 @@ async fn blob(State(f): State<Arc<Fake>>, Path(sha): Path<String>, headers: Head
 }
 
 async fn events(State(f): State<Arc<Fake>>, body: Bytes) -> StatusCode {
+    if f.refuse_events.load(Ordering::Relaxed) {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
     if let Ok(serde_json::Value::Array(items)) = serde_json::from_slice(&body) {
         f.events.lock().expect("lock").extend(items);
     }
@@ -184,7 +190,14 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
         models: models.clone(),
         hardware: HardwareProfile::default(),
         limits: Limits::default(),
-        bake: Bake { window: std::time::Duration::from_millis(300), max_error_rate: 0.2, min_requests: 5 },
+        bake: Bake {
+            window: std::time::Duration::from_millis(300),
+            max_error_rate: 0.2,
+            max_latency_ratio: 100.0,
+            min_requests: 5,
+        },
+        memory_budget: None,
+        pause: None,
     };
     let mut state = DeviceState::default();
     let set = |status: u16, body: Vec<u8>| *fake.checkin.lock().expect("lock") = (status, body);
@@ -217,8 +230,15 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
     assert!(state.last_error.as_deref().is_some_and(|m| m.contains("golden")), "{:?}", state.last_error);
     assert!(fake.events.lock().expect("lock").iter().any(|e| e["kind"] == "golden_failed" && e["release"] == 3));
 
+    // A model that loads and then fails at run time: its golden run fails with ONNX Runtime's own reason.
+    let (fails, _) = release(&fake, 3, "models/magika/model-fails.onnx", "models/magika/model.onnx");
+    set(200, desired(4, Utc::now() + Duration::hours(1), &fails, &key(20)));
+    agent.reconcile(&mut state, 0).await.expect("the document itself is fine");
+    assert_eq!(serving(&models), 1, "a model that fails at inference must never serve");
+    assert!(state.last_error.as_deref().is_some_and(|m| m.contains("Reshape")), "{:?}", state.last_error);
+
     // The good release installs into slot a, serves, and is committed.
-    set(200, desired(4, Utc::now() + Duration::hours(1), &good, &key(20)));
+    set(200, desired(5, Utc::now() + Duration::hours(1), &good, &key(20)));
     agent.reconcile(&mut state, 0).await.expect("install");
     assert_eq!(serving(&models), 2);
     assert_eq!(state.committed.get(&"magika".parse().expect("m")).map(|i| i.release.get()), Some(2));
@@ -233,8 +253,8 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
         .collect();
     assert_eq!(kinds, ["download_started", "verified", "swapped", "committed", "installed"], "every step is reported");
     let saved = Layout { root: dir.path().to_owned() }.load_state().expect("state on disk");
-    assert_eq!(saved.last_seen.desired_sequence, Some(4));
-    // The same document again is a replay (the device remembers sequence 4).
+    assert_eq!(saved.last_seen.desired_sequence, Some(5));
+    // The same document again is a replay (the device remembers sequence 5).
     let e = agent.reconcile(&mut state, 0).await.expect_err("replay");
     assert!(format!("{e:#}").contains("freeze"), "{e:#}");
 
@@ -244,23 +264,28 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
     std::fs::create_dir_all(partial.parent().expect("dir")).expect("mkdir");
     std::fs::write(&partial, &z[..z.len() / 2]).expect("partial");
     let before = fake.served_bytes.load(Ordering::Relaxed);
-    let path = download(&agent.client, &server, &agent.layout, &good_variant.zstd).await.expect("resumed");
+    let path = download(&agent.client, &server, &agent.layout, &good_variant.zstd, None).await.expect("resumed");
     assert_eq!(fake.served_bytes.load(Ordering::Relaxed) - before, (z.len() - z.len() / 2) as u64);
     assert_eq!(std::fs::read(&path).expect("read"), z);
     // A partial with wrong bytes fails its digest, is removed, and the next try starts clean.
     let mut bad = z[..z.len() / 2].to_vec();
     bad[10] ^= 1;
     std::fs::write(&partial, &bad).expect("bad partial");
-    assert!(download(&agent.client, &server, &agent.layout, &good_variant.zstd).await.is_err());
+    assert!(download(&agent.client, &server, &agent.layout, &good_variant.zstd, None).await.is_err());
     assert!(!partial.exists(), "a partial that failed its digest must not be resumed from");
-    let path = download(&agent.client, &server, &agent.layout, &good_variant.zstd).await.expect("clean retry");
+    let path = download(&agent.client, &server, &agent.layout, &good_variant.zstd, None).await.expect("clean retry");
     assert_eq!(std::fs::read(&path).expect("read"), z);
 
     // A release that passes its golden vectors but fails real requests during the bake window is rolled back.
     // The failing requests reach ONNX Runtime directly (past the v2 API's checks) with a shape it refuses.
-    agent.bake = Bake { window: std::time::Duration::from_secs(5), max_error_rate: 0.2, min_requests: 5 };
+    agent.bake = Bake {
+        window: std::time::Duration::from_secs(5),
+        max_error_rate: 0.2,
+        max_latency_ratio: 100.0,
+        min_requests: 5,
+    };
     let (five, _) = release(&fake, 5, "models/magika/model-int8.onnx", "models/magika/model.onnx");
-    set(200, desired(5, Utc::now() + Duration::hours(1), &five, &key(20)));
+    set(200, desired(6, Utc::now() + Duration::hours(1), &five, &key(20)));
     let poison = tokio::spawn({
         let models = models.clone();
         async move {

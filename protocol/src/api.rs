@@ -277,6 +277,8 @@ pub enum EventKind {
     DownloadFailed,
     Verified,
     VerificationFailed,
+    /// The model did not load (ONNX Runtime refused it, or it does not fit the memory budget).
+    LoadFailed,
     GoldenFailed,
     Installed,
     Swapped,
