@@ -1,6 +1,7 @@
 //! The agent against a control plane of the test's own (plain HTTP on loopback, so each answer can be made
 //! wrong on purpose), with the real magika models and ONNX Runtime: refused documents, a variant that misses
-//! its golden vectors, a good install, and a resumed download. After every failure the previous release is
+//! its golden vectors or fails at run time, a good install, a resumed download, rollbacks on errors and on
+//! latency, swaps that drain under a memory budget. After every failure the previous release is
 //! still the one serving, and the device state says why.
 
 use std::collections::HashMap;
@@ -16,7 +17,7 @@ use edgefleet_daemon::agent::{Agent, DeviceState, Layout, download};
 use edgefleet_daemon::health::Bake;
 use edgefleet_daemon::serving::{ModelTable, Served};
 use edgefleet_e2e::cache;
-use edgefleet_protocol::api::HardwareProfile;
+use edgefleet_protocol::api::{EventKind, HardwareProfile};
 use edgefleet_runtime::{Options, Runtime};
 use model_registry::golden::{GoldenVectors, Tolerance, read_samples};
 use model_registry::manifest::ModelFormat;
@@ -140,30 +141,154 @@ fn serving(models: &ModelTable) -> u64 {
     models.get("magika").map(|s| s.release.get()).unwrap_or(0)
 }
 
+/// A fake control plane on loopback and an agent pointed at it, with an empty data directory.
+struct Rig {
+    fake: Arc<Fake>,
+    server: String,
+    agent: Agent,
+    models: Arc<ModelTable>,
+    state: DeviceState,
+    sequence: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let fake = Arc::new(Fake::default());
+        let app = axum::Router::new()
+            .route("/api/v1/device/checkin", axum::routing::post(checkin))
+            .route("/api/v1/blobs/{sha}", axum::routing::get(blob))
+            .route("/api/v1/device/events", axum::routing::post(events))
+            .with_state(fake.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let server = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = Root::new(
+            Utc::now() + Duration::days(30),
+            [
+                (Role::Root, vec![key(1).public().clone()], 1),
+                (Role::Release, vec![key(10).public().clone()], 1),
+                (Role::Fleet, vec![key(20).public().clone()], 1),
+            ],
+        )
+        .expect("root");
+        let models = Arc::new(ModelTable::default());
+        let agent = Agent {
+            device: "edge-1".parse().expect("device"),
+            server: server.clone(),
+            client: reqwest::Client::new(),
+            layout: Layout { root: dir.path().to_owned() },
+            root,
+            ort_lib: cache("lib/libonnxruntime.so.1.31.1"),
+            options: options(),
+            sessions: 1,
+            models: models.clone(),
+            hardware: HardwareProfile::default(),
+            limits: Limits::default(),
+            bake: bake(300, 100.0),
+            memory_budget: None,
+            pause: None,
+        };
+        Rig { fake, server, agent, models, state: DeviceState::default(), sequence: 0, _dir: dir }
+    }
+
+    /// Offers `release` to the device in a newly signed desired state and runs one reconcile pass.
+    async fn offer(&mut self, release: &Envelope) -> anyhow::Result<()> {
+        self.sequence += 1;
+        *self.fake.checkin.lock().expect("lock") =
+            (200, desired(self.sequence, Utc::now() + Duration::hours(1), release, &key(20)));
+        self.agent.reconcile(&mut self.state, 0).await.map(|_| ())
+    }
+
+    fn committed(&self) -> Option<u64> {
+        self.state.committed.get(&"magika".parse().expect("m")).map(|i| i.release.get())
+    }
+
+    /// The events the control plane received about `release`: (kind, detail).
+    fn events(&self, release: u64) -> Vec<(String, String)> {
+        let events = self.fake.events.lock().expect("lock");
+        events
+            .iter()
+            .filter(|e| e["release"] == release)
+            .map(|e| (e["kind"].as_str().unwrap_or("").to_owned(), e["detail"].as_str().unwrap_or("").to_owned()))
+            .collect()
+    }
+}
+
+/// A health watch of `window_ms` that tolerates 20 % failed requests and `ratio` times the latency.
+fn bake(window_ms: u64, ratio: f64) -> Bake {
+    Bake {
+        window: std::time::Duration::from_millis(window_ms),
+        max_error_rate: 0.2,
+        max_latency_ratio: ratio,
+        min_requests: 5,
+    }
+}
+
+/// Steady load over the v2 API on `models`: `clients` clients send magika a real file until `stop` (each at most
+/// 20,000 requests). Answers (answered, failed, answered by each release).
+fn load(
+    models: Arc<ModelTable>,
+    clients: usize,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<(u64, u64, std::collections::BTreeMap<String, u64>)> {
+    tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/v2/models/magika/infer", listener.local_addr().expect("addr"));
+        let app = edgefleet_daemon::v2::router(edgefleet_daemon::v2::V2State { models }, 1 << 20);
+        tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
+        let body = serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32",
+            "data": edgefleet_e2e::magika_features(edgefleet_e2e::PYTHON_SOURCE)}]});
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (url, body, stop) = (url.clone(), body.clone(), stop.clone());
+            tasks.push(tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let (mut ok, mut failed, mut by) = (0, 0, std::collections::BTreeMap::new());
+                for _ in 0..20_000 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match client.post(&url).json(&body).send().await {
+                        Ok(r) if r.status() == 200 => {
+                            ok += 1;
+                            let v: serde_json::Value = r.json().await.expect("json");
+                            *by.entry(v["model_version"].as_str().unwrap_or("?").to_owned()).or_insert(0) += 1;
+                        }
+                        _ => failed += 1,
+                    }
+                }
+                (ok, failed, by)
+            }));
+        }
+        let (mut ok, mut failed, mut by) = (0, 0, std::collections::BTreeMap::new());
+        for t in tasks {
+            let (o, f, b) = t.await.expect("client");
+            (ok, failed) = (ok + o, failed + f);
+            for (k, v) in b {
+                *by.entry(k).or_insert(0) += v;
+            }
+        }
+        (ok, failed, by)
+    })
+}
+
+/// Waits (bounded) until `release` of magika has answered `n` requests.
+async fn answered(models: &ModelTable, release: u64, n: u64) {
+    for _ in 0..600 {
+        if models.get("magika").is_some_and(|s| s.release.get() == release && s.health.snapshot().ok >= n) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("release {release} did not answer {n} requests within 30 s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_golden_failures_installs_and_resumed_downloads() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let fake = Arc::new(Fake::default());
-    let app = axum::Router::new()
-        .route("/api/v1/device/checkin", axum::routing::post(checkin))
-        .route("/api/v1/blobs/{sha}", axum::routing::get(blob))
-        .route("/api/v1/device/events", axum::routing::post(events))
-        .with_state(fake.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let server = format!("http://{}", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await.expect("serve") });
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = Root::new(
-        Utc::now() + Duration::days(30),
-        [
-            (Role::Root, vec![key(1).public().clone()], 1),
-            (Role::Release, vec![key(10).public().clone()], 1),
-            (Role::Fleet, vec![key(20).public().clone()], 1),
-        ],
-    )
-    .expect("root");
-    let models = Arc::new(ModelTable::default());
+    let Rig { fake, server, mut agent, models, _dir, .. } = Rig::new().await;
     // Release 1 serves before anything happens.
     models.install(
         Served::load(
@@ -178,27 +303,6 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
         )
         .expect("load"),
     );
-    let mut agent = Agent {
-        device: "edge-1".parse().expect("device"),
-        server: server.clone(),
-        client: reqwest::Client::new(),
-        layout: Layout { root: dir.path().to_owned() },
-        root,
-        ort_lib: cache("lib/libonnxruntime.so.1.31.1"),
-        options: options(),
-        sessions: 1,
-        models: models.clone(),
-        hardware: HardwareProfile::default(),
-        limits: Limits::default(),
-        bake: Bake {
-            window: std::time::Duration::from_millis(300),
-            max_error_rate: 0.2,
-            max_latency_ratio: 100.0,
-            min_requests: 5,
-        },
-        memory_budget: None,
-        pause: None,
-    };
     let mut state = DeviceState::default();
     let set = |status: u16, body: Vec<u8>| *fake.checkin.lock().expect("lock") = (status, body);
     let (good, good_variant) = release(&fake, 2, "models/magika/model-int8.onnx", "models/magika/model.onnx");
@@ -242,7 +346,7 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
     agent.reconcile(&mut state, 0).await.expect("install");
     assert_eq!(serving(&models), 2);
     assert_eq!(state.committed.get(&"magika".parse().expect("m")).map(|i| i.release.get()), Some(2));
-    assert!(dir.path().join("models/magika/a/model.onnx").exists());
+    assert!(_dir.path().join("models/magika/a/model.onnx").exists());
     let kinds: Vec<String> = fake
         .events
         .lock()
@@ -252,7 +356,7 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
         .filter_map(|e| e["kind"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(kinds, ["download_started", "verified", "swapped", "committed", "installed"], "every step is reported");
-    let saved = Layout { root: dir.path().to_owned() }.load_state().expect("state on disk");
+    let saved = agent.layout.load_state().expect("state on disk");
     assert_eq!(saved.last_seen.desired_sequence, Some(5));
     // The same document again is a replay (the device remembers sequence 5).
     let e = agent.reconcile(&mut state, 0).await.expect_err("replay");
@@ -278,12 +382,7 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
 
     // A release that passes its golden vectors but fails real requests during the bake window is rolled back.
     // The failing requests reach ONNX Runtime directly (past the v2 API's checks) with a shape it refuses.
-    agent.bake = Bake {
-        window: std::time::Duration::from_secs(5),
-        max_error_rate: 0.2,
-        max_latency_ratio: 100.0,
-        min_requests: 5,
-    };
+    agent.bake = bake(5_000, 100.0);
     let (five, _) = release(&fake, 5, "models/magika/model-int8.onnx", "models/magika/model.onnx");
     set(200, desired(6, Utc::now() + Duration::hours(1), &five, &key(20)));
     let poison = tokio::spawn({
@@ -316,4 +415,82 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
     assert!(state.last_error.as_deref().is_some_and(|m| m.contains("rolled back")), "{:?}", state.last_error);
     let events = fake.events.lock().expect("lock").clone();
     assert!(events.iter().any(|e| e["kind"] == "rolled_back" && e["release"] == 5), "{events:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genuinely_slower_release_is_rolled_back_by_the_latency_watch() {
+    let mut rig = Rig::new().await;
+    let (two, _) = release(&rig.fake, 2, "models/magika/model.onnx", "models/magika/model.onnx");
+    rig.offer(&two).await.expect("release 2");
+    assert_eq!(rig.committed(), Some(2));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = load(rig.models.clone(), 1, stop.clone());
+    // The baseline: release 2's latency under this load.
+    answered(&rig.models, 2, 40).await;
+    // Release 3 gives the same answers as fp32 release 2 (its golden vectors pass) with ~3x the work per request.
+    rig.agent.bake = bake(3_000, 1.5);
+    let (slow, _) = release(&rig.fake, 3, "models/magika/model-slow.onnx", "models/magika/model.onnx");
+    rig.offer(&slow).await.expect("the document is fine; the install is what fails");
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, by) = traffic.await.expect("load");
+    assert_eq!(failed, 0, "a rollback must not fail requests ({ok} answered)");
+    assert!(by.get("3").is_some_and(|n| *n >= 5), "release 3 served too little to be judged: {by:?}");
+    assert_eq!(rig.committed(), Some(2), "{:?}", rig.events(3));
+    assert_eq!(serving(&rig.models), 2, "release 2 must serve again");
+    let why = rig.state.last_error.clone().unwrap_or_default();
+    assert!(why.contains("rolled back: p95 latency"), "{why}");
+    let events = rig.events(3);
+    assert!(events.iter().any(|(k, d)| k == "rolled_back" && d.contains("p95 latency")), "{events:?}");
+    assert!(!events.iter().any(|(k, _)| k == "committed"), "{events:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_memory_budget_swaps_drain_and_queue_and_fail_no_request() {
+    let mut rig = Rig::new().await;
+    let (two, int8) = release(&rig.fake, 2, "models/magika/model-int8.onnx", "models/magika/model.onnx");
+    // While the control plane refuses events, they wait in state.json; the next pass delivers them.
+    rig.fake.refuse_events.store(true, Ordering::Relaxed);
+    rig.offer(&two).await.expect("release 2");
+    assert_eq!(rig.committed(), Some(2));
+    assert!(rig.events(2).is_empty());
+    let kept = rig.agent.layout.load_state().expect("state").pending_events;
+    assert!(kept.iter().any(|e| e.kind == EventKind::Installed), "{kept:?}");
+    rig.fake.refuse_events.store(false, Ordering::Relaxed);
+
+    // Room for one int8 magika (one session), not two.
+    rig.agent.memory_budget = Some(int8.raw.size * 3 / 2);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = load(rig.models.clone(), 4, stop.clone());
+    answered(&rig.models, 2, 20).await;
+    let (three, _) = release(&rig.fake, 3, "models/magika/model-int8.onnx", "models/magika/model.onnx");
+    rig.offer(&three).await.expect("release 3");
+    assert!(rig.events(2).iter().any(|(k, _)| k == "installed"), "the queued events arrived: {:?}", rig.events(2));
+    assert!(rig.state.pending_events.is_empty());
+    assert_eq!(rig.committed(), Some(3));
+    let events = rig.events(3);
+    assert!(events.iter().any(|(k, d)| k == "swapped" && d.contains("drained")), "{events:?}");
+    answered(&rig.models, 3, 20).await;
+
+    // Drained, and then the new release fails its golden vectors: release 3 is loaded back from its slot.
+    let (wrong, _) = release(&rig.fake, 4, "models/magika/model-int8.onnx", "models/magika/model-wrong.onnx");
+    rig.offer(&wrong).await.expect("the document is fine");
+    assert_eq!(serving(&rig.models), 3);
+    assert_eq!(rig.committed(), Some(3));
+    assert!(rig.events(4).iter().any(|(k, _)| k == "golden_failed"), "{:?}", rig.events(4));
+    let before = rig.models.get("magika").expect("serving").health.snapshot().ok;
+    answered(&rig.models, 3, before + 20).await;
+
+    // fp32 magika does not fit even alone: refused before anything is unloaded or downloaded.
+    let (big, big_variant) = release(&rig.fake, 5, "models/magika/model.onnx", "models/magika/model.onnx");
+    let served_before = rig.fake.served_bytes.load(Ordering::Relaxed);
+    rig.offer(&big).await.expect("the document is fine");
+    assert_eq!(rig.fake.served_bytes.load(Ordering::Relaxed), served_before, "{big_variant:?} was downloaded");
+    let events = rig.events(5);
+    assert!(events.iter().any(|(k, d)| k == "load_failed" && d.contains("memory budget")), "{events:?}");
+    assert_eq!(serving(&rig.models), 3);
+
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed, by) = traffic.await.expect("load");
+    assert_eq!(failed, 0, "requests wait through a drain, they never fail ({ok} answered: {by:?})");
+    assert!(by.get("2").is_some() && by.get("3").is_some(), "{by:?}");
 }
