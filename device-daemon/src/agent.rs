@@ -376,6 +376,12 @@ pub fn stage(
     pause: Option<PausePoint>,
 ) -> anyhow::Result<PathBuf> {
     std::fs::create_dir_all(slot_dir)?;
+    // A run killed while decompressing leaves its temporary file behind; it is never loaded, only removed.
+    for entry in std::fs::read_dir(slot_dir)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(".tmp-") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
     let dest = slot_dir.join("model.onnx");
     write_atomic(&dest, |f| -> anyhow::Result<()> {
         let src = std::io::BufReader::with_capacity(256 << 10, std::fs::File::open(zstd_file)?);
@@ -634,7 +640,9 @@ impl Agent {
         let need = v.raw.size * self.sessions.max(1) as u64;
         let fit = fit(self.memory_budget, self.models.memory_except(model), old, need);
         drop(current);
-        let (mut machine, mut step) = Install::start(self.bake, fit, previous.is_some(), slot.as_str(), v.zstd.size);
+        let resume_from = std::fs::metadata(self.layout.partial(&v.zstd)).map_or(0, |m| m.len());
+        let (mut machine, mut step) =
+            Install::start(self.bake, fit, previous.is_some(), slot.as_str(), v.zstd.size, resume_from);
         let mut work = Work {
             model,
             release,

@@ -119,16 +119,28 @@ pub struct Install {
 const POLL: Duration = Duration::from_millis(50);
 
 impl Install {
-    /// Starts an install into `slot`; `fit` is the memory budget's answer for this model.
-    pub fn start(bake: Bake, fit: Fit, has_previous: bool, slot: &'static str, zstd_bytes: u64) -> (Self, Step) {
+    /// Starts an install into `slot`; `fit` is the memory budget's answer for this model; `resume_from` is how
+    /// much of the compressed model a previous run already downloaded.
+    pub fn start(
+        bake: Bake,
+        fit: Fit,
+        has_previous: bool,
+        slot: &'static str,
+        zstd_bytes: u64,
+        resume_from: u64,
+    ) -> (Self, Step) {
         let mut me = Self { phase: Phase::Downloading, bake, fit, has_previous, slot, failure: None };
         if fit == Fit::Never {
             let why = "the model does not fit the memory budget even alone".to_owned();
             let step = me.finish(Err((EventKind::LoadFailed, why)));
             return (me, step);
         }
-        let step =
-            Step::reporting(Effect::Download, EventKind::DownloadStarted, format!("{zstd_bytes} bytes compressed"));
+        let resuming = if resume_from > 0 { format!(", resuming from byte {resume_from}") } else { String::new() };
+        let step = Step::reporting(
+            Effect::Download,
+            EventKind::DownloadStarted,
+            format!("{zstd_bytes} bytes compressed{resuming}"),
+        );
         (me, step)
     }
 
@@ -258,7 +270,7 @@ mod tests {
 
     /// Drives an install with the given outcomes (`Done` where `None`), answering the effects seen in order.
     fn check(fit: Fit, has_previous: bool, outcomes: Vec<Outcome>, effects: &[&str], ends: Result<(), EventKind>) {
-        let (mut m, mut step) = Install::start(bake(), fit, has_previous, "b", 100);
+        let (mut m, mut step) = Install::start(bake(), fit, has_previous, "b", 100, 0);
         let mut seen = Vec::new();
         let mut outcomes = outcomes.into_iter();
         let result = loop {

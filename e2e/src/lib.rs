@@ -183,9 +183,10 @@ pub fn eventually<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
-/// Starts `cmd` with its stdout read line by line on a thread: the lines arrive on the receiver.
+/// Starts `cmd` with its stdout read line by line on a thread: the lines arrive on the receiver. Stderr is
+/// whatever `cmd` says (inherited unless set).
 pub fn spawn_with_stdout(mut cmd: Command) -> (Child, std::sync::mpsc::Receiver<String>) {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start the process");
+    let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start the process");
     let stdout = child.stdout.take().expect("stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

@@ -2,7 +2,9 @@
 //! server hardware fixture. A release is pushed and assigned; the daemon enrolls, installs it through its
 //! verified pipeline and serves it over the v2 API; a second release swaps in; a third whose blob was corrupted
 //! in the server's store is refused while the second keeps serving; killed with SIGKILL, the daemon comes back
-//! serving what it had committed.
+//! serving what it had committed. A second device is killed with SIGKILL at three points of an install (mid
+//! download, mid decompression, right after the rename into its slot): each restart serves the committed
+//! release, resumes the download, never loads a half-written file, and finally installs the new release.
 
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -14,6 +16,30 @@ use edgefleet_e2e::{
 struct Daemon {
     child: Child,
     url: String,
+    /// The daemon's stdout after its address line.
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// SIGKILL: no clean-up of any kind runs.
+    fn kill_9(mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the daemon to say it paused at `point` (see `EDGEFLEET_PAUSE_AT`).
+    fn paused_at(&self, point: &str) {
+        let want = format!("edgefleet-daemon paused at {point}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == want => return,
+                Ok(_) => {}
+                Err(e) => panic!("the daemon did not pause at {point}: {e}"),
+            }
+        }
+        panic!("the daemon did not pause at {point} within 90 s");
+    }
 }
 
 impl Drop for Daemon {
@@ -24,6 +50,10 @@ impl Drop for Daemon {
 }
 
 fn start_daemon(w: &Workdir, server: &ServerProcess, token: Option<&str>) -> Daemon {
+    spawn(daemon_command(w, server, token))
+}
+
+fn daemon_command(w: &Workdir, server: &ServerProcess, token: Option<&str>) -> Command {
     let mut cmd = Command::new(bin("edgefleet-daemon"));
     cmd.arg("--hardware-root")
         .arg(w.path("hw"))
@@ -50,7 +80,7 @@ fn start_daemon(w: &Workdir, server: &ServerProcess, token: Option<&str>) -> Dae
     if let Some(t) = token {
         cmd.arg("--enroll-token").arg(t);
     }
-    spawn(cmd)
+    cmd
 }
 
 /// The same daemon configured by a TOML file alone.
@@ -75,7 +105,7 @@ fn spawn(cmd: Command) -> Daemon {
     let (child, lines) = spawn_with_stdout(cmd);
     let line = lines.recv_timeout(Duration::from_secs(60)).expect("edgefleet-daemon did not print its address");
     let url = line.strip_prefix("edgefleet-daemon serving v2 on ").expect("address line").trim().to_owned();
-    Daemon { child, url }
+    Daemon { child, url, lines }
 }
 
 fn http() -> reqwest::blocking::Client {
@@ -94,6 +124,32 @@ fn classify(client: &reqwest::blocking::Client, daemon: &Daemon) -> Option<(Stri
     let scores: Vec<f64> = v["outputs"][0]["data"].as_array()?.iter().filter_map(|x| x.as_f64()).collect();
     let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?.0;
     Some((v["model_version"].as_str()?.to_owned(), magika_labels()[best].clone()))
+}
+
+/// An x86 server's hardware files (HARDWARE-FACTS §6) under `hw/`.
+fn x86_server(w: &Workdir) {
+    std::fs::create_dir_all(w.path("hw/proc")).expect("hw");
+    std::fs::write(
+        w.path("hw/proc/cpuinfo"),
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n",
+    )
+    .expect("cpuinfo");
+    std::fs::write(w.path("hw/proc/meminfo"), "MemTotal:       16127920 kB\n").expect("meminfo");
+}
+
+/// A server on `w`'s root and fleet key, the CLI logged in as admin; answers it and an enrollment token for
+/// devices labelled site=lab.
+fn server_and_token(w: &Workdir) -> (ServerProcess, String) {
+    let data = w.path("server-data");
+    let server = ServerProcess::start(
+        &data,
+        &[("EDGEFLEET_TRUST_ROOT", &w.path("root.json")), ("EDGEFLEET_FLEET_KEY", &w.path("fleet.key"))],
+    );
+    let admin = ServerProcess::admin(&data, &["token", "create", "--name", "ci", "--role", "admin"]).ok().stdout();
+    w.edgefleet(&["login", "--server", &server.url, "--token", admin.trim(), "--fingerprint", &server.fingerprint])
+        .ok();
+    let token = w.edgefleet(&["--json", "enroll-token", "create", "--label", "site=lab"]).ok().json();
+    (server, token["token"].as_str().expect("token").to_owned())
 }
 
 #[test]
@@ -129,27 +185,11 @@ fn a_daemon_installs_serves_swaps_refuses_and_survives_kill_9() {
         w.edgefleet(&args).ok();
         w.edgefleet(&["release", "sign", &out, "--key", "alice.key"]).ok();
     }
-    // The device's hardware: an x86 server (HARDWARE-FACTS §6).
-    std::fs::create_dir_all(w.path("hw/proc")).expect("hw");
-    std::fs::write(
-        w.path("hw/proc/cpuinfo"),
-        "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n",
-    )
-    .expect("cpuinfo");
-    std::fs::write(w.path("hw/proc/meminfo"), "MemTotal:       16127920 kB\n").expect("meminfo");
-
+    x86_server(&w);
     let data = w.path("server-data");
-    let server = ServerProcess::start(
-        &data,
-        &[("EDGEFLEET_TRUST_ROOT", &w.path("root.json")), ("EDGEFLEET_FLEET_KEY", &w.path("fleet.key"))],
-    );
-    let admin = ServerProcess::admin(&data, &["token", "create", "--name", "ci", "--role", "admin"]).ok().stdout();
-    w.edgefleet(&["login", "--server", &server.url, "--token", admin.trim(), "--fingerprint", &server.fingerprint])
-        .ok();
+    let (server, token) = server_and_token(&w);
     w.edgefleet(&["release", "push", "magika-1"]).ok();
     w.edgefleet(&["assign", "magika", "1", "--selector", "site=lab"]).ok();
-    let token = w.edgefleet(&["--json", "enroll-token", "create", "--label", "site=lab"]).ok().json();
-    let token = token["token"].as_str().expect("token").to_owned();
 
     // Enroll, install release 1, serve it: magika says the Python file is Python.
     let client = http();
@@ -182,23 +222,130 @@ fn a_daemon_installs_serves_swaps_refuses_and_survives_kill_9() {
     });
     let (version, label) = classify(&client, &daemon).expect("still serving");
     assert_eq!((version.as_str(), label.as_str()), ("2", "python"));
-    let status = Command::new(bin("edgefleet-daemon"))
-        .args(["status", "--json", "--data-dir"])
-        .arg(w.path("device"))
-        .output()
-        .expect("status");
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status json");
+    let status = status(&w);
     assert_eq!(status["committed"]["magika"]["release"], 2);
     assert!(status["last_error"].as_str().is_some_and(|e| e.contains("not the signed")), "{status}");
 
     // kill -9, restart (no token needed now, configured by a TOML file): the committed release 2 serves again.
-    let mut daemon = daemon;
-    daemon.child.kill().expect("kill -9");
-    let _ = daemon.child.wait();
-    drop(daemon);
+    daemon.kill_9();
     let daemon = start_daemon_from_config(&w, &server);
     let (version, _) = eventually("release 2 after restart", Duration::from_secs(60), || classify(&client, &daemon));
     assert_eq!(version, "2");
+    drop(daemon);
+    assert!(server.stop().success());
+}
+
+/// `edgefleet-daemon status --json` of the device in `w`.
+fn status(w: &Workdir) -> serde_json::Value {
+    let out = Command::new(bin("edgefleet-daemon"))
+        .args(["status", "--json", "--data-dir"])
+        .arg(w.path("device"))
+        .output()
+        .expect("status");
+    serde_json::from_slice(&out.stdout).expect("status json")
+}
+
+/// The daemon paused (by `EDGEFLEET_PAUSE_AT`) at `point` of installing release 2, its log in `log`.
+fn paused_daemon(w: &Workdir, server: &ServerProcess, point: &str, log: &str) -> Daemon {
+    let mut cmd = daemon_command(w, server, None);
+    cmd.env("EDGEFLEET_PAUSE_AT", point)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(w.path(log)).expect("log file"));
+    let daemon = spawn(cmd);
+    daemon.paused_at(point);
+    daemon
+}
+
+fn temporary_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with(".tmp-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn kill_9_mid_download_mid_decompression_and_after_the_rename() {
+    let w = Workdir::new();
+    w.trust(&["alice"], 1);
+    let samples = cache("samples/magika.safetensors");
+    for (version, file) in [("1", "model-int8.onnx"), ("2", "model.onnx")] {
+        let variant = format!("id=cpu,file={},precision=fp32", cache(&format!("models/magika/{file}")).display());
+        let out = format!("magika-{version}");
+        w.edgefleet(&[
+            "release",
+            "pack",
+            "--model",
+            "magika",
+            "--version",
+            version,
+            "--variant",
+            &variant,
+            "--samples",
+            samples.to_str().expect("utf-8"),
+            "-o",
+            &out,
+        ])
+        .ok();
+        w.edgefleet(&["release", "sign", &out, "--key", "alice.key"]).ok();
+    }
+    x86_server(&w);
+    let (server, token) = server_and_token(&w);
+    w.edgefleet(&["release", "push", "magika-1"]).ok();
+    w.edgefleet(&["release", "push", "magika-2"]).ok();
+    w.edgefleet(&["assign", "magika", "1", "--selector", "site=lab"]).ok();
+    let client = http();
+    let daemon = start_daemon(&w, &server, Some(&token));
+    eventually("release 1 serving", Duration::from_secs(90), || classify(&client, &daemon).filter(|(v, _)| v == "1"));
+    // Serving is not committed: a kill during the bake window would bring back nothing. Wait for the commit.
+    eventually("release 1 committed", Duration::from_secs(30), || {
+        (status(&w)["committed"]["magika"]["release"] == 1).then_some(())
+    });
+    daemon.kill_9();
+    w.edgefleet(&["assign", "magika", "2", "--selector", "site=lab"]).ok();
+    let m2: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(w.path("magika-2/manifest.json")).expect("manifest")).expect("json");
+    let zstd = &m2["signed"]["variants"][0]["zstd"];
+    let (sha, size) = (zstd["sha256"].as_str().expect("sha"), zstd["size"].as_u64().expect("size"));
+    let raw_size = m2["signed"]["variants"][0]["raw"]["size"].as_u64().expect("raw size");
+    let partial = w.path(&format!("device/downloads/{sha}.partial"));
+    let slot_b = w.path("device/models/magika/b");
+
+    // 1. Killed mid download: a partial file is on disk; release 1 served all along.
+    let daemon = paused_daemon(&w, &server, "download", "log-1");
+    assert_eq!(classify(&client, &daemon).expect("serving while paused").0, "1");
+    let had = std::fs::metadata(&partial).expect("partial").len();
+    assert!(had > 0 && had < size, "partial of {had} bytes of {size}");
+    daemon.kill_9();
+
+    // 2. Restarted: release 1 serves at once, the download resumes from the partial; killed mid decompression,
+    //    where the slot holds only a temporary file.
+    let daemon = paused_daemon(&w, &server, "decompress", "log-2");
+    assert_eq!(classify(&client, &daemon).expect("serving while paused").0, "1");
+    let log = std::fs::read_to_string(w.path("log-2")).expect("log");
+    assert!(log.contains("resuming a partial download") && log.contains(&format!("have={had}")), "had {had}: {log}");
+    assert!(!slot_b.join("model.onnx").exists(), "a model file in slot b before its decompression finished");
+    assert_eq!(temporary_files(&slot_b).len(), 1, "the half-written temporary file");
+    daemon.kill_9();
+
+    // 3. Restarted: the half-written file is removed, never loaded; killed right after the rename, before the
+    //    new model is loaded or committed.
+    let daemon = paused_daemon(&w, &server, "renamed", "log-3");
+    assert_eq!(classify(&client, &daemon).expect("serving while paused").0, "1");
+    assert_eq!(std::fs::metadata(slot_b.join("model.onnx")).expect("renamed").len(), raw_size);
+    assert!(temporary_files(&slot_b).is_empty(), "{:?}", temporary_files(&slot_b));
+    assert_eq!(status(&w)["committed"]["magika"]["release"], 1, "renamed is not committed");
+    daemon.kill_9();
+
+    // 4. Restarted without a pause: the committed release 1 serves, then release 2 installs and is committed.
+    let daemon = start_daemon(&w, &server, None);
+    eventually("release 2 serving", Duration::from_secs(90), || classify(&client, &daemon).filter(|(v, _)| v == "2"));
+    eventually("release 2 committed", Duration::from_secs(30), || {
+        (status(&w)["committed"]["magika"]["release"] == 2).then_some(())
+    });
     drop(daemon);
     assert!(server.stop().success());
 }
