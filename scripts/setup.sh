@@ -10,7 +10,7 @@
 #   .cache/models/magika/model-slow.onnx   magika with the same answers and ~3x the work, for latency gates
 #   .cache/models/magika/model-fails.onnx  magika that loads and then fails every request at run time
 #   .cache/samples/*.safetensors           sample inputs for golden vectors, built from real files
-#   .cache/venv/                           Python with onnxruntime + onnx, only for the quantizer
+#   .cache/venv/                           Python with onnxruntime + onnx (the quantizer) and tritonclient
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ORT_VERSION=1.31.1
@@ -48,6 +48,9 @@ if [ ! -x "$C/venv/bin/python" ] || ! "$C/venv/bin/python" -c 'import onnx, onnx
   python3 -m venv "$C/venv"
   "$C/venv/bin/python" -m pip install --quiet "$C/wheels/"onnxruntime-$ORT_VERSION-*.whl onnx numpy
 fi
+# NVIDIA's tritonclient, to show that an unmodified v2 client (binary tensors by default) talks to the daemon.
+"$C/venv/bin/python" -c 'import tritonclient.http' 2>/dev/null \
+  || "$C/venv/bin/python" -m pip install --quiet "tritonclient[http]==2.73.0"
 for m in magika/model silero_vad; do
   out="$C/models/${m%/model}-int8.onnx"
   [ "$m" = magika/model ] && out="$C/models/magika/model-int8.onnx"

@@ -3,13 +3,19 @@
 //! `/v2/models/{name}/infer`. Requests are checked against the model's signature from its manifest (names,
 //! datatypes, shapes, element counts, value ranges) and refused with 400 before they reach ONNX Runtime.
 //! Errors use the protocol's shape, `{"error": "message"}`.
+//!
+//! The binary tensor data extension is supported both ways, as tritonclient uses it by default: with an
+//! `Inference-Header-Content-Length: N` header, the first N bytes of the body are the JSON request and the rest
+//! is the raw little-endian data of each input that gives `parameters.binary_data_size`, in request order.
+//! Outputs come back binary when the request asks (`parameters.binary_data_output`, or an output's
+//! `parameters.binary_data`), the same way.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -58,7 +64,9 @@ pub struct InputTensor {
     pub datatype: String,
     #[serde(default)]
     pub parameters: Option<Value>,
-    pub data: Value,
+    /// Absent when the data comes in binary (`parameters.binary_data_size`).
+    #[serde(default)]
+    pub data: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,7 +81,18 @@ pub struct OutputTensor {
     pub name: String,
     pub shape: Vec<usize>,
     pub datatype: &'static str,
-    pub data: Vec<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<Vec<Value>>,
+}
+
+/// The binary-extension header: the length of the JSON part of a body.
+pub const HEADER_LENGTH: &str = "inference-header-content-length";
+
+/// `parameters.<key>` of a request part, if it is there.
+fn param<'a>(parameters: &'a Option<Value>, key: &str) -> Option<&'a Value> {
+    parameters.as_ref().and_then(|p| p.get(key))
 }
 
 pub fn datatype(t: ElementType) -> &'static str {
@@ -133,8 +152,9 @@ fn encode(name: &str, t: ElementType, values: &[Value]) -> Result<Vec<u8>, V2Err
     Ok(out)
 }
 
-/// Checks one request tensor against its spec and turns it into a host tensor.
-fn input(spec: &TensorSpec, t: &InputTensor) -> Result<HostTensor, V2Error> {
+/// Checks one request tensor against its spec and turns it into a host tensor; binary data is taken from the
+/// front of `binary`.
+fn input(spec: &TensorSpec, t: &InputTensor, binary: &mut &[u8]) -> Result<HostTensor, V2Error> {
     let want = datatype(spec.dtype);
     if t.datatype != want {
         return Err(bad(format!("input {}: datatype {} where the model takes {want}", t.name, t.datatype)));
@@ -149,8 +169,28 @@ fn input(spec: &TensorSpec, t: &InputTensor) -> Result<HostTensor, V2Error> {
     }
     let shape: Vec<usize> = t.shape.iter().map(|d| *d as usize).collect();
     let count = shape.iter().try_fold(1usize, |acc, d| acc.checked_mul(*d)).ok_or_else(|| bad("shape too large"))?;
+    if let Some(size) = param(&t.parameters, "binary_data_size") {
+        let size = size.as_u64().ok_or_else(|| bad(format!("input {}: binary_data_size is not a size", t.name)))?;
+        let want = count as u64 * spec.dtype.size() as u64;
+        if size != want {
+            return Err(bad(format!(
+                "input {}: {size} binary bytes for shape {:?} ({want} expected)",
+                t.name, t.shape
+            )));
+        }
+        if t.data.is_some() {
+            return Err(bad(format!("input {}: both binary and JSON data", t.name)));
+        }
+        if (binary.len() as u64) < size {
+            return Err(bad(format!("input {}: the body ends {} bytes short", t.name, size - binary.len() as u64)));
+        }
+        let (data, rest) = binary.split_at(size as usize);
+        *binary = rest;
+        return HostTensor::new(&t.name, spec.dtype, shape, data.to_vec()).map_err(|e| bad(e.to_string()));
+    }
+    let data = t.data.as_ref().ok_or_else(|| bad(format!("input {}: no data", t.name)))?;
     let mut values = Vec::new();
-    flatten(&t.data, &mut values, 0)?;
+    flatten(data, &mut values, 0)?;
     if values.len() != count {
         return Err(bad(format!(
             "input {}: {} values for shape {:?} ({count} expected)",
@@ -163,7 +203,17 @@ fn input(spec: &TensorSpec, t: &InputTensor) -> Result<HostTensor, V2Error> {
     HostTensor::new(&t.name, spec.dtype, shape, data).map_err(|e| bad(e.to_string()))
 }
 
-fn output_json(name: &str, t: &HostTensor) -> OutputTensor {
+fn output_json(name: &str, t: &HostTensor, binary: Option<&mut Vec<u8>>) -> OutputTensor {
+    if let Some(out) = binary {
+        out.extend_from_slice(&t.data);
+        return OutputTensor {
+            name: name.to_owned(),
+            shape: t.shape.clone(),
+            datatype: datatype(t.dtype),
+            parameters: Some(serde_json::json!({"binary_data_size": t.data.len()})),
+            data: None,
+        };
+    }
     let data = match t.dtype {
         ElementType::Bool => t.data.iter().map(|b| Value::Bool(*b != 0)).collect(),
         ElementType::Float32 | ElementType::Float64 | ElementType::Float16 => {
@@ -171,7 +221,13 @@ fn output_json(name: &str, t: &HostTensor) -> OutputTensor {
         }
         _ => t.to_f64().into_iter().map(|f| Value::from(f as i64)).collect(),
     };
-    OutputTensor { name: name.to_owned(), shape: t.shape.clone(), datatype: datatype(t.dtype), data }
+    OutputTensor {
+        name: name.to_owned(),
+        shape: t.shape.clone(),
+        datatype: datatype(t.dtype),
+        parameters: None,
+        data: Some(data),
+    }
 }
 
 /// The release serving `name` for this request (waiting while a drain swaps it).
@@ -215,50 +271,97 @@ async fn model_ready(State(state): State<V2State>, Path(name): Path<String>) -> 
     Ok(Json(serde_json::json!({"name": lease.served.model, "ready": true})))
 }
 
+/// Splits a body into its JSON request and the binary data after it (binary extension), and parses the JSON.
+fn parse_request(headers: &HeaderMap, body: &Bytes) -> Result<(InferRequest, Bytes), V2Error> {
+    let json_len = match headers.get(HEADER_LENGTH) {
+        None => body.len(),
+        Some(v) => {
+            let n: usize = v
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| bad(format!("{HEADER_LENGTH} is not a length")))?;
+            if n > body.len() {
+                return Err(bad(format!("{HEADER_LENGTH} is {n}, the body only {} bytes", body.len())));
+            }
+            n
+        }
+    };
+    let req = serde_json::from_slice(&body[..json_len]).map_err(|e| bad(format!("malformed request: {e}")))?;
+    Ok((req, body.slice(json_len..)))
+}
+
 async fn infer(
     State(state): State<V2State>,
     Path(name): Path<String>,
-    body: Result<Json<InferRequest>, JsonRejection>,
-) -> Result<Json<Value>, V2Error> {
-    let Json(req) = body.map_err(|e| V2Error(e.status(), e.body_text()))?;
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, V2Error> {
+    let (req, binary) = parse_request(&headers, &body)?;
     // Take the handle once: this request finishes on this release whatever is swapped in meanwhile.
     let lease = model_of(&state, &name).await?;
     let m = &lease.served;
     let mut tensors = BTreeMap::new();
+    let mut rest: &[u8] = &binary;
     for t in &req.inputs {
         let spec = m
             .inputs
             .iter()
             .find(|s| s.name == t.name)
             .ok_or_else(|| bad(format!("model {name} has no input {:?}", t.name)))?;
-        if tensors.insert(t.name.clone(), input(spec, t)?).is_some() {
+        if tensors.insert(t.name.clone(), input(spec, t, &mut rest)?).is_some() {
             return Err(bad(format!("input {} is given twice", t.name)));
         }
+    }
+    if !rest.is_empty() {
+        return Err(bad(format!("{} bytes of binary data no input claims", rest.len())));
     }
     if let Some(missing) = m.inputs.iter().find(|s| !tensors.contains_key(&s.name)) {
         return Err(bad(format!("input {} is missing", missing.name)));
     }
-    let wanted: Option<Vec<String>> = req.outputs.as_ref().map(|o| o.iter().map(|r| r.name.clone()).collect());
-    if let Some(w) = &wanted
-        && let Some(unknown) = w.iter().find(|n| !m.outputs.iter().any(|s| &s.name == *n))
+    if let Some(w) = &req.outputs
+        && let Some(unknown) = w.iter().find(|r| !m.outputs.iter().any(|s| s.name == r.name))
     {
-        return Err(bad(format!("model {name} has no output {unknown:?}")));
+        return Err(bad(format!("model {name} has no output {:?}", unknown.name)));
     }
     let outputs = m.infer(tensors).await.map_err(|e| match e {
         InferError::NotLoaded(_) => V2Error(StatusCode::NOT_FOUND, e.to_string()),
         other => V2Error(StatusCode::INTERNAL_SERVER_ERROR, format!("inference failed: {other}")),
     })?;
-    let outputs: Vec<OutputTensor> = outputs
-        .iter()
-        .filter(|(n, _)| wanted.as_ref().is_none_or(|w| w.contains(n)))
-        .map(|(n, t)| output_json(n, t))
-        .collect();
+    // Binary for every output when the request says so, else as each requested output says.
+    let all_binary = param(&req.parameters, "binary_data_output").and_then(Value::as_bool).unwrap_or(false);
+    let (mut binary_out, mut any_binary) = (Vec::new(), false);
+    let mut json_outputs = Vec::new();
+    for (n, t) in &outputs {
+        let wanted = match &req.outputs {
+            None => Some(all_binary),
+            Some(w) => w
+                .iter()
+                .find(|r| &r.name == n)
+                .map(|r| param(&r.parameters, "binary_data").and_then(Value::as_bool).unwrap_or(all_binary)),
+        };
+        match wanted {
+            Some(true) => {
+                any_binary = true;
+                json_outputs.push(output_json(n, t, Some(&mut binary_out)));
+            }
+            Some(false) => json_outputs.push(output_json(n, t, None)),
+            None => {}
+        }
+    }
     let mut resp =
-        serde_json::json!({"model_name": m.model, "model_version": m.release.to_string(), "outputs": outputs});
+        serde_json::json!({"model_name": m.model, "model_version": m.release.to_string(), "outputs": json_outputs});
     if let Some(id) = req.id {
         resp["id"] = Value::String(id);
     }
-    Ok(Json(resp))
+    if !any_binary {
+        return Ok(Json(resp).into_response());
+    }
+    let mut body = serde_json::to_vec(&resp).map_err(|e| V2Error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let json_len = body.len();
+    body.extend_from_slice(&binary_out);
+    Ok(([("content-type", "application/octet-stream".to_owned()), (HEADER_LENGTH, json_len.to_string())], body)
+        .into_response())
 }
 
 async fn fallback() -> V2Error {

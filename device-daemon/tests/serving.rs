@@ -150,6 +150,80 @@ async fn magika_names_known_files_over_the_v2_api() {
     assert_eq!(r.status(), 413);
 }
 
+/// A request in the binary tensor data extension: the JSON header, then the raw input bytes.
+fn binary_request(header: serde_json::Value, data: &[u8]) -> (usize, Vec<u8>) {
+    let mut body = serde_json::to_vec(&header).expect("json");
+    let n = body.len();
+    body.extend_from_slice(data);
+    (n, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_tensors_in_and_out() {
+    let models = Arc::new(ModelTable::default());
+    models.install(load("models/magika/model.onnx", 1, "cpu-fp32", "a"));
+    let (client, url) = (http(), serve(models).await);
+    let infer = format!("{url}/v2/models/magika/infer");
+    let raw: Vec<u8> = magika_features(PYTHON_SOURCE).iter().flat_map(|x| x.to_le_bytes()).collect();
+    let input = |size: usize| {
+        serde_json::json!({"name": "bytes", "shape": [1, 2048], "datatype": "INT32",
+        "parameters": {"binary_data_size": size}})
+    };
+
+    // Binary in, binary out: the answer is the same model's, and names a Python file.
+    let (n, body) = binary_request(
+        serde_json::json!({"inputs": [input(raw.len())], "parameters": {"binary_data_output": true}}),
+        &raw,
+    );
+    let r = client.post(&infer).header("inference-header-content-length", n).body(body).send().await.expect("infer");
+    assert_eq!(r.status(), 200);
+    let header_len: usize = r.headers()["inference-header-content-length"].to_str().expect("str").parse().expect("n");
+    let bytes = r.bytes().await.expect("body");
+    let head: serde_json::Value = serde_json::from_slice(&bytes[..header_len]).expect("json part");
+    let out = &head["outputs"][0];
+    assert_eq!(out["datatype"], "FP32");
+    assert!(out.get("data").is_none(), "{out}");
+    let scores: Vec<f32> =
+        bytes[header_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4"))).collect();
+    assert_eq!(out["parameters"]["binary_data_size"].as_u64(), Some(scores.len() as u64 * 4));
+    let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).expect("scores").0;
+    assert_eq!(labels()[best], "python");
+
+    // Binary in, JSON out (the default): the same top class.
+    let (n, body) = binary_request(serde_json::json!({"inputs": [input(raw.len())]}), &raw);
+    let r: serde_json::Value = client
+        .post(&infer)
+        .header("inference-header-content-length", n)
+        .body(body)
+        .send()
+        .await
+        .expect("infer")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(top(&r, &labels()), "python");
+
+    // Bad binary requests: a 400 in the protocol's error shape each. (A header value to send instead of the JSON
+    // part's true length, the JSON part, the binary part, what the error says.)
+    let whole = serde_json::json!({"inputs": [input(raw.len())]});
+    let cases: Vec<(Option<&str>, serde_json::Value, Vec<u8>, &str)> = vec![
+        (Some("99999"), whole.clone(), raw.clone(), "the body only"),
+        (Some("ten"), whole.clone(), raw.clone(), "not a length"),
+        (None, whole.clone(), raw[..100].to_vec(), "short"),
+        (None, whole.clone(), [raw.clone(), vec![0; 4]].concat(), "no input claims"),
+        (None, serde_json::json!({"inputs": [input(100)]}), raw[..100].to_vec(), "8192 expected"),
+    ];
+    for (header, json, data, says) in cases {
+        let (n, body) = binary_request(json, &data);
+        let len = header.map_or(n.to_string(), str::to_owned);
+        let r =
+            client.post(&infer).header("inference-header-content-length", len).body(body).send().await.expect("post");
+        assert_eq!(r.status(), 400, "{says}");
+        let e: serde_json::Value = r.json().await.expect("json");
+        assert!(e["error"].as_str().is_some_and(|m| m.contains(says)), "{e} should say {says}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_releases_under_load_fails_no_request() {
     let models = Arc::new(ModelTable::default());
@@ -232,4 +306,26 @@ async fn the_v2_api_also_serves_on_a_unix_socket() {
     stream.read_to_string(&mut response).await.expect("read");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"ready\":true"), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nvidia_tritonclient_talks_to_the_daemon_unmodified() {
+    let models = Arc::new(ModelTable::default());
+    models.install(load("models/magika/model.onnx", 1, "cpu-fp32", "a"));
+    let url = serve(models).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let features = dir.path().join("features.bin");
+    let raw: Vec<u8> = magika_features(PYTHON_SOURCE).iter().flat_map(|x| x.to_le_bytes()).collect();
+    std::fs::write(&features, raw).expect("features");
+    let mut python = std::process::Command::new(cache("venv/bin/python"));
+    python.arg(edgefleet_e2e::repo().join("scripts/triton_client_check.py")).arg(url.trim_start_matches("http://"));
+    python.arg(&features);
+    // The client blocks; the server keeps running on the test's runtime meanwhile.
+    let out = tokio::task::spawn_blocking(move || python.output()).await.expect("join").expect("python");
+    assert!(out.status.success(), "tritonclient failed: {}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|i| labels()[i.trim().parse::<usize>().expect("index")].clone())
+        .collect();
+    assert_eq!(answers, ["python", "python"], "binary tensors, then JSON tensors");
 }
