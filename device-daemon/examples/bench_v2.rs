@@ -37,7 +37,9 @@ fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     println!("RSS before ONNX Runtime is loaded: {:.1} MiB (this benchmark process)", rss_mib());
     let rt = Runtime::shared(Some(&cache("lib/libonnxruntime.so.1.31.1")))?;
-    let opts = Options { providers: vec!["CPUExecutionProvider".into()], intra_threads: Some(1) };
+    // EDGEFLEET_CPU_ARENA=1 keeps ONNX Runtime's CPU arena, as `edgefleet-daemon run --cpu-arena` does.
+    let cpu_arena = std::env::var("EDGEFLEET_CPU_ARENA").is_ok_and(|v| v == "1");
+    let opts = Options { providers: vec!["CPUExecutionProvider".into()], intra_threads: Some(1), cpu_arena };
     let features = magika_features(PYTHON_SOURCE);
     let data: Vec<u8> = features.iter().flat_map(|x| x.to_le_bytes()).collect();
     let input =

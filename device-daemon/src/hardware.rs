@@ -186,35 +186,9 @@ fn cpu(hw: &HardwareRoot) -> (Option<&'static str>, Vec<String>) {
     }
 }
 
-/// Which power sensor the device has, by presence only (reading them is telemetry's job). Order: RAPL,
-/// Jetson INA3221, hwmon power/energy channels, a battery or supply.
-fn power_sensor(hw: &HardwareRoot) -> String {
-    if hw.list("/sys/class/powercap").iter().any(|z| z.starts_with("intel-rapl:"))
-        && hw.list("/sys/class/powercap").iter().any(|z| hw.exists(&format!("/sys/class/powercap/{z}/energy_uj")))
-    {
-        return "rapl".into();
-    }
-    if hw.list("/sys/bus/i2c/drivers/ina3221").iter().any(|d| d.contains('-')) {
-        return "ina3221".into();
-    }
-    for h in hw.list("/sys/class/hwmon") {
-        if hw
-            .list(&format!("/sys/class/hwmon/{h}"))
-            .iter()
-            .any(|f| (f.starts_with("power") || f.starts_with("energy")) && f.ends_with("_input"))
-        {
-            return "hwmon".into();
-        }
-    }
-    for s in hw.list("/sys/class/power_supply") {
-        let base = format!("/sys/class/power_supply/{s}");
-        if hw.exists(&format!("{base}/power_now"))
-            || (hw.exists(&format!("{base}/current_now")) && hw.exists(&format!("{base}/voltage_now")))
-        {
-            return "power_supply".into();
-        }
-    }
-    "unavailable".into()
+/// Which power sensor the device has (the one `power::discover` would read), or "unavailable".
+fn power_sensor(root: &Path) -> String {
+    crate::power::discover(root).map_or("unavailable", |s| s.kind()).to_owned()
 }
 
 /// Detects the device under `root`.
@@ -321,7 +295,7 @@ pub fn detect(root: &Path) -> Detection {
     if memory.is_none() {
         evidence.push("/proc/meminfo: no MemTotal; memory reported as 0".into());
     }
-    let power = power_sensor(&hw);
+    let power = power_sensor(root);
     evidence.push(format!("power sensor: {power}"));
     Detection {
         class,

@@ -1,6 +1,6 @@
-//! `edgefleet-daemon`: the program that lives on every device. So far: hardware detection, serving
-//! loaded releases with atomic hot swap, and the local Open Inference Protocol API; the reconcile loop
-//! (download, verify, stage, golden check, bake, rollback) follows (issue 4).
+//! `edgefleet-daemon`: the program that lives on every device — hardware detection, enrollment, the reconcile
+//! loop (check in, verify, download, stage, load, golden check, swap, health watch, commit or roll back), and
+//! local inference over the Open Inference Protocol with atomic hot swap.
 //!
 //! Invariant: hardware is read from files under a configurable root, never from the build machine.
 
@@ -8,6 +8,7 @@ pub mod agent;
 pub mod hardware;
 pub mod health;
 pub mod machine;
+pub mod power;
 pub mod run;
 pub mod serving;
 pub mod v2;

@@ -48,6 +48,9 @@ pub struct RunArgs {
     /// Threads per session.
     #[arg(long, env = "EDGEFLEET_THREADS", default_value_t = 1)]
     pub threads: usize,
+    /// Keep ONNX Runtime's CPU memory arena per session (memory a session freed stays with it until unloaded).
+    #[arg(long, env = "EDGEFLEET_CPU_ARENA")]
+    pub cpu_arena: bool,
     /// Longest check-in long-poll, seconds.
     #[arg(long, env = "EDGEFLEET_WAIT", default_value_t = 30)]
     pub wait: u64,
@@ -180,6 +183,7 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         options: Options {
             providers: detection.profile.execution_providers.clone(),
             intra_threads: Some(args.threads),
+            cpu_arena: args.cpu_arena,
         },
         sessions: args.sessions,
         models: models.clone(),

@@ -93,6 +93,14 @@ impl Runtime {
                 }
             }
         }
+        // Registered after any accelerator: ONNX Runtime prefers providers in registration order.
+        if !options.cpu_arena {
+            // Without its arena, ONNX Runtime hands freed buffers back to the allocator instead of keeping them
+            // per session; a daemon that swaps releases all day then does not grow with every swap.
+            builder = builder
+                .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
+                .map_err(err_b)?;
+        }
         let session = builder.commit_from_file(path).map_err(err)?;
         let specs = |what: &'static str, outlets: &[ort::value::Outlet]| {
             outlets.iter().map(|o| spec(path, what, o.name(), o.dtype())).collect::<Result<Vec<_>, _>>()
@@ -113,6 +121,9 @@ pub struct Options {
     pub providers: Vec<String>,
     /// Threads within one operator; `None` for ONNX Runtime's default.
     pub intra_threads: Option<usize>,
+    /// Keep ONNX Runtime's CPU memory arena (faster first requests, but memory freed by a session stays with
+    /// it). Off by default; see BENCHMARKS.md for what it costs and saves.
+    pub cpu_arena: bool,
 }
 
 /// The execution providers compiled into the loaded ONNX Runtime library.
