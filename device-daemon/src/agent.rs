@@ -460,7 +460,6 @@ struct Work<'a> {
     previous: Option<&'a Installed>,
     zst: Option<PathBuf>,
     golden_file: Option<PathBuf>,
-    staged: Option<PathBuf>,
     /// The new release, loaded.
     loaded: Option<Arc<Served>>,
     /// The release serving before the swap, while it is still in memory.
@@ -477,26 +476,29 @@ impl Agent {
         Ok(Runtime::shared(Some(&self.ort_lib))?)
     }
 
-    fn load(&self, model: &ModelName, i: &Installed) -> anyhow::Result<Served> {
-        let path = self.layout.slot(model, i.slot).join("model.onnx");
-        let served = Served::load(
-            self.runtime()?,
-            &path,
-            &self.options,
-            self.sessions,
-            model.clone(),
-            i.release,
-            i.variant.clone(),
-            i.slot.as_str(),
-        )?;
+    /// Loads the model in `slot` (on a blocking thread: loading takes long and must not hold up requests).
+    async fn load(
+        &self,
+        model: &ModelName,
+        release: ReleaseVersion,
+        variant: &VariantId,
+        slot: Slot,
+    ) -> anyhow::Result<Served> {
+        let runtime = self.runtime()?;
+        let path = self.layout.slot(model, slot).join("model.onnx");
+        let (options, sessions, model, variant) = (self.options.clone(), self.sessions, model.clone(), variant.clone());
+        let served = tokio::task::spawn_blocking(move || {
+            Served::load(runtime, &path, &options, sessions, model, release, variant, slot.as_str())
+        })
+        .await??;
         Ok(served)
     }
 
     /// Loads every committed model from its slot, so a restart serves what was committed before it.
-    pub fn restore(&self, state: &DeviceState) -> Vec<String> {
+    pub async fn restore(&self, state: &DeviceState) -> Vec<String> {
         let mut problems = Vec::new();
         for (model, i) in &state.committed {
-            match self.load(model, i) {
+            match self.load(model, i.release, &i.variant, i.slot).await {
                 Ok(s) => {
                     self.models.install(s);
                 }
@@ -520,8 +522,7 @@ impl Agent {
                         provider: self.models.get(m.as_str()).map(|s| s.provider.clone()),
                         state: "committed".into(),
                     }),
-                    staged: None,
-                })
+                        })
                 .collect(),
             last_error: state.last_error.clone(),
             hardware_digest: None,
@@ -651,7 +652,6 @@ impl Agent {
             previous,
             zst: None,
             golden_file: None,
-            staged: None,
             loaded: None,
             before: None,
             drained: None,
@@ -707,9 +707,9 @@ impl Agent {
                     .map_err(anyhow::Error::from)
                     .and_then(|r| r);
                 match staged {
-                    Ok(path) => {
+                    // The staged file is the slot's model.onnx, which `load` opens.
+                    Ok(_) => {
                         pause_if(self.pause, PausePoint::Renamed).await;
-                        w.staged = Some(path);
                         Outcome::Done
                     }
                     Err(e) => failed(EventKind::VerificationFailed)(e),
@@ -721,19 +721,7 @@ impl Agent {
                 } else {
                     w.before = self.models.get(w.model.as_str());
                 }
-                let loaded = self.runtime().and_then(|runtime| {
-                    Ok(Served::load(
-                        runtime,
-                        w.staged.as_deref().unwrap_or(Path::new("")),
-                        &self.options,
-                        self.sessions,
-                        w.model.clone(),
-                        w.release,
-                        w.variant.id.clone(),
-                        w.slot.as_str(),
-                    )?)
-                });
-                match loaded {
+                match self.load(w.model, w.release, &w.variant.id, w.slot).await {
                     Ok(s) => {
                         w.loaded = Some(Arc::new(s));
                         Outcome::Done
@@ -796,7 +784,7 @@ impl Agent {
                         None => self.models.drain(w.model).await,
                     };
                     w.loaded = None;
-                    match self.load(w.model, previous) {
+                    match self.load(w.model, previous.release, &previous.variant, previous.slot).await {
                         Ok(s) => {
                             gate.install(Arc::new(s));
                             Outcome::Done

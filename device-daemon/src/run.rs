@@ -48,9 +48,6 @@ pub struct RunArgs {
     /// Threads per session.
     #[arg(long, env = "EDGEFLEET_THREADS", default_value_t = 1)]
     pub threads: usize,
-    /// Keep ONNX Runtime's CPU memory arena per session (memory a session freed stays with it until unloaded).
-    #[arg(long, env = "EDGEFLEET_CPU_ARENA")]
-    pub cpu_arena: bool,
     /// Longest check-in long-poll, seconds.
     #[arg(long, env = "EDGEFLEET_WAIT", default_value_t = 30)]
     pub wait: u64,
@@ -183,7 +180,6 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         options: Options {
             providers: detection.profile.execution_providers.clone(),
             intra_threads: Some(args.threads),
-            cpu_arena: args.cpu_arena,
         },
         sessions: args.sessions,
         models: models.clone(),
@@ -199,7 +195,7 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         pause: args.pause_at,
     };
     let mut state = layout.load_state()?;
-    for problem in agent.restore(&state) {
+    for problem in agent.restore(&state).await {
         tracing::warn!(%problem, "restoring a committed model failed");
         state.last_error = Some(problem);
     }

@@ -84,10 +84,10 @@ impl Served {
         slot: &str,
     ) -> Result<Self, RuntimeError> {
         let memory = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0) * sessions.max(1) as u64;
-        let mut pool = Vec::with_capacity(sessions.max(1));
-        for _ in 0..sessions.max(1) {
-            pool.push(runtime.open_with(path, options)?);
-        }
+        // Loading yields to serving: the release being replaced may be answering requests on these same cores.
+        let pool = edgefleet_runtime::with_low_priority(|| {
+            (0..sessions.max(1)).map(|_| runtime.open_with(path, options)).collect::<Result<Vec<_>, _>>()
+        })?;
         let first = &pool[0];
         Ok(Self {
             model,

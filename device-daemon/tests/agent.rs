@@ -73,7 +73,7 @@ fn runtime() -> &'static Runtime {
 }
 
 fn options() -> Options {
-    Options { providers: vec!["CPUExecutionProvider".into()], intra_threads: Some(1), ..Default::default() }
+    Options { providers: vec!["CPUExecutionProvider".into()], intra_threads: Some(1) }
 }
 
 /// A release of magika with one variant built from `model`, whose golden vectors are `reference`'s outputs.

@@ -24,7 +24,7 @@ fn load(file: &str, release: u64, variant: &str, slot: &str) -> Served {
     Served::load(
         runtime(),
         &cache(file),
-        &Options { providers: vec!["CPUExecutionProvider".into()], intra_threads: Some(1), ..Default::default() },
+        &Options { providers: vec!["CPUExecutionProvider".into()], intra_threads: Some(1) },
         2,
         "magika".parse().expect("name"),
         edgefleet_protocol::ReleaseVersion::new(release).expect("version"),

@@ -51,6 +51,7 @@ impl Runtime {
 
     pub fn load(path: Option<&Path>) -> Result<Self, RuntimeError> {
         let path = path.ok_or(RuntimeError::NoLibrary)?;
+        keep_large_allocations_mapped();
         let lib = |e: &dyn std::fmt::Display| RuntimeError::Library { path: path.to_owned(), message: e.to_string() };
         if !path.is_file() {
             return Err(lib(&"no such file"));
@@ -93,14 +94,6 @@ impl Runtime {
                 }
             }
         }
-        // Registered after any accelerator: ONNX Runtime prefers providers in registration order.
-        if !options.cpu_arena {
-            // Without its arena, ONNX Runtime hands freed buffers back to the allocator instead of keeping them
-            // per session; a daemon that swaps releases all day then does not grow with every swap.
-            builder = builder
-                .with_execution_providers([ort::ep::CPU::default().with_arena_allocator(false).build()])
-                .map_err(err_b)?;
-        }
         let session = builder.commit_from_file(path).map_err(err)?;
         let specs = |what: &'static str, outlets: &[ort::value::Outlet]| {
             outlets.iter().map(|o| spec(path, what, o.name(), o.dtype())).collect::<Result<Vec<_>, _>>()
@@ -121,9 +114,41 @@ pub struct Options {
     pub providers: Vec<String>,
     /// Threads within one operator; `None` for ONNX Runtime's default.
     pub intra_threads: Option<usize>,
-    /// Keep ONNX Runtime's CPU memory arena (faster first requests, but memory freed by a session stays with
-    /// it). Off by default; see BENCHMARKS.md for what it costs and saves.
-    pub cpu_arena: bool,
+}
+
+/// Tells glibc's malloc to serve every allocation of 128 KiB or more with its own mapping, returned to the
+/// system when freed. glibc otherwise raises that threshold each time a large mapped block is freed, after which
+/// model-sized buffers (weights, activations) come from the heap and fragment it: a process that loads and drops
+/// sessions all day, as the daemon does on every swap, kept growing (BENCHMARKS.md). Other C libraries: nothing.
+#[allow(unsafe_code)]
+fn keep_large_allocations_mapped() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator tunable; it is safe to call at any time, from any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 << 10);
+    }
+}
+
+/// Runs `f` (loading sessions, say) on a thread of its own at a lower CPU priority (nice 10), so that on a
+/// small device it yields to the requests being served meanwhile. Best effort: where the priority cannot be
+/// set, `f` runs all the same.
+#[allow(unsafe_code)]
+pub fn with_low_priority<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                #[cfg(target_os = "linux")]
+                // SAFETY: setpriority on this thread's own id (a plain syscall; on Linux the "process" priority
+                // of a thread id is that thread's). The thread ends with `f`, so nothing else runs at this nice.
+                unsafe {
+                    let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                    libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// The execution providers compiled into the loaded ONNX Runtime library.
