@@ -522,7 +522,8 @@ impl Agent {
                         provider: self.models.get(m.as_str()).map(|s| s.provider.clone()),
                         state: "committed".into(),
                     }),
-                        })
+                    staged: None,
+                })
                 .collect(),
             last_error: state.last_error.clone(),
             hardware_digest: None,
