@@ -263,7 +263,9 @@ pub fn http_client(server_ca: &Path, identity: Option<(&Path, &Path)>) -> anyhow
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(120))
+        // No total timeout (a large model on a slow link may take long); a connection silent for 90 s is
+        // dropped, and the download resumes from its partial file on the next pass.
+        .read_timeout(Duration::from_secs(90))
         .build()?)
 }
 
@@ -565,7 +567,8 @@ impl Agent {
         if let Some(etag) = &state.etag {
             req = req.header("if-none-match", etag);
         }
-        let resp = req.send().await.context("check-in")?;
+        // A server that holds the check-in past the long-poll it was asked for is treated as gone.
+        let resp = req.timeout(Duration::from_secs(wait + 30)).send().await.context("check-in")?;
         let interval = resp
             .headers()
             .get(edgefleet_protocol::api::CHECKIN_INTERVAL_HEADER)

@@ -8,12 +8,12 @@ use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use edgefleet_protocol::DeviceId;
 use edgefleet_protocol::api::{
     CHECKIN_INTERVAL_HEADER, CreateEnrollToken, DeviceDetail, DeviceEvent, DevicePage, DeviceReport, DeviceSummary,
-    EnrollRequest, EnrollResponse, EnrollTokenCreated, EventsAccepted, HardwareProfile, RenewRequest, Selector,
-    SetLabels, check_label,
+    EnrollRequest, EnrollResponse, EnrollTokenCreated, EventKind, EventsAccepted, HardwareProfile, RenewRequest,
+    Selector, SetLabels, check_label,
 };
+use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
 use model_registry::{Envelope, ReleaseManifest, Sha256Digest};
 use serde::Deserialize;
 
@@ -234,6 +234,7 @@ async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired
         let body = String::from_utf8(body).map_err(|e| ApiError::internal(&e))?;
         // Only a higher sequence is written; if another check-in of this device won, read again.
         if state.store.set_desired(id, sequence, &digest, &body, now + ttl_ms).await? {
+            record_unfit(state, id, &plan.unfit, &hw, now).await?;
             cached = Some(CachedDesired { generation, sequence, body: body.into(), refresh_at: now + ttl_ms / 2 });
             break;
         }
@@ -241,6 +242,39 @@ async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired
     let cached = cached.ok_or_else(|| ApiError::internal(&"desired state kept changing under concurrent check-ins"))?;
     state.desired.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), cached.clone());
     Ok(cached)
+}
+
+/// Records, as the device's events, each assigned model for which no variant fits its hardware: the device gets
+/// no entry for it (nothing is guessed), and operators see why. One event per (model, release) and device.
+async fn record_unfit(
+    state: &AppState,
+    id: &DeviceId,
+    unfit: &[(ModelName, ReleaseVersion)],
+    hw: &HardwareProfile,
+    now: i64,
+) -> ApiResult<()> {
+    let mut rows = Vec::new();
+    for (model, release) in unfit {
+        let event = DeviceEvent {
+            id: format!("no-variant-fits-{model}-{release}"),
+            kind: EventKind::NoVariantFits,
+            model: Some(model.clone()),
+            release: Some(*release),
+            variant: None,
+            detail: format!(
+                "no variant of {model} {release} fits this device (class {}, providers {})",
+                hw.device_class,
+                hw.execution_providers.join(", ")
+            ),
+            at: rfc3339(now),
+        };
+        let body = serde_json::to_string(&event).map_err(|e| ApiError::internal(&e))?;
+        rows.push((event.id, "no_variant_fits".to_owned(), body));
+    }
+    if !rows.is_empty() {
+        state.store.add_events(id, &rows, now).await?;
+    }
+    Ok(())
 }
 
 async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) -> ApiResult<()> {

@@ -278,7 +278,12 @@ pub async fn upload_release(app: &TestApp, token: &str, model: &str, version: u6
         }
         variants.push(Variant {
             id: id.parse().expect("variant"),
-            requirements: Requirements { execution_providers: eps, ..Requirements::default() },
+            // The CPU variant is built for the two common architectures: a RISC-V board runs neither variant.
+            requirements: Requirements {
+                arch: if eps.is_empty() { vec!["x86_64".into(), "aarch64".into()] } else { vec![] },
+                execution_providers: eps,
+                ..Requirements::default()
+            },
             precision: Precision::Fp32,
             format: ModelFormat::Onnx,
             raw: raw_ref,

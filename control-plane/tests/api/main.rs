@@ -3,7 +3,7 @@
 mod helpers;
 
 use chrono::{Duration, Utc};
-use edgefleet_protocol::api::TokenRole;
+use edgefleet_protocol::api::{HardwareProfile, TokenRole};
 use edgefleet_server::api::openapi_routes;
 use helpers::*;
 use model_registry::root::DocType;
@@ -278,6 +278,27 @@ async fn enrollment_checkin_and_desired_state(backend: Backend) {
     let rn = checkin(&npu, None, None).await.expect("checkin");
     let docn = verify(&npu, &rn.bytes().await.expect("body"), &LastSeen::default()).expect("verifies");
     assert_eq!(docn.models[0].variant.as_str(), "npu-int8");
+    // A board that no variant is built for gets no entry for magika, and the reason is on record.
+    let board = HardwareProfile { arch: "riscv64".into(), ..hardware("riscv-board", &["CPUExecutionProvider"]) };
+    let odd = app.enroll("board-1", &[("region", "eu")], board).await;
+    let ro = checkin(&odd, None, None).await.expect("checkin");
+    let doco = verify(&odd, &ro.bytes().await.expect("body"), &LastSeen::default()).expect("verifies");
+    assert!(doco.models.is_empty(), "nothing is guessed: {:?}", doco.models);
+    let shown: serde_json::Value = app
+        .client()
+        .get(app.url("/devices/board-1"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("show")
+        .json()
+        .await
+        .expect("json");
+    let events = shown["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        events.iter().any(|e| e["kind"] == "no_variant_fits" && e["model"] == "magika" && e["release"] == 1),
+        "{shown}"
+    );
     // The phone cannot pass off its document as the other device's.
     let rn2 = checkin(&npu, None, None).await.expect("checkin").bytes().await.expect("body");
     let e = verify(&cpu, &rn2, &LastSeen::default()).expect_err("other device's document");
