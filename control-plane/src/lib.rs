@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod desired;
+pub mod rollout;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -1,0 +1,430 @@
+//! The rollout planner, pure: a rollout moves one model of a label selector from a baseline release to a new
+//! one in waves; [`evaluate`] takes the rollout, its state, what the fleet reported (per device class, new
+//! release against baseline on the same class) and the time, and answers the next state with every gate's
+//! numbers. [`target`] says which release a device runs. No I/O, no clock: the caller passes `now` and the
+//! observations, and one server at a time calls it (issue 5: wiring into the API, CLI and store is next).
+//!
+//! Wave membership is stable: a device is in the first `percent` % of a rollout when the hash of (rollout id,
+//! device id) falls below it, so a device in wave 1 stays in every later wave, and different rollouts pick
+//! different first devices.
+
+use std::collections::BTreeMap;
+
+use edgefleet_protocol::{DeviceId, ReleaseVersion};
+use sha2::{Digest, Sha256};
+
+/// One wave: the share of the selected devices on the new release once it starts (cumulative), and how long
+/// it bakes before the next wave may start.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Wave {
+    pub percent: f64,
+    pub bake_ms: i64,
+}
+
+/// A gate: the new release against the baseline on the same device class.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Gate {
+    /// The new release's failed-request ratio may exceed the baseline's by at most this much (0.01 = 1 point).
+    ErrorRate { max_increase: f64 },
+    /// p95 latency, new ÷ baseline, at most this.
+    P95LatencyRatio { max: f64 },
+    /// Energy per inference, new ÷ baseline, at most this. Devices without a power sensor give no samples.
+    EnergyRatio { max: f64 },
+    /// Installs that failed (download, verification, golden vectors, health watch) ÷ installs tried, at most.
+    InstallFailureRatio { max: f64 },
+}
+
+/// What a failed gate does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnFailure {
+    Pause,
+    RollBack,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    pub id: String,
+    pub baseline: ReleaseVersion,
+    pub release: ReleaseVersion,
+    pub waves: Vec<Wave>,
+    pub gates: Vec<Gate>,
+    /// Samples each gate needs on each side (requests, inferences with energy, or installs) before it judges.
+    pub min_samples: u64,
+    pub on_failure: OnFailure,
+}
+
+/// Where a rollout stands. `since` is when the current wave started (ms).
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    Running { wave: usize, since: i64 },
+    Paused { wave: usize, reason: String },
+    RolledBack { reason: String },
+    Aborted { reason: String },
+    Done,
+}
+
+/// What one release did on one device class over the rollout so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Stats {
+    pub requests: u64,
+    pub errors: u64,
+    pub p95_ms: Option<f64>,
+    /// Inferences measured with an energy counter, and the energy per inference over them (J).
+    pub energy_inferences: u64,
+    pub joules_per_inference: Option<f64>,
+    pub installs: u64,
+    pub install_failures: u64,
+}
+
+/// Per device class: (new release, baseline).
+pub type Observations = BTreeMap<String, (Stats, Stats)>;
+
+/// One gate's judgement on one device class, with the numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateResult {
+    pub gate: Gate,
+    pub class: String,
+    /// The measured value (a difference or ratio), when both sides had data.
+    pub value: Option<f64>,
+    pub threshold: f64,
+    /// Samples on the new release and on the baseline.
+    pub samples: (u64, u64),
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// Fewer samples than `min_samples` on a side: not judged yet.
+    TooFewSamples,
+    /// The class has no such measurement at all (no power sensor): never judged, never made up.
+    Unavailable,
+}
+
+/// An operator's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Abort,
+    /// Skip the remaining waves: everyone selected gets the new release.
+    Promote,
+}
+
+/// The planner's answer: the next state (the same one when nothing changes) and every gate's numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Evaluation {
+    pub state: State,
+    pub gates: Vec<GateResult>,
+}
+
+/// Where in [0, 100) a device falls for a rollout.
+pub fn position(rollout_id: &str, device: &DeviceId) -> f64 {
+    let mut h = Sha256::new();
+    h.update(rollout_id.as_bytes());
+    h.update([0]);
+    h.update(device.as_str().as_bytes());
+    let d = h.finalize();
+    let n = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+    (n as f64 / u64::MAX as f64) * 100.0
+}
+
+/// The share of devices on the new release in a state.
+fn share(r: &Rollout, state: &State) -> f64 {
+    match state {
+        State::Running { wave, .. } | State::Paused { wave, .. } => r.waves.get(*wave).map_or(100.0, |w| w.percent),
+        State::Done => 100.0,
+        State::RolledBack { .. } | State::Aborted { .. } => 0.0,
+    }
+}
+
+/// Which release a selected device should run.
+pub fn target(r: &Rollout, state: &State, device: &DeviceId) -> ReleaseVersion {
+    if position(&r.id, device) < share(r, state) { r.release } else { r.baseline }
+}
+
+fn judge(gate: Gate, class: &str, new: &Stats, old: &Stats, min: u64) -> GateResult {
+    let rate = |s: &Stats| if s.requests == 0 { 0.0 } else { s.errors as f64 / s.requests as f64 };
+    let (value, threshold, samples) = match gate {
+        Gate::ErrorRate { max_increase } => (Some(rate(new) - rate(old)), max_increase, (new.requests, old.requests)),
+        Gate::P95LatencyRatio { max } => {
+            (new.p95_ms.zip(old.p95_ms).map(|(n, o)| n / o), max, (new.requests, old.requests))
+        }
+        Gate::EnergyRatio { max } => (
+            new.joules_per_inference.zip(old.joules_per_inference).map(|(n, o)| n / o),
+            max,
+            (new.energy_inferences, old.energy_inferences),
+        ),
+        Gate::InstallFailureRatio { max } => {
+            let v = (new.installs > 0).then(|| new.install_failures as f64 / new.installs as f64);
+            (v, max, (new.installs, old.installs))
+        }
+    };
+    let verdict = if samples.0 == 0 && samples.1 == 0 && matches!(gate, Gate::EnergyRatio { .. }) {
+        Verdict::Unavailable
+    } else if samples.0 < min || (samples.1 < min && !matches!(gate, Gate::InstallFailureRatio { .. })) {
+        // Installs of the new release are judged on their own: the baseline's installs are long done.
+        Verdict::TooFewSamples
+    } else {
+        match value {
+            None => Verdict::Unavailable,
+            Some(v) if v.is_finite() && v <= threshold => Verdict::Pass,
+            Some(_) => Verdict::Fail,
+        }
+    };
+    GateResult { gate, class: class.to_owned(), value, threshold, samples, verdict }
+}
+
+fn describe(g: &GateResult) -> String {
+    let name = match g.gate {
+        Gate::ErrorRate { .. } => "error-rate increase",
+        Gate::P95LatencyRatio { .. } => "p95 latency ratio",
+        Gate::EnergyRatio { .. } => "energy-per-inference ratio",
+        Gate::InstallFailureRatio { .. } => "install failure ratio",
+    };
+    format!(
+        "{name} on {} is {:.3}, over the limit {:.3} ({} samples new, {} baseline)",
+        g.class,
+        g.value.unwrap_or(f64::NAN),
+        g.threshold,
+        g.samples.0,
+        g.samples.1
+    )
+}
+
+/// The planner. `withdrawn`: the new release was withdrawn (or its signing key revoked) since the rollout began.
+pub fn evaluate(r: &Rollout, state: &State, seen: &Observations, withdrawn: bool, now: i64) -> Evaluation {
+    let gates: Vec<GateResult> = seen
+        .iter()
+        .flat_map(|(class, (new, old))| r.gates.iter().map(move |g| judge(*g, class, new, old, r.min_samples)))
+        .collect();
+    let next = match state {
+        State::Running { .. } | State::Paused { .. } if withdrawn => {
+            State::Aborted { reason: format!("release {} was withdrawn", r.release) }
+        }
+        State::Running { wave, since } => {
+            if let Some(failed) = gates.iter().find(|g| g.verdict == Verdict::Fail) {
+                let reason = describe(failed);
+                match r.on_failure {
+                    OnFailure::Pause => State::Paused { wave: *wave, reason },
+                    OnFailure::RollBack => State::RolledBack { reason },
+                }
+            } else {
+                let baked = r.waves.get(*wave).is_none_or(|w| now - since >= w.bake_ms);
+                // A wave advances once baked and once every gate could judge: too few samples holds it.
+                let judged = gates.iter().all(|g| matches!(g.verdict, Verdict::Pass | Verdict::Unavailable));
+                if baked && judged {
+                    if wave + 1 < r.waves.len() { State::Running { wave: wave + 1, since: now } } else { State::Done }
+                } else {
+                    state.clone()
+                }
+            }
+        }
+        other => other.clone(),
+    };
+    Evaluation { state: next, gates }
+}
+
+/// An operator's action on a state; `Err` says why it does not apply.
+pub fn apply(state: &State, action: Action, now: i64) -> Result<State, String> {
+    match (state, action) {
+        (State::Running { wave, .. }, Action::Pause) => {
+            Ok(State::Paused { wave: *wave, reason: "paused by an operator".into() })
+        }
+        (State::Paused { wave, .. }, Action::Resume) => Ok(State::Running { wave: *wave, since: now }),
+        (State::Running { .. } | State::Paused { .. }, Action::Abort) => {
+            Ok(State::Aborted { reason: "aborted by an operator".into() })
+        }
+        (State::Running { .. } | State::Paused { .. }, Action::Promote) => Ok(State::Done),
+        (s, a) => Err(format!("cannot {a:?} a rollout that is {s:?}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: i64 = 60_000;
+
+    fn rollout(on_failure: OnFailure) -> Rollout {
+        Rollout {
+            id: "r1".into(),
+            baseline: ReleaseVersion::new(1).expect("v"),
+            release: ReleaseVersion::new(2).expect("v"),
+            waves: vec![
+                Wave { percent: 1.0, bake_ms: 10 * MIN },
+                Wave { percent: 10.0, bake_ms: 10 * MIN },
+                Wave { percent: 100.0, bake_ms: 0 },
+            ],
+            gates: vec![
+                Gate::ErrorRate { max_increase: 0.01 },
+                Gate::P95LatencyRatio { max: 1.2 },
+                Gate::EnergyRatio { max: 1.1 },
+                Gate::InstallFailureRatio { max: 0.05 },
+            ],
+            min_samples: 100,
+            on_failure,
+        }
+    }
+
+    fn stats(requests: u64, errors: u64, p95: f64, energy: Option<(u64, f64)>) -> Stats {
+        Stats {
+            requests,
+            errors,
+            p95_ms: Some(p95),
+            energy_inferences: energy.map_or(0, |e| e.0),
+            joules_per_inference: energy.map(|e| e.1),
+            installs: 200,
+            install_failures: 0,
+        }
+    }
+
+    fn healthy() -> Stats {
+        stats(1000, 5, 10.0, Some((1000, 0.5)))
+    }
+
+    fn seen(class: &str, new: Stats, old: Stats) -> Observations {
+        BTreeMap::from([(class.to_owned(), (new, old))])
+    }
+
+    /// One row: a state, what was seen, withdrawn or not, minutes since the wave began → the expected state.
+    fn check(on_failure: OnFailure, obs: Observations, withdrawn: bool, minutes: i64, expected: &str) {
+        let r = rollout(on_failure);
+        let e = evaluate(&r, &State::Running { wave: 0, since: 0 }, &obs, withdrawn, minutes * MIN);
+        let got = match &e.state {
+            State::Running { wave, since } => format!("running wave {wave} since {}", since / MIN),
+            State::Paused { reason, .. } => format!("paused: {reason}"),
+            State::RolledBack { reason } => format!("rolled back: {reason}"),
+            State::Aborted { reason } => format!("aborted: {reason}"),
+            State::Done => "done".into(),
+        };
+        assert!(got.starts_with(expected), "expected {expected:?}, got {got:?}; gates {:#?}", e.gates);
+    }
+
+    #[test]
+    fn gates_fire_and_hold() {
+        use OnFailure::*;
+        let ok = || seen("x86-server", healthy(), healthy());
+        // Healthy and baked: the next wave; not yet baked: stay.
+        check(Pause, ok(), false, 10, "running wave 1 since 10");
+        check(Pause, ok(), false, 9, "running wave 0 since 0");
+        // Error rate: 5 points more than the baseline.
+        check(
+            Pause,
+            seen("x86-server", stats(1000, 55, 10.0, Some((1000, 0.5))), healthy()),
+            false,
+            1,
+            "paused: error-rate increase on x86-server is 0.050",
+        );
+        check(
+            RollBack,
+            seen("x86-server", stats(1000, 55, 10.0, Some((1000, 0.5))), healthy()),
+            false,
+            1,
+            "rolled back: error-rate increase",
+        );
+        // Latency: 1.5x fails; exactly the limit (a tie) passes.
+        check(
+            RollBack,
+            seen("jetson-orin", stats(1000, 5, 15.0, Some((1000, 0.5))), healthy()),
+            false,
+            1,
+            "rolled back: p95 latency ratio on jetson-orin is 1.500",
+        );
+        check(
+            Pause,
+            seen("jetson-orin", stats(1000, 5, 12.0, Some((1000, 0.5))), healthy()),
+            false,
+            10,
+            "running wave 1",
+        );
+        // Energy: 1.2x fails.
+        check(
+            Pause,
+            seen("x86-server", stats(1000, 5, 10.0, Some((1000, 0.6))), healthy()),
+            false,
+            1,
+            "paused: energy-per-inference ratio on x86-server is 1.200",
+        );
+        // Install failures: 20 of 200.
+        let broken = Stats { install_failures: 20, ..healthy() };
+        check(
+            RollBack,
+            seen("raspberry-pi-5", broken, healthy()),
+            false,
+            1,
+            "rolled back: install failure ratio on raspberry-pi-5 is 0.100",
+        );
+        // Too few samples: a terrible ratio is not judged, and the wave is held even when baked.
+        check(
+            Pause,
+            seen("x86-server", stats(50, 40, 90.0, Some((50, 5.0))), healthy()),
+            false,
+            30,
+            "running wave 0 since 0",
+        );
+        // No power sensor on either side: energy is unavailable, never a failure, and does not hold the wave.
+        check(
+            Pause,
+            seen("raspberry-pi-5", stats(1000, 5, 10.0, None), stats(1000, 5, 10.0, None)),
+            false,
+            10,
+            "running wave 1",
+        );
+        // A release withdrawn mid-rollout: aborted, whatever the gates say.
+        check(Pause, ok(), true, 10, "aborted: release 2 was withdrawn");
+        // One class failing is enough, whatever the others do.
+        let mut two = ok();
+        two.insert("jetson-orin".into(), (stats(1000, 5, 30.0, Some((1000, 0.5))), healthy()));
+        check(Pause, two, false, 10, "paused: p95 latency ratio on jetson-orin");
+    }
+
+    #[test]
+    fn the_last_wave_finishes_and_final_states_stay() {
+        let r = rollout(OnFailure::Pause);
+        let obs = seen("x86-server", healthy(), healthy());
+        let last = State::Running { wave: 2, since: 0 };
+        assert_eq!(evaluate(&r, &last, &obs, false, 0).state, State::Done);
+        for s in [State::Done, State::Aborted { reason: "x".into() }, State::RolledBack { reason: "y".into() }] {
+            assert_eq!(evaluate(&r, &s, &obs, true, 99 * MIN).state, s);
+        }
+        let paused = State::Paused { wave: 1, reason: "p".into() };
+        assert_eq!(evaluate(&r, &paused, &obs, false, 99 * MIN).state, paused, "a pause holds until resumed");
+    }
+
+    #[test]
+    fn waves_are_stable_and_nested() {
+        let r = rollout(OnFailure::Pause);
+        let devices: Vec<DeviceId> = (0..10_000).map(|i| format!("dev-{i}").parse().expect("id")).collect();
+        let on_new = |s: &State| devices.iter().filter(|d| target(&r, s, d) == r.release).count();
+        let w0 = State::Running { wave: 0, since: 0 };
+        let w1 = State::Running { wave: 1, since: 0 };
+        let (n0, n1) = (on_new(&w0), on_new(&w1));
+        assert!((50..=150).contains(&n0), "1 % of 10,000: {n0}");
+        assert!((850..=1150).contains(&n1), "10 % of 10,000: {n1}");
+        // Every device of wave 0 is in wave 1 (a device never flips back and forth between waves).
+        assert!(devices.iter().all(|d| target(&r, &w0, d) == r.baseline || target(&r, &w1, d) == r.release));
+        assert_eq!(on_new(&State::Done), 10_000);
+        assert_eq!(on_new(&State::RolledBack { reason: String::new() }), 0);
+        // A paused rollout keeps the devices it already moved.
+        assert_eq!(on_new(&State::Paused { wave: 1, reason: String::new() }), n1);
+        // Another rollout picks other first devices; a device changing class keeps its place (only ids count).
+        let other = Rollout { id: "r2".into(), ..rollout(OnFailure::Pause) };
+        let first =
+            |r: &Rollout| devices.iter().filter(|d| target(r, &w0, d) == r.release).cloned().collect::<Vec<_>>();
+        assert_ne!(first(&r), first(&other));
+    }
+
+    #[test]
+    fn operators_pause_resume_abort_promote() {
+        let running = State::Running { wave: 1, since: 0 };
+        let paused = apply(&running, Action::Pause, 5).expect("pause");
+        assert_eq!(paused, State::Paused { wave: 1, reason: "paused by an operator".into() });
+        assert_eq!(apply(&paused, Action::Resume, 7).expect("resume"), State::Running { wave: 1, since: 7 });
+        assert_eq!(apply(&running, Action::Promote, 7).expect("promote"), State::Done);
+        assert!(matches!(apply(&paused, Action::Abort, 7).expect("abort"), State::Aborted { .. }));
+        assert!(apply(&State::Done, Action::Resume, 7).is_err());
+        assert!(apply(&running, Action::Resume, 7).is_err());
+    }
+}
