@@ -102,6 +102,11 @@ pub struct DeviceState {
     pub pending_events: Vec<DeviceEvent>,
     #[serde(default)]
     pub dropped_events: u64,
+    /// Per model, the release and variant whose install failed for a reason that trying again cannot fix (bad
+    /// bytes, golden vectors, load, health watch): not tried again while the desired state names it. Kept in
+    /// memory only, so a restart tries once more.
+    #[serde(skip)]
+    pub failed: BTreeMap<ModelName, (ReleaseVersion, VariantId)>,
 }
 
 pub const MAX_PENDING_EVENTS: usize = 1000;
@@ -178,7 +183,8 @@ pub enum Action {
     Install { model: ModelName, release: ReleaseVersion, variant: VariantId, slot: Slot },
 }
 
-/// Pure: per model of the verified desired state, keep or install (into the slot not committed).
+/// Pure: per model of the verified desired state, keep or install (into the slot not committed). A release that
+/// already failed for good on this device is kept out (see [`DeviceState::failed`]).
 pub fn plan(state: &DeviceState, desired: &VerifiedDesiredState) -> Vec<Action> {
     desired
         .state
@@ -187,6 +193,7 @@ pub fn plan(state: &DeviceState, desired: &VerifiedDesiredState) -> Vec<Action> 
         .zip(&desired.releases)
         .map(|(a, r)| match state.committed.get(&a.model) {
             Some(i) if i.release == r.manifest.version && i.variant == a.variant => Action::Keep,
+            _ if state.failed.get(&a.model) == Some(&(r.manifest.version, a.variant.clone())) => Action::Keep,
             current => Action::Install {
                 model: a.model.clone(),
                 release: r.manifest.version,
@@ -307,6 +314,11 @@ pub async fn enroll(
     Ok(())
 }
 
+/// A download whose bytes are not the signed ones (as opposed to one that could not finish).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotSigned(pub String);
+
 /// Downloads `r` from the server into its partial file, resuming with Range from what is there, and checks
 /// size and digest as it goes. Answers the path of the complete, verified file.
 pub async fn download(
@@ -351,7 +363,7 @@ pub async fn download(
             tracing::info!(blob = %r.sha256, have, of = r.size, "resuming a partial download");
         }
         while let Some(chunk) = resp.chunk().await? {
-            check.update(&chunk).map_err(|e| anyhow::anyhow!("blob {}: {e}", r.sha256))?;
+            check.update(&chunk).map_err(|e| NotSigned(format!("blob {}: {e}", r.sha256)))?;
             file.write_all(&chunk)?;
             if have == 0 {
                 file.sync_all()?;
@@ -365,7 +377,7 @@ pub async fn download(
         Err(e) => {
             // Wrong bytes are never resumed from: remove them, so the next try starts clean.
             let _ = std::fs::remove_file(&path);
-            Err(anyhow::anyhow!("blob {}: {e}", r.sha256))
+            Err(NotSigned(format!("blob {}: {e}", r.sha256)).into())
         }
     }
 }
@@ -616,6 +628,9 @@ impl Agent {
                 }
                 Err((kind, msg)) => {
                     tracing::warn!(%model, %version, error = %msg, "install failed; the previous release keeps serving");
+                    if kind != EventKind::DownloadFailed {
+                        state.failed.insert(model.clone(), (version, variant.clone()));
+                    }
                     events.push(event(kind, &model, version, &variant, msg.clone()));
                     state.last_error = Some(format!("{model} {version}: {msg}"));
                 }
@@ -699,7 +714,10 @@ impl Agent {
                         (w.zst, w.golden_file) = (Some(zst), Some(golden));
                         Outcome::Done
                     }
-                    Err(e) => failed(EventKind::VerificationFailed)(e),
+                    // Bytes that are not the signed ones are a verification failure; anything else (the network,
+                    // the server) may go away by itself and is tried again on the next pass.
+                    Err(e) if e.chain().any(|c| c.is::<NotSigned>()) => failed(EventKind::VerificationFailed)(e),
+                    Err(e) => failed(EventKind::DownloadFailed)(e),
                 }
             }
             Effect::Stage => {

@@ -333,16 +333,21 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
     assert!(state.committed.is_empty());
     assert!(state.last_error.as_deref().is_some_and(|m| m.contains("golden")), "{:?}", state.last_error);
     assert!(fake.events.lock().expect("lock").iter().any(|e| e["kind"] == "golden_failed" && e["release"] == 3));
+    // The same release in a newer document is not tried again: nothing is downloaded.
+    let before = fake.served_bytes.load(Ordering::Relaxed);
+    set(200, desired(4, Utc::now() + Duration::hours(1), &wrong, &key(20)));
+    agent.reconcile(&mut state, 0).await.expect("the document itself is fine");
+    assert_eq!(fake.served_bytes.load(Ordering::Relaxed), before, "a release that failed for good was fetched again");
 
     // A model that loads and then fails at run time: its golden run fails with ONNX Runtime's own reason.
-    let (fails, _) = release(&fake, 3, "models/magika/model-fails.onnx", "models/magika/model.onnx");
-    set(200, desired(4, Utc::now() + Duration::hours(1), &fails, &key(20)));
+    let (fails, _) = release(&fake, 7, "models/magika/model-fails.onnx", "models/magika/model.onnx");
+    set(200, desired(5, Utc::now() + Duration::hours(1), &fails, &key(20)));
     agent.reconcile(&mut state, 0).await.expect("the document itself is fine");
     assert_eq!(serving(&models), 1, "a model that fails at inference must never serve");
     assert!(state.last_error.as_deref().is_some_and(|m| m.contains("Reshape")), "{:?}", state.last_error);
 
     // The good release installs into slot a, serves, and is committed.
-    set(200, desired(5, Utc::now() + Duration::hours(1), &good, &key(20)));
+    set(200, desired(6, Utc::now() + Duration::hours(1), &good, &key(20)));
     agent.reconcile(&mut state, 0).await.expect("install");
     assert_eq!(serving(&models), 2);
     assert_eq!(state.committed.get(&"magika".parse().expect("m")).map(|i| i.release.get()), Some(2));
@@ -357,8 +362,8 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
         .collect();
     assert_eq!(kinds, ["download_started", "verified", "swapped", "committed", "installed"], "every step is reported");
     let saved = agent.layout.load_state().expect("state on disk");
-    assert_eq!(saved.last_seen.desired_sequence, Some(5));
-    // The same document again is a replay (the device remembers sequence 5).
+    assert_eq!(saved.last_seen.desired_sequence, Some(6));
+    // The same document again is a replay (the device remembers sequence 6).
     let e = agent.reconcile(&mut state, 0).await.expect_err("replay");
     assert!(format!("{e:#}").contains("freeze"), "{e:#}");
 
@@ -384,7 +389,7 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
     // The failing requests reach ONNX Runtime directly (past the v2 API's checks) with a shape it refuses.
     agent.bake = bake(5_000, 100.0);
     let (five, _) = release(&fake, 5, "models/magika/model-int8.onnx", "models/magika/model.onnx");
-    set(200, desired(6, Utc::now() + Duration::hours(1), &five, &key(20)));
+    set(200, desired(7, Utc::now() + Duration::hours(1), &five, &key(20)));
     let poison = tokio::spawn({
         let models = models.clone();
         async move {
