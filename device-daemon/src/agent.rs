@@ -481,6 +481,8 @@ struct Work<'a> {
     /// The closed gate of a drain, until the new release (or the old one again) is installed.
     drained: Option<Drained>,
     swapped_at: Option<tokio::time::Instant>,
+    /// The replaced release's health over its life, read before the new one loads (also when it is drained).
+    baseline: Option<Window>,
     /// The new release's health counters at the swap (the golden run's requests are not its health).
     health_at_swap: Window,
 }
@@ -675,6 +677,7 @@ impl Agent {
             before: None,
             drained: None,
             swapped_at: None,
+            baseline: None,
             health_at_swap: Window::default(),
         };
         loop {
@@ -738,6 +741,7 @@ impl Agent {
                 }
             }
             Effect::Load | Effect::DrainAndLoad => {
+                w.baseline = self.models.get(w.model.as_str()).map(|s| s.health.snapshot());
                 if matches!(effect, Effect::DrainAndLoad) {
                     w.drained = Some(self.models.drain(w.model).await);
                 } else {
@@ -790,7 +794,7 @@ impl Agent {
                 Outcome::Health {
                     elapsed: w.swapped_at.map_or(Duration::ZERO, |t| t.elapsed()),
                     new: new.health.snapshot().since(&w.health_at_swap),
-                    baseline: w.before.as_ref().map(|b| b.health.snapshot()),
+                    baseline: w.baseline.clone(),
                 }
             }
             Effect::RollBack => match (w.before.take(), w.previous) {
