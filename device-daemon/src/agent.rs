@@ -439,6 +439,8 @@ pub struct Agent {
     /// Bytes all loaded models may take together (see `Served::memory`); `None`: no budget.
     pub memory_budget: Option<u64>,
     pub pause: Option<PausePoint>,
+    /// How long past the long-poll a check-in may take before the server is treated as gone.
+    pub checkin_slack: Duration,
 }
 
 fn event(
@@ -582,7 +584,7 @@ impl Agent {
             req = req.header("if-none-match", etag);
         }
         // A server that holds the check-in past the long-poll it was asked for is treated as gone.
-        let resp = req.timeout(Duration::from_secs(wait + 30)).send().await.context("check-in")?;
+        let resp = req.timeout(Duration::from_secs(wait) + self.checkin_slack).send().await.context("check-in")?;
         let interval = resp
             .headers()
             .get(edgefleet_protocol::api::CHECKIN_INTERVAL_HEADER)

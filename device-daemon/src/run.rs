@@ -193,6 +193,7 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         },
         memory_budget: args.memory_budget_mb.map(|mb| mb << 20),
         pause: args.pause_at,
+        checkin_slack: Duration::from_secs(30),
     };
     let mut state = layout.load_state()?;
     for problem in agent.restore(&state).await {

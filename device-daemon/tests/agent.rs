@@ -34,11 +34,16 @@ struct Fake {
     blobs: Mutex<HashMap<String, Vec<u8>>>,
     served_bytes: AtomicU64,
     events: Mutex<Vec<serde_json::Value>>,
+    /// When set, check-ins are accepted and never answered.
+    hang: std::sync::atomic::AtomicBool,
     /// When set, the events endpoint answers 503 and keeps nothing.
     refuse_events: std::sync::atomic::AtomicBool,
 }
 
 async fn checkin(State(f): State<Arc<Fake>>) -> impl IntoResponse {
+    if f.hang.load(Ordering::Relaxed) {
+        std::future::pending::<()>().await;
+    }
     let (status, body) = f.checkin.lock().expect("lock").clone();
     (StatusCode::from_u16(status).expect("status"), [("etag", "\"1\"")], body)
 }
@@ -190,6 +195,7 @@ impl Rig {
             bake: bake(300, 100.0),
             memory_budget: None,
             pause: None,
+            checkin_slack: std::time::Duration::from_secs(1),
         };
         Rig { fake, server, agent, models, state: DeviceState::default(), sequence: 0, _dir: dir }
     }
@@ -322,6 +328,11 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
     assert!(agent.reconcile(&mut state, 0).await.is_err());
     set(502, b"bad gateway".to_vec());
     assert!(agent.reconcile(&mut state, 0).await.is_err());
+    // A server that takes the check-in and never answers: given up after the slack, the model still serves.
+    fake.hang.store(true, Ordering::Relaxed);
+    let e = agent.reconcile(&mut state, 0).await.expect_err("a hung server");
+    assert!(format!("{e:#}").contains("check-in"), "{e:#}");
+    fake.hang.store(false, Ordering::Relaxed);
     assert_eq!(serving(&models), 1);
     assert!(state.committed.is_empty());
 
