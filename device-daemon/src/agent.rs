@@ -451,6 +451,8 @@ fn event(
     detail: String,
 ) -> DeviceEvent {
     let at = chrono_now();
+    let name = serde_json::to_value(kind).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+    crate::telemetry::install_event(&name, model.as_str(), release.get(), variant.as_str());
     DeviceEvent {
         id: format!("{}-{}-{}-{:?}-{}", model, release, variant, kind, at),
         kind,

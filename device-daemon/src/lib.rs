@@ -11,4 +11,5 @@ pub mod machine;
 pub mod power;
 pub mod run;
 pub mod serving;
+pub mod telemetry;
 pub mod v2;

@@ -68,6 +68,14 @@ pub struct RunArgs {
     /// release being replaced and the new one do not both fit, the swap drains: requests wait, none fail.
     #[arg(long, env = "EDGEFLEET_MEMORY_BUDGET_MB")]
     pub memory_budget_mb: Option<u64>,
+    /// Export OpenTelemetry metrics (OTLP/HTTP protobuf, cumulative) to this endpoint, e.g.
+    /// `https://cp:8443/v1/metrics` (the daemon's client certificate is presented) or a collector's. Off when
+    /// not given.
+    #[arg(long, env = "EDGEFLEET_METRICS_ENDPOINT")]
+    pub metrics_endpoint: Option<String>,
+    /// Seconds between metric exports.
+    #[arg(long, env = "EDGEFLEET_METRICS_INTERVAL_SECS", default_value_t = 60)]
+    pub metrics_interval_secs: u64,
     /// Test hook for crash tests: stop at this point of an install and wait to be killed.
     #[arg(long, env = "EDGEFLEET_PAUSE_AT", value_enum, hide = true)]
     pub pause_at: Option<crate::agent::PausePoint>,
@@ -169,6 +177,21 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         tracing::info!(device = %args.device_id, "enrolled");
     }
     let client = http_client(&args.server_ca, Some((&layout.cert(), &layout.key())))?;
+    // Before any model loads, so every release's instruments report to it.
+    let _telemetry = match &args.metrics_endpoint {
+        Some(endpoint) => Some(crate::telemetry::start(
+            &crate::telemetry::Config {
+                endpoint: endpoint.clone(),
+                interval: Duration::from_secs(args.metrics_interval_secs.max(1)),
+                device_id: args.device_id.to_string(),
+                device_class: detection.profile.device_class.clone(),
+                arch: detection.profile.arch.clone(),
+            },
+            client.clone(),
+            crate::power::discover(&hardware_root),
+        )?),
+        None => None,
+    };
     let models = Arc::new(ModelTable::default());
     let agent = Agent {
         device: args.device_id.clone(),

@@ -37,6 +37,8 @@ pub struct Served {
     pool: SessionPool,
     /// Requests answered and failed by this release and their latency, for the health watch.
     pub health: Health,
+    /// The same, as OpenTelemetry metrics (no-ops unless telemetry was started).
+    instruments: crate::telemetry::InferenceInstruments,
     /// What the memory budget counts for this release: model file bytes × sessions (ONNX Runtime keeps the
     /// weights once per session).
     pub memory: u64,
@@ -89,7 +91,14 @@ impl Served {
             (0..sessions.max(1)).map(|_| runtime.open_with(path, options)).collect::<Result<Vec<_>, _>>()
         })?;
         let first = &pool[0];
+        let instruments = crate::telemetry::InferenceInstruments::new(
+            model.as_str(),
+            release.get(),
+            variant.as_str(),
+            &first.provider,
+        );
         Ok(Self {
+            instruments,
             model,
             release,
             variant,
@@ -145,7 +154,9 @@ impl Served {
         };
         this.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(session);
         drop(permit);
-        self.health.record(result.is_ok(), started.elapsed());
+        let took = started.elapsed();
+        self.health.record(result.is_ok(), took);
+        self.instruments.record(result.is_ok(), took);
         Ok(result?)
     }
 }

@@ -1,0 +1,226 @@
+//! Telemetry: OpenTelemetry metrics, cumulative temporality, exported over OTLP/HTTP protobuf to the control
+//! plane's `/v1/metrics` (or any collector) through the daemon's own mutual-TLS HTTP client. Cumulative sums
+//! and histograms make a lost export harmless: the next one carries the totals.
+//!
+//! Instruments (attributes `model`, `release`, `variant`, `provider` where they apply):
+//! - `edgefleet.inference.duration` (histogram, s, buckets from 100 µs) and `edgefleet.inference.count`
+//!   (counter, by `outcome` = ok | error), recorded on the request path by `Served`;
+//! - `edgefleet.install.events` (counter, by `kind`: installed, verification_failed, rolled_back, …);
+//! - `process.memory.usage` (gauge, By, the daemon's resident set);
+//! - `hw.power` (gauge, W) and `hw.energy` (counter, J) following OpenTelemetry's hardware conventions, only
+//!   where a sensor exists (`power::discover`); no sensor, no instrument.
+//!
+//! Resource: `device.id`, `edgefleet.device.class`, `host.arch`, `service.name` = edgefleet-daemon.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter};
+use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+
+use crate::power;
+
+/// Histogram bucket bounds, seconds: fine enough for sub-millisecond models, up to 10 s.
+pub const DURATION_BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The meter every daemon instrument comes from (a no-op until [`start`] installs a provider).
+pub fn meter() -> Meter {
+    opentelemetry::global::meter("edgefleet-daemon")
+}
+
+/// A release's request-path instruments, with its attributes built once.
+#[derive(Debug, Clone)]
+pub struct InferenceInstruments {
+    duration: Histogram<f64>,
+    count: Counter<u64>,
+    ok: Arc<[KeyValue]>,
+    error: Arc<[KeyValue]>,
+}
+
+impl InferenceInstruments {
+    pub fn new(model: &str, release: u64, variant: &str, provider: &str) -> Self {
+        let m = meter();
+        let base = vec![
+            KeyValue::new("model", model.to_owned()),
+            KeyValue::new("release", release as i64),
+            KeyValue::new("variant", variant.to_owned()),
+            KeyValue::new("provider", provider.to_owned()),
+        ];
+        let with = |outcome: &'static str| {
+            let mut v = base.clone();
+            v.push(KeyValue::new("outcome", outcome));
+            Arc::from(v)
+        };
+        Self {
+            duration: m
+                .f64_histogram("edgefleet.inference.duration")
+                .with_unit("s")
+                .with_description("Time to answer one inference request, queueing for a session included")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            count: m.u64_counter("edgefleet.inference.count").with_description("Inference requests by outcome").build(),
+            ok: with("ok"),
+            error: with("error"),
+        }
+    }
+
+    pub fn record(&self, ok: bool, took: Duration) {
+        let attrs = if ok { &self.ok } else { &self.error };
+        self.count.add(1, attrs);
+        if ok {
+            self.duration.record(took.as_secs_f64(), &self.ok[..4]);
+        }
+    }
+}
+
+/// Counts an install step's event (installed, verification_failed, rolled_back, …).
+pub fn install_event(kind: &str, model: &str, release: u64, variant: &str) {
+    meter()
+        .u64_counter("edgefleet.install.events")
+        .with_description("Install steps and their failures, by kind")
+        .build()
+        .add(
+            1,
+            &[
+                KeyValue::new("kind", kind.to_owned()),
+                KeyValue::new("model", model.to_owned()),
+                KeyValue::new("release", release as i64),
+                KeyValue::new("variant", variant.to_owned()),
+            ],
+        );
+}
+
+/// The OTLP exporter's HTTP client: the daemon's reqwest client (mutual TLS to the control plane), run on the
+/// daemon's tokio runtime (the SDK's periodic reader exports from a thread of its own).
+#[derive(Debug, Clone)]
+struct DaemonHttp {
+    client: reqwest::Client,
+    runtime: tokio::runtime::Handle,
+}
+
+#[async_trait::async_trait]
+impl HttpClient for DaemonHttp {
+    async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
+        let client = self.client.clone();
+        let (parts, body) = request.into_parts();
+        let mut req = client.request(parts.method, parts.uri.to_string()).body(body).timeout(Duration::from_secs(30));
+        for (name, value) in &parts.headers {
+            req = req.header(name, value);
+        }
+        let resp = self
+            .runtime
+            .spawn(async move {
+                let r = req.send().await?;
+                let status = r.status();
+                let body = r.bytes().await?;
+                Ok::<_, reqwest::Error>((status, body))
+            })
+            .await??;
+        Ok(Response::builder().status(resp.0).body(resp.1)?)
+    }
+}
+
+/// Where and how to export.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The OTLP/HTTP metrics endpoint, e.g. `https://cp:8443/v1/metrics`.
+    pub endpoint: String,
+    pub interval: Duration,
+    pub device_id: String,
+    pub device_class: String,
+    pub arch: String,
+}
+
+/// The running telemetry: shut it down to send a last export.
+#[derive(Debug)]
+pub struct Telemetry {
+    provider: SdkMeterProvider,
+}
+
+impl Telemetry {
+    pub fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            tracing::warn!(error = %e, "telemetry shutdown");
+        }
+    }
+}
+
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// Installs the meter provider (global) and its periodic OTLP export; registers the process-memory gauge and,
+/// where `power` is a sensor, `hw.power` and `hw.energy`. Call from within the tokio runtime.
+pub fn start(config: &Config, client: reqwest::Client, power: Option<power::Source>) -> anyhow::Result<Telemetry> {
+    let http = DaemonHttp { client, runtime: tokio::runtime::Handle::current() };
+    let exporter = opentelemetry_otlp::MetricExporter::builder()
+        .with_http()
+        .with_http_client(http)
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(config.endpoint.clone())
+        .with_temporality(Temporality::Cumulative)
+        .build()?;
+    let reader = PeriodicReader::builder(exporter).with_interval(config.interval).build();
+    let resource = Resource::builder()
+        .with_service_name("edgefleet-daemon")
+        .with_attributes([
+            KeyValue::new("device.id", config.device_id.clone()),
+            KeyValue::new("edgefleet.device.class", config.device_class.clone()),
+            KeyValue::new("host.arch", config.arch.clone()),
+        ])
+        .build();
+    let provider = SdkMeterProvider::builder().with_reader(reader).with_resource(resource).build();
+    opentelemetry::global::set_meter_provider(provider.clone());
+    let m = meter();
+    let _memory = m
+        .u64_observable_gauge("process.memory.usage")
+        .with_unit("By")
+        .with_callback(|g| {
+            if let Some(b) = resident_bytes() {
+                g.observe(b, &[]);
+            }
+        })
+        .build();
+    if let Some(source) = power {
+        let attrs = [KeyValue::new("hw.id", source.kind()), KeyValue::new("hw.type", "power_supply")];
+        let started = Instant::now();
+        let meter_state = Arc::new(Mutex::new(power::Meter::default()));
+        let read = {
+            let (source, meter_state) = (source.clone(), meter_state.clone());
+            move || {
+                let mut m = meter_state.lock().unwrap_or_else(|p| p.into_inner());
+                match source.read() {
+                    Ok(r) => m.update(r, started.elapsed()),
+                    Err(e) => tracing::debug!(error = %e, "power sensor unreadable"),
+                }
+                (m.joules, m.watts)
+            }
+        };
+        let (a2, last) = (attrs.clone(), meter_state.clone());
+        let _energy = m
+            .f64_observable_counter("hw.energy")
+            .with_unit("J")
+            .with_description("Energy used by the device since the daemon started, from its sensor")
+            .with_callback(move |c| c.observe(read().0, &attrs))
+            .build();
+        let _power = m
+            .f64_observable_gauge("hw.power")
+            .with_unit("W")
+            .with_description("Power drawn by the device, from its sensor")
+            .with_callback(move |g| {
+                // The energy callback takes the readings; this one reports the latest power figure.
+                if let Some(w) = last.lock().unwrap_or_else(|p| p.into_inner()).watts {
+                    g.observe(w, &a2);
+                }
+            })
+            .build();
+    }
+    Ok(Telemetry { provider })
+}
