@@ -117,6 +117,35 @@ impl Workdir {
         self.edgefleet(&["trust", "sign", "root.json", "--key", "root.key"]).ok();
     }
 
+    /// Packs magika release `version` into `magika-<version>/` with one variant (`id=…,file=…,precision=…`, the
+    /// file relative to the cache's `models/magika/`), golden vectors from the cached samples (outputs of
+    /// `reference` under the same folder, if given), and signs it with `alice.key`.
+    pub fn pack_magika(&self, version: &str, id: &str, file: &str, precision: &str, reference: Option<&str>) {
+        let variant =
+            format!("id={id},file={},precision={precision}", cache(&format!("models/magika/{file}")).display());
+        let samples = cache("samples/magika.safetensors").display().to_string();
+        let out = format!("magika-{version}");
+        let reference = reference.map(|r| cache(&format!("models/magika/{r}")).display().to_string());
+        let mut args = vec![
+            "release",
+            "pack",
+            "--model",
+            "magika",
+            "--version",
+            version,
+            "--variant",
+            &variant,
+            "--samples",
+            &samples,
+        ];
+        if let Some(r) = &reference {
+            args.extend(["--reference", r.as_str()]);
+        }
+        args.extend(["-o", out.as_str()]);
+        self.edgefleet(&args).ok();
+        self.edgefleet(&["release", "sign", &out, "--key", "alice.key"]).ok();
+    }
+
     pub fn edgefleet(&self, args: &[&str]) -> Ran {
         let out = Command::new(bin("edgefleet"))
             .args(args)

@@ -156,35 +156,9 @@ fn server_and_token(w: &Workdir) -> (ServerProcess, String) {
 fn a_daemon_installs_serves_swaps_refuses_and_survives_kill_9() {
     let w = Workdir::new();
     w.trust(&["alice"], 1);
-    let samples = cache("samples/magika.safetensors");
-    let samples = samples.to_str().expect("utf-8");
-    let fp32 = format!("id=cpu-fp32,file={},precision=fp32", cache("models/magika/model.onnx").display());
-    let int8 = format!("id=cpu-int8,file={},precision=int8", cache("models/magika/model-int8.onnx").display());
-    for (version, variant, reference) in
-        [("1", &fp32, None), ("2", &int8, Some("model.onnx")), ("3", &int8, Some("model.onnx"))]
-    {
-        let mut args = vec![
-            "release",
-            "pack",
-            "--model",
-            "magika",
-            "--version",
-            version,
-            "--variant",
-            variant,
-            "--samples",
-            samples,
-        ];
-        let r;
-        if reference.is_some() {
-            r = cache("models/magika/model.onnx").display().to_string();
-            args.extend(["--reference", r.as_str()]);
-        }
-        let out = format!("magika-{version}");
-        args.extend(["-o", out.as_str()]);
-        w.edgefleet(&args).ok();
-        w.edgefleet(&["release", "sign", &out, "--key", "alice.key"]).ok();
-    }
+    w.pack_magika("1", "cpu-fp32", "model.onnx", "fp32", None);
+    w.pack_magika("2", "cpu-int8", "model-int8.onnx", "int8", Some("model.onnx"));
+    w.pack_magika("3", "cpu-int8", "model-int8.onnx", "int8", Some("model.onnx"));
     x86_server(&w);
     let data = w.path("server-data");
     let (server, token) = server_and_token(&w);
@@ -271,27 +245,8 @@ fn temporary_files(dir: &std::path::Path) -> Vec<String> {
 fn kill_9_mid_download_mid_decompression_and_after_the_rename() {
     let w = Workdir::new();
     w.trust(&["alice"], 1);
-    let samples = cache("samples/magika.safetensors");
-    for (version, file) in [("1", "model-int8.onnx"), ("2", "model.onnx")] {
-        let variant = format!("id=cpu,file={},precision=fp32", cache(&format!("models/magika/{file}")).display());
-        let out = format!("magika-{version}");
-        w.edgefleet(&[
-            "release",
-            "pack",
-            "--model",
-            "magika",
-            "--version",
-            version,
-            "--variant",
-            &variant,
-            "--samples",
-            samples.to_str().expect("utf-8"),
-            "-o",
-            &out,
-        ])
-        .ok();
-        w.edgefleet(&["release", "sign", &out, "--key", "alice.key"]).ok();
-    }
+    w.pack_magika("1", "cpu", "model-int8.onnx", "fp32", None);
+    w.pack_magika("2", "cpu", "model.onnx", "fp32", None);
     x86_server(&w);
     let (server, token) = server_and_token(&w);
     w.edgefleet(&["release", "push", "magika-1"]).ok();
