@@ -13,12 +13,14 @@ fn main() -> anyhow::Result<()> {
     let n: usize = std::env::args().nth(1).map(|s| s.parse()).transpose()?.unwrap_or(1_000_000);
     let r = Rollout {
         id: "bench".into(),
+        model: "magika".parse()?,
+        selector: Default::default(),
         baseline: ReleaseVersion::new(1)?,
         release: ReleaseVersion::new(2)?,
         waves: vec![
-            Wave { percent: 1.0, bake_ms: 0 },
-            Wave { percent: 10.0, bake_ms: 0 },
-            Wave { percent: 100.0, bake_ms: 0 },
+            Wave { percent: 1.0, bake_secs: 0 },
+            Wave { percent: 10.0, bake_secs: 0 },
+            Wave { percent: 100.0, bake_secs: 0 },
         ],
         gates: vec![
             Gate::ErrorRate { max_increase: 0.01 },

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::state::{AppState, Inner, Trust, flush_last_seen, now_ms};
 use crate::store::Store;
+use crate::telemetry::{Ingest, Settings};
 use crate::tls::{DeviceCa, ServerIdentity, server_config};
 
 /// A built server, ready to [`crate::server::serve`].
@@ -23,6 +24,8 @@ pub struct Built {
     pub fingerprint: String,
     pub cert_path: std::path::PathBuf,
     pub flusher: tokio::task::JoinHandle<()>,
+    /// Telemetry flushing and retention, rollout evaluation: stopped (aborted) when the server stops.
+    pub background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Loads the stored root chain (importing `config.trust_root` into an empty database) and verifies it from the
@@ -83,6 +86,8 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
     let (seen, seen_rx) = mpsc::unbounded_channel();
     let flusher = tokio::spawn(flush_last_seen(store.clone(), seen_rx, config.flush_interval_ms));
     let (generation, _) = watch::channel(0);
+    let (cfg_window_secs, cfg_rate, cfg_burst) =
+        (config.telemetry_window_secs, config.telemetry_exports_per_sec.max(0.001), config.telemetry_burst.max(1.0));
     let state = AppState(Arc::new(Inner {
         config,
         store,
@@ -98,6 +103,23 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
         revoked: RwLock::new(revoked),
         reports: Mutex::new(HashMap::new()),
         seen,
+        running: Mutex::new(HashMap::new()),
+        ingest: Ingest::new(Settings {
+            window_ms: (cfg_window_secs.max(1) as i64) * 1000,
+            exports_per_sec: cfg_rate,
+            burst: cfg_burst,
+            recent_ms: 300_000,
+        }),
+        checkins: Default::default(),
     }));
-    Ok(Built { state, tls, fingerprint: identity.fingerprint, cert_path: identity.cert_path, flusher })
+    let telemetry = tokio::spawn(crate::telemetry::background(state.clone()));
+    let rollouts = tokio::spawn(crate::rollout::engine::run(state.clone()));
+    Ok(Built {
+        state,
+        tls,
+        fingerprint: identity.fingerprint,
+        cert_path: identity.cert_path,
+        flusher,
+        background: vec![telemetry, rollouts],
+    })
 }

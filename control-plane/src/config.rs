@@ -36,6 +36,24 @@ pub struct Config {
     pub flush_interval_ms: u64,
     /// Lifetime of device client certificates, in days (default 365).
     pub device_cert_days: i64,
+    /// Telemetry rollup window, in seconds (default 60).
+    pub telemetry_window_secs: u64,
+    /// How often telemetry rollups are written, in milliseconds (default 1000).
+    pub telemetry_flush_ms: u64,
+    /// How long rollups are kept, in hours (default 720, 30 days).
+    pub telemetry_retention_hours: u64,
+    /// Largest OTLP export accepted, in bytes (default 4 MiB).
+    pub telemetry_max_export_bytes: usize,
+    /// OTLP exports per second one device may send (default 1), and the burst it may save up (default 20).
+    pub telemetry_exports_per_sec: f64,
+    pub telemetry_burst: f64,
+    /// Seconds between rollout evaluations (default 10).
+    pub rollout_eval_secs: f64,
+    /// How far before a rollout started the baseline's numbers are taken from, in seconds (default 3600).
+    pub rollout_baseline_lookback_secs: u64,
+    /// Serve `/metrics` without a token (default false: a viewer token is needed, as Prometheus'
+    /// `authorization` scrape setting sends).
+    pub metrics_public: bool,
 }
 
 impl Default for Config {
@@ -55,6 +73,15 @@ impl Default for Config {
             max_wait_secs: 60,
             flush_interval_ms: 1000,
             device_cert_days: 365,
+            telemetry_window_secs: 60,
+            telemetry_flush_ms: 1000,
+            telemetry_retention_hours: 720,
+            telemetry_max_export_bytes: 4 << 20,
+            telemetry_exports_per_sec: 1.0,
+            telemetry_burst: 20.0,
+            rollout_eval_secs: 10.0,
+            rollout_baseline_lookback_secs: 3600,
+            metrics_public: false,
         }
     }
 }

@@ -1,6 +1,10 @@
 //! Desired state: which release and variant of each model a device should run, and the signed document that
-//! says so. Planning is a pure function of the assignments, the device's labels and its hardware profile; the
-//! check-in handler caches its result per device until something it depends on changes.
+//! says so. Planning is a pure function of the assignments and rollouts, the device's id, labels and hardware
+//! profile; the check-in handler caches its result per device until something it depends on changes.
+//!
+//! Assignments and rollouts are one ordered list: for each model the newest entry whose selector matches the
+//! device wins. A rollout names the baseline or the new release per device, by its state and the device's
+//! stable place in the rollout (`rollout::target`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,16 +16,37 @@ use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, VariantId};
 use model_registry::root::DocType;
 use model_registry::{DesiredState, Envelope, KeyPair, ModelAssignment, ReleaseManifest, Requirements, Sha256Digest};
 
-/// One assignment with its release, parsed once per generation.
+use crate::rollout::{Rollout, State};
+
+/// A release, parsed once per generation.
 #[derive(Debug, Clone)]
-pub struct Entry {
-    pub id: i64,
-    pub selector: Selector,
+pub struct Release {
     pub manifest: Arc<ReleaseManifest>,
     pub envelope: Arc<Envelope>,
 }
 
-/// Every assignment, oldest first, as of one generation.
+/// One assignment (or rollout) with its release, parsed once per generation.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub created_at: i64,
+    pub selector: Selector,
+    /// The assigned release; for a rollout, the new one.
+    pub release: Release,
+    /// For a rollout: the rollout, its state and its baseline release.
+    pub rollout: Option<(Arc<Rollout>, State, Release)>,
+}
+
+impl Entry {
+    /// The release this entry names for `device`.
+    fn release_for(&self, device: &DeviceId) -> &Release {
+        match &self.rollout {
+            Some((r, state, baseline)) if crate::rollout::target(r, state, device) != r.release => baseline,
+            _ => &self.release,
+        }
+    }
+}
+
+/// Every assignment and rollout, oldest first, as of one generation.
 #[derive(Debug, Clone)]
 pub struct AssignmentSnapshot {
     pub generation: u64,
@@ -36,6 +61,8 @@ pub struct CachedDesired {
     pub body: Bytes,
     /// When to issue a fresh document (half its lifetime), in ms.
     pub refresh_at: i64,
+    /// The models the plan names (fitting a variant or not).
+    pub models: Arc<[ModelName]>,
 }
 
 impl CachedDesired {
@@ -68,28 +95,35 @@ pub fn fits(req: &Requirements, hw: &HardwareProfile) -> bool {
         && req.min_memory_bytes.is_none_or(|m| hw.memory_bytes >= m)
 }
 
-/// For each model, the newest assignment whose selector matches `labels`; within its release, the first
-/// variant (manifests list variants best first) that fits `hw`.
-pub fn plan(snapshot: &AssignmentSnapshot, labels: &Labels, hw: &HardwareProfile) -> Plan {
+/// For each model, the newest assignment or rollout whose selector matches `labels`, the release it names for
+/// `device`, and within that release the first variant (manifests list variants best first) that fits `hw`.
+pub fn plan(snapshot: &AssignmentSnapshot, device: &DeviceId, labels: &Labels, hw: &HardwareProfile) -> Plan {
     let mut newest: BTreeMap<&ModelName, &Entry> = BTreeMap::new();
     for e in &snapshot.entries {
         if e.selector.matches(labels) {
-            newest.insert(&e.manifest.model, e);
+            newest.insert(&e.release.manifest.model, e);
         }
     }
     let mut out = Plan::default();
     for (model, e) in newest {
-        match e.manifest.variants.iter().find(|v| fits(&v.requirements, hw)) {
+        let Release { manifest, envelope } = e.release_for(device);
+        match manifest.variants.iter().find(|v| fits(&v.requirements, hw)) {
             Some(v) => out.models.push(Chosen {
                 model: model.clone(),
-                version: e.manifest.version,
+                version: manifest.version,
                 variant: v.id.clone(),
-                envelope: e.envelope.clone(),
+                envelope: envelope.clone(),
             }),
-            None => out.unfit.push((model.clone(), e.manifest.version)),
+            None => out.unfit.push((model.clone(), manifest.version)),
         }
     }
     out
+}
+
+impl Plan {
+    pub fn model_names(&self) -> Arc<[ModelName]> {
+        self.models.iter().map(|c| c.model.clone()).chain(self.unfit.iter().map(|u| u.0.clone())).collect()
+    }
 }
 
 /// A digest of what the plan says, independent of when it is signed: equal digests need no new document.

@@ -4,13 +4,17 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
-use edgefleet_protocol::DeviceId;
+use std::sync::atomic::AtomicU64;
+
+use edgefleet_protocol::api::DeviceReport;
+use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
 use model_registry::{BlobStore, KeyPair, Limits, Root};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::desired::{AssignmentSnapshot, CachedDesired};
 use crate::store::Store;
+use crate::telemetry::Ingest;
 use crate::tls::DeviceCa;
 
 /// The trust root the server verifies releases against, and the chain it serves to devices.
@@ -41,6 +45,32 @@ pub struct Inner {
     /// Digest of the last stored report per device, so an unchanged report costs no write.
     pub reports: Mutex<HashMap<DeviceId, String>>,
     pub seen: mpsc::UnboundedSender<(DeviceId, i64)>,
+    /// What each device said it runs at its last check-in since this server started: the models the OTLP
+    /// receiver accepts points about, and the fleet's release distribution in `/metrics`.
+    pub running: Mutex<HashMap<DeviceId, Running>>,
+    /// The OTLP receiver's series, pending rollups and fleet totals.
+    pub ingest: Ingest,
+    /// Check-ins answered with a new document, and with 304.
+    pub checkins: [AtomicU64; 2],
+}
+
+/// What a device reported: the releases in its active slots, every model it mentions (active, staged or
+/// failing), and whether it reported an error.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Running {
+    pub active: Vec<(ModelName, ReleaseVersion)>,
+    pub models: Vec<ModelName>,
+    pub healthy: bool,
+}
+
+impl Running {
+    pub fn from_report(r: &DeviceReport) -> Self {
+        Self {
+            active: r.models.iter().filter_map(|m| m.active.as_ref().map(|a| (m.model.clone(), a.release))).collect(),
+            models: r.models.iter().map(|m| m.model.clone()).collect(),
+            healthy: r.last_error.is_none(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +103,14 @@ impl Inner {
     pub fn invalidate(&self) {
         *self.assignments.write().unwrap_or_else(|p| p.into_inner()) = None;
         self.generation.send_modify(|g| *g += 1);
+    }
+
+    /// Whether a device runs, holds or was told to run a model: what it may send telemetry about.
+    pub fn device_knows(&self, id: &DeviceId, model: &ModelName) -> bool {
+        let reported =
+            self.running.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|r| r.models.contains(model));
+        reported
+            || self.desired.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|c| c.models.contains(model))
     }
 
     pub fn is_revoked(&self, id: &DeviceId) -> bool {

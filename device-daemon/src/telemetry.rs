@@ -24,9 +24,8 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
 
 use crate::power;
 
-/// Histogram bucket bounds, seconds: fine enough for sub-millisecond models, up to 10 s.
-pub const DURATION_BUCKETS: [f64; 16] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+use edgefleet_protocol::telemetry as names;
+pub use edgefleet_protocol::telemetry::DURATION_BUCKETS;
 
 /// The meter every daemon instrument comes from (a no-op until [`start`] installs a provider).
 pub fn meter() -> Meter {
@@ -46,24 +45,24 @@ impl InferenceInstruments {
     pub fn new(model: &str, release: u64, variant: &str, provider: &str) -> Self {
         let m = meter();
         let base = vec![
-            KeyValue::new("model", model.to_owned()),
-            KeyValue::new("release", release as i64),
-            KeyValue::new("variant", variant.to_owned()),
-            KeyValue::new("provider", provider.to_owned()),
+            KeyValue::new(names::ATTR_MODEL, model.to_owned()),
+            KeyValue::new(names::ATTR_RELEASE, release as i64),
+            KeyValue::new(names::ATTR_VARIANT, variant.to_owned()),
+            KeyValue::new(names::ATTR_PROVIDER, provider.to_owned()),
         ];
         let with = |outcome: &'static str| {
             let mut v = base.clone();
-            v.push(KeyValue::new("outcome", outcome));
+            v.push(KeyValue::new(names::ATTR_OUTCOME, outcome));
             Arc::from(v)
         };
         Self {
             duration: m
-                .f64_histogram("edgefleet.inference.duration")
+                .f64_histogram(names::INFERENCE_DURATION)
                 .with_unit("s")
                 .with_description("Time to answer one inference request, queueing for a session included")
                 .with_boundaries(DURATION_BUCKETS.to_vec())
                 .build(),
-            count: m.u64_counter("edgefleet.inference.count").with_description("Inference requests by outcome").build(),
+            count: m.u64_counter(names::INFERENCE_COUNT).with_description("Inference requests by outcome").build(),
             ok: with("ok"),
             error: with("error"),
         }
@@ -81,16 +80,16 @@ impl InferenceInstruments {
 /// Counts an install step's event (installed, verification_failed, rolled_back, …).
 pub fn install_event(kind: &str, model: &str, release: u64, variant: &str) {
     meter()
-        .u64_counter("edgefleet.install.events")
+        .u64_counter(names::INSTALL_EVENTS)
         .with_description("Install steps and their failures, by kind")
         .build()
         .add(
             1,
             &[
-                KeyValue::new("kind", kind.to_owned()),
-                KeyValue::new("model", model.to_owned()),
-                KeyValue::new("release", release as i64),
-                KeyValue::new("variant", variant.to_owned()),
+                KeyValue::new(names::ATTR_KIND, kind.to_owned()),
+                KeyValue::new(names::ATTR_MODEL, model.to_owned()),
+                KeyValue::new(names::ATTR_RELEASE, release as i64),
+                KeyValue::new(names::ATTR_VARIANT, variant.to_owned()),
             ],
         );
 }
@@ -171,16 +170,16 @@ pub fn start(config: &Config, client: reqwest::Client, power: Option<power::Sour
     let resource = Resource::builder()
         .with_service_name("edgefleet-daemon")
         .with_attributes([
-            KeyValue::new("device.id", config.device_id.clone()),
-            KeyValue::new("edgefleet.device.class", config.device_class.clone()),
-            KeyValue::new("host.arch", config.arch.clone()),
+            KeyValue::new(names::RES_DEVICE_ID, config.device_id.clone()),
+            KeyValue::new(names::RES_DEVICE_CLASS, config.device_class.clone()),
+            KeyValue::new(names::RES_ARCH, config.arch.clone()),
         ])
         .build();
     let provider = SdkMeterProvider::builder().with_reader(reader).with_resource(resource).build();
     opentelemetry::global::set_meter_provider(provider.clone());
     let m = meter();
     let _memory = m
-        .u64_observable_gauge("process.memory.usage")
+        .u64_observable_gauge(names::PROCESS_MEMORY)
         .with_unit("By")
         .with_callback(|g| {
             if let Some(b) = resident_bytes() {
@@ -205,13 +204,13 @@ pub fn start(config: &Config, client: reqwest::Client, power: Option<power::Sour
         };
         let (a2, last) = (attrs.clone(), meter_state.clone());
         let _energy = m
-            .f64_observable_counter("hw.energy")
+            .f64_observable_counter(names::HW_ENERGY)
             .with_unit("J")
             .with_description("Energy used by the device since the daemon started, from its sensor")
             .with_callback(move |c| c.observe(read().0, &attrs))
             .build();
         let _power = m
-            .f64_observable_gauge("hw.power")
+            .f64_observable_gauge(names::HW_POWER)
             .with_unit("W")
             .with_description("Power drawn by the device, from its sensor")
             .with_callback(move |g| {

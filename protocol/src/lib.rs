@@ -5,6 +5,8 @@
 
 pub mod api;
 pub mod ids;
+pub mod rollout;
+pub mod telemetry;
 
 pub use ids::{DeviceId, IdError, KeyId, ModelName, ReleaseVersion, Sha256Digest, VariantId};
 

@@ -1,6 +1,7 @@
 //! Devices: enrollment with one-time tokens and the built-in CA, check-in (mutual TLS) answering signed
 //! desired-state documents or 304, events, certificate renewal, and the inventory operators see.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +21,8 @@ use serde::Deserialize;
 use super::{
     ApiError, ApiJson, ApiResult, Authorized, DeviceCaller, Operator, Principal, Source, Viewer, new_token, token_hash,
 };
-use crate::desired::{self, AssignmentSnapshot, CachedDesired, Entry};
-use crate::state::{AppState, now_ms, rfc3339};
+use crate::desired::{self, AssignmentSnapshot, CachedDesired, Entry, Release};
+use crate::state::{AppState, Running, now_ms, rfc3339};
 use crate::store::{DeviceRow, EnrollRefusal};
 
 fn device_id(s: &str) -> ApiResult<DeviceId> {
@@ -177,18 +178,41 @@ async fn snapshot(state: &AppState) -> ApiResult<Arc<AssignmentSnapshot>> {
     if let Some(s) = cached(generation) {
         return Ok(s);
     }
+    let mut releases: HashMap<(ModelName, ReleaseVersion), Option<Release>> = HashMap::new();
+    let mut release = async |model: &ModelName, version: ReleaseVersion| -> ApiResult<Option<Release>> {
+        if let Some(r) = releases.get(&(model.clone(), version)) {
+            return Ok(r.clone());
+        }
+        let parsed = match state.store.get_release(model, version).await? {
+            None => None,
+            Some(row) => {
+                let envelope: Envelope = serde_json::from_str(&row.manifest).map_err(|e| ApiError::internal(&e))?;
+                let manifest: ReleaseManifest = envelope.typed().map_err(|e| ApiError::internal(&e))?;
+                Some(Release { manifest: Arc::new(manifest), envelope: Arc::new(envelope) })
+            }
+        };
+        releases.insert((model.clone(), version), parsed.clone());
+        Ok(parsed)
+    };
     let mut entries = Vec::new();
     for a in state.store.assignments().await? {
-        let Some(row) = state.store.get_release(&a.model, a.version).await? else { continue };
-        let envelope: Envelope = serde_json::from_str(&row.manifest).map_err(|e| ApiError::internal(&e))?;
-        let manifest: ReleaseManifest = envelope.typed().map_err(|e| ApiError::internal(&e))?;
-        entries.push(Entry {
-            id: a.id,
-            selector: a.selector,
-            manifest: Arc::new(manifest),
-            envelope: Arc::new(envelope),
-        });
+        if let Some(r) = release(&a.model, a.version).await? {
+            entries.push(Entry { created_at: a.created_at, selector: a.selector, release: r, rollout: None });
+        }
     }
+    for row in state.store.rollouts().await? {
+        let r = &row.rollout;
+        if let (Some(new), Some(baseline)) = (release(&r.model, r.release).await?, release(&r.model, r.baseline).await?)
+        {
+            entries.push(Entry {
+                created_at: row.created_at,
+                selector: r.selector.clone(),
+                release: new,
+                rollout: Some((Arc::new(row.rollout), row.state, baseline)),
+            });
+        }
+    }
+    entries.sort_by_key(|e| e.created_at);
     let snap = Arc::new(AssignmentSnapshot { generation, entries });
     *state.assignments.write().unwrap_or_else(|p| p.into_inner()) = Some(snap.clone());
     Ok(snap)
@@ -212,7 +236,7 @@ async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired
         let row: DeviceRow =
             state.store.device(id).await?.ok_or_else(|| ApiError::forbidden(format!("device {id} is not enrolled")))?;
         let hw: HardwareProfile = serde_json::from_str(&row.hardware).map_err(|e| ApiError::internal(&e))?;
-        let plan = desired::plan(&snap, &row.labels, &hw);
+        let plan = desired::plan(&snap, id, &row.labels, &hw);
         let digest = desired::content_digest(&plan);
         if let (Some(d), Some(doc), Some(exp)) = (&row.desired_digest, &row.desired_doc, row.desired_expires)
             && *d == digest
@@ -223,6 +247,7 @@ async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired
                 sequence: row.desired_seq,
                 body: doc.clone().into(),
                 refresh_at: exp - ttl_ms / 2,
+                models: plan.model_names(),
             });
             break;
         }
@@ -235,7 +260,13 @@ async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired
         // Only a higher sequence is written; if another check-in of this device won, read again.
         if state.store.set_desired(id, sequence, &digest, &body, now + ttl_ms).await? {
             record_unfit(state, id, &plan.unfit, &hw, now).await?;
-            cached = Some(CachedDesired { generation, sequence, body: body.into(), refresh_at: now + ttl_ms / 2 });
+            cached = Some(CachedDesired {
+                generation,
+                sequence,
+                body: body.into(),
+                refresh_at: now + ttl_ms / 2,
+                models: plan.model_names(),
+            });
             break;
         }
     }
@@ -292,6 +323,7 @@ async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) ->
         None => None,
     };
     state.store.set_report(id, &text, hardware.as_deref()).await?;
+    state.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Running::from_report(report));
     if hardware.is_some() {
         // A changed hardware profile can change the variant chosen.
         state.desired.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
@@ -320,6 +352,7 @@ pub async fn checkin(
         let current = desired_for(&state, &id).await?;
         let etag = current.etag();
         if known.as_deref() != Some(etag.as_str()) {
+            state.checkins[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let etag = HeaderValue::from_str(&etag).map_err(|e| ApiError::internal(&e))?;
             return Ok((
                 StatusCode::OK,
@@ -339,6 +372,7 @@ pub async fn checkin(
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
+    state.checkins[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok((StatusCode::NOT_MODIFIED, [(CHECKIN_INTERVAL_HEADER, interval)]).into_response())
 }
 

@@ -23,7 +23,10 @@ use crate::tls::ClientCert;
 mod admin;
 mod devices;
 pub mod error;
+mod metrics;
 mod openapi;
+mod rollouts;
+mod telemetry;
 
 pub use openapi::{Access, ROUTES as openapi_route_table, RouteDoc};
 
@@ -289,12 +292,20 @@ pub fn router(state: AppState) -> Router {
         .route("/devices/{id}/revoke", post(devices::revoke))
         .route("/tokens", get(admin::list_tokens).post(admin::create_token))
         .route("/tokens/{id}", delete(admin::revoke_token))
+        .route("/rollouts", get(rollouts::list).post(rollouts::create))
+        .route("/rollouts/{id}", get(rollouts::show))
+        .route("/rollouts/{id}/pause", post(rollouts::pause))
+        .route("/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/rollouts/{id}/abort", post(rollouts::abort))
+        .route("/rollouts/{id}/promote", post(rollouts::promote))
         .route("/audit", get(admin::audit))
         .route("/openapi.json", get(openapi::document))
         .fallback(fallback);
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::prometheus))
+        .route("/v1/metrics", post(telemetry::export))
         .nest("/api/v1", api)
         .fallback(fallback)
         .layer(DefaultBodyLimit::max(json_limit))

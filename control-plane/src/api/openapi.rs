@@ -83,6 +83,23 @@ pub const ROUTES: &[RouteDoc] = &[
     r("GET", "/tokens", Access::Role(Admin), "API tokens (never their secrets)"),
     r("POST", "/tokens", Access::Role(Admin), "Create an API token with a role; the secret is shown once"),
     r("DELETE", "/tokens/{id}", Access::Role(Admin), "Revoke an API token"),
+    r("GET", "/rollouts", Access::Role(Viewer), "Rollouts, newest first, with their gates' numbers (?model=)"),
+    r(
+        "POST",
+        "/rollouts",
+        Access::Role(Operator),
+        "Start a rollout of a release to a selector, in waves with bake times and gates",
+    ),
+    r("GET", "/rollouts/{id}", Access::Role(Viewer), "One rollout: waves, state, every gate against its threshold"),
+    r("POST", "/rollouts/{id}/pause", Access::Role(Operator), "Pause a running rollout"),
+    r("POST", "/rollouts/{id}/resume", Access::Role(Operator), "Resume a paused rollout"),
+    r("POST", "/rollouts/{id}/abort", Access::Role(Operator), "Abort a rollout: its devices go back to the baseline"),
+    r(
+        "POST",
+        "/rollouts/{id}/promote",
+        Access::Role(Operator),
+        "Skip the remaining waves: every selected device gets the release",
+    ),
     r("GET", "/audit", Access::Role(Viewer), "The audit log, newest first (?limit=, ?before=id)"),
     r("GET", "/openapi.json", Access::Public, "This document"),
 ];

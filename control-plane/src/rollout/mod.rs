@@ -2,7 +2,7 @@
 //! one in waves; [`evaluate`] takes the rollout, its state, what the fleet reported (per device class, new
 //! release against baseline on the same class) and the time, and answers the next state with every gate's
 //! numbers. [`target`] says which release a device runs. No I/O, no clock: the caller passes `now` and the
-//! observations, and one server at a time calls it (issue 5: wiring into the API, CLI and store is next).
+//! observations; [`engine`] gathers them from the telemetry rollups and is run by one server at a time.
 //!
 //! Wave membership is stable: a device is in the first `percent` % of a rollout when the hash of (rollout id,
 //! device id) falls below it, so a device in wave 1 stays in every later wave, and different rollouts pick
@@ -10,58 +10,11 @@
 
 use std::collections::BTreeMap;
 
+pub use edgefleet_protocol::rollout::{Action, Gate, GateResult, OnFailure, Rollout, State, Verdict, Wave};
 use edgefleet_protocol::{DeviceId, ReleaseVersion};
 use sha2::{Digest, Sha256};
 
-/// One wave: the share of the selected devices on the new release once it starts (cumulative), and how long
-/// it bakes before the next wave may start.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Wave {
-    pub percent: f64,
-    pub bake_ms: i64,
-}
-
-/// A gate: the new release against the baseline on the same device class.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Gate {
-    /// The new release's failed-request ratio may exceed the baseline's by at most this much (0.01 = 1 point).
-    ErrorRate { max_increase: f64 },
-    /// p95 latency, new ÷ baseline, at most this.
-    P95LatencyRatio { max: f64 },
-    /// Energy per inference, new ÷ baseline, at most this. Devices without a power sensor give no samples.
-    EnergyRatio { max: f64 },
-    /// Installs that failed (download, verification, golden vectors, health watch) ÷ installs tried, at most.
-    InstallFailureRatio { max: f64 },
-}
-
-/// What a failed gate does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnFailure {
-    Pause,
-    RollBack,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Rollout {
-    pub id: String,
-    pub baseline: ReleaseVersion,
-    pub release: ReleaseVersion,
-    pub waves: Vec<Wave>,
-    pub gates: Vec<Gate>,
-    /// Samples each gate needs on each side (requests, inferences with energy, or installs) before it judges.
-    pub min_samples: u64,
-    pub on_failure: OnFailure,
-}
-
-/// Where a rollout stands. `since` is when the current wave started (ms).
-#[derive(Debug, Clone, PartialEq)]
-pub enum State {
-    Running { wave: usize, since: i64 },
-    Paused { wave: usize, reason: String },
-    RolledBack { reason: String },
-    Aborted { reason: String },
-    Done,
-}
+pub mod engine;
 
 /// What one release did on one device class over the rollout so far.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -78,39 +31,6 @@ pub struct Stats {
 
 /// Per device class: (new release, baseline).
 pub type Observations = BTreeMap<String, (Stats, Stats)>;
-
-/// One gate's judgement on one device class, with the numbers.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GateResult {
-    pub gate: Gate,
-    pub class: String,
-    /// The measured value (a difference or ratio), when both sides had data.
-    pub value: Option<f64>,
-    pub threshold: f64,
-    /// Samples on the new release and on the baseline.
-    pub samples: (u64, u64),
-    pub verdict: Verdict,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Pass,
-    Fail,
-    /// Fewer samples than `min_samples` on a side: not judged yet.
-    TooFewSamples,
-    /// The class has no such measurement at all (no power sensor): never judged, never made up.
-    Unavailable,
-}
-
-/// An operator's action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Pause,
-    Resume,
-    Abort,
-    /// Skip the remaining waves: everyone selected gets the new release.
-    Promote,
-}
 
 /// The planner's answer: the next state (the same one when nothing changes) and every gate's numbers.
 #[derive(Debug, Clone, PartialEq)]
@@ -130,8 +50,8 @@ pub fn position(rollout_id: &str, device: &DeviceId) -> f64 {
     (n as f64 / u64::MAX as f64) * 100.0
 }
 
-/// The share of devices on the new release in a state.
-fn share(r: &Rollout, state: &State) -> f64 {
+/// The share of devices on the new release in a state (percent).
+pub fn share(r: &Rollout, state: &State) -> f64 {
     match state {
         State::Running { wave, .. } | State::Paused { wave, .. } => r.waves.get(*wave).map_or(100.0, |w| w.percent),
         State::Done => 100.0,
@@ -173,23 +93,27 @@ fn judge(gate: Gate, class: &str, new: &Stats, old: &Stats, min: u64) -> GateRes
             Some(_) => Verdict::Fail,
         }
     };
-    GateResult { gate, class: class.to_owned(), value, threshold, samples, verdict }
+    GateResult {
+        gate,
+        class: class.to_owned(),
+        value,
+        threshold,
+        samples_new: samples.0,
+        samples_baseline: samples.1,
+        verdict,
+    }
 }
 
-fn describe(g: &GateResult) -> String {
-    let name = match g.gate {
-        Gate::ErrorRate { .. } => "error-rate increase",
-        Gate::P95LatencyRatio { .. } => "p95 latency ratio",
-        Gate::EnergyRatio { .. } => "energy-per-inference ratio",
-        Gate::InstallFailureRatio { .. } => "install failure ratio",
-    };
+/// A failed gate in words, with its numbers: what the audit log and the rollout's state say.
+pub fn describe(g: &GateResult) -> String {
     format!(
-        "{name} on {} is {:.3}, over the limit {:.3} ({} samples new, {} baseline)",
+        "{} on {} is {:.3}, over the limit {:.3} ({} samples new, {} baseline)",
+        g.gate.name(),
         g.class,
         g.value.unwrap_or(f64::NAN),
         g.threshold,
-        g.samples.0,
-        g.samples.1
+        g.samples_new,
+        g.samples_baseline
     )
 }
 
@@ -211,7 +135,7 @@ pub fn evaluate(r: &Rollout, state: &State, seen: &Observations, withdrawn: bool
                     OnFailure::RollBack => State::RolledBack { reason },
                 }
             } else {
-                let baked = r.waves.get(*wave).is_none_or(|w| now - since >= w.bake_ms);
+                let baked = r.waves.get(*wave).is_none_or(|w| now - since >= (w.bake_secs as i64).saturating_mul(1000));
                 // A wave advances once baked and once every gate could judge: too few samples holds it.
                 let judged = gates.iter().all(|g| matches!(g.verdict, Verdict::Pass | Verdict::Unavailable));
                 if baked && judged {
@@ -250,12 +174,14 @@ mod tests {
     fn rollout(on_failure: OnFailure) -> Rollout {
         Rollout {
             id: "r1".into(),
+            model: "magika".parse().expect("name"),
+            selector: Default::default(),
             baseline: ReleaseVersion::new(1).expect("v"),
             release: ReleaseVersion::new(2).expect("v"),
             waves: vec![
-                Wave { percent: 1.0, bake_ms: 10 * MIN },
-                Wave { percent: 10.0, bake_ms: 10 * MIN },
-                Wave { percent: 100.0, bake_ms: 0 },
+                Wave { percent: 1.0, bake_secs: 600 },
+                Wave { percent: 10.0, bake_secs: 600 },
+                Wave { percent: 100.0, bake_secs: 0 },
             ],
             gates: vec![
                 Gate::ErrorRate { max_increase: 0.01 },

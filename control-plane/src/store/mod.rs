@@ -25,6 +25,26 @@ pub enum StoreError {
     Url(String),
 }
 
+mod rollouts;
+mod telemetry;
+
+pub use rollouts::RolloutRow;
+pub use telemetry::ClassStats;
+
+/// See [`Store::try_lead`].
+#[derive(Debug)]
+pub struct Leadership(Option<sqlx::pool::PoolConnection<sqlx::Any>>);
+
+impl Leadership {
+    /// Whether the lock is still held (its connection still answers).
+    pub async fn holds(&mut self) -> bool {
+        match &mut self.0 {
+            None => true,
+            Some(conn) => sqlx::query("SELECT 1").execute(&mut **conn).await.is_ok(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -283,6 +303,18 @@ impl Store {
     // === audit ===
 
     pub async fn audit(&self, a: Audit<'_>, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        Self::audit_in(&mut tx, a, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An audit entry inside a transaction that changes what it records.
+    async fn audit_in(
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        a: Audit<'_>,
+        now: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO audit_log (at, actor, action, target, source, detail) VALUES ($1, $2, $3, $4, $5, $6)",
         )
@@ -292,9 +324,27 @@ impl Store {
         .bind(a.target)
         .bind(a.source)
         .bind(a.detail.to_string())
-        .execute(&self.pool)
+        .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// Leadership for work one server at a time must do (rollout evaluation): on PostgreSQL a session advisory
+    /// lock, held by the connection kept in the answer (dropped with it, or when the connection dies); on
+    /// SQLite, which one server process owns, always granted.
+    pub async fn try_lead(&self, key: i64) -> Result<Option<Leadership>, StoreError> {
+        match self.backend {
+            Backend::Sqlite => Ok(Some(Leadership(None))),
+            Backend::Postgres => {
+                let mut conn = self.pool.acquire().await?;
+                let got: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS got")
+                    .bind(key)
+                    .fetch_one(&mut *conn)
+                    .await?
+                    .try_get("got")?;
+                Ok(got.then_some(Leadership(Some(conn))))
+            }
+        }
     }
 
     pub async fn list_audit(&self, limit: i64, before: Option<i64>) -> Result<Vec<AuditRow>, StoreError> {
@@ -614,6 +664,18 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    /// Devices per class and status (`online`: seen since `online_after` ms; `offline`; `revoked`).
+    pub async fn device_counts(&self, online_after: i64) -> Result<Vec<(String, String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT device_class, CASE WHEN revoked_at IS NOT NULL THEN 'revoked' WHEN last_seen >= $1 THEN 'online' \
+             ELSE 'offline' END AS status, COUNT(*) AS n FROM devices GROUP BY device_class, status",
+        )
+        .bind(online_after)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| Ok((r.try_get("device_class")?, r.try_get("status")?, r.try_get("n")?))).collect()
     }
 
     pub async fn revoked_devices(&self) -> Result<Vec<DeviceId>, StoreError> {

@@ -1,0 +1,159 @@
+//! Rollouts: create one (operator), list and show them with every gate's numbers (viewer), and pause, resume,
+//! abort or promote (operator). Each change is audited; the engine moves them on its own between calls.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use edgefleet_protocol::ModelName;
+use edgefleet_protocol::rollout::{Action, CreateRollout, Rollout, RolloutView, State as RolloutState};
+use serde::Deserialize;
+
+use super::{ApiError, ApiJson, ApiResult, Authorized, Operator, Source, Viewer, new_token};
+use crate::rollout::engine;
+use crate::state::{AppState, now_ms, rfc3339};
+use crate::store::{Audit, RolloutRow};
+
+pub fn view(row: RolloutRow) -> RolloutView {
+    RolloutView {
+        share_percent: crate::rollout::share(&row.rollout, &row.state),
+        rollout: row.rollout,
+        state: row.state,
+        gates: row.gates,
+        evaluated_at: row.evaluated_at.map(rfc3339),
+        created_at: rfc3339(row.created_at),
+        created_by: row.created_by,
+        updated_at: rfc3339(row.updated_at),
+    }
+}
+
+pub async fn create(
+    State(state): State<AppState>,
+    Authorized(who, _): Authorized<Operator>,
+    source: Source,
+    ApiJson(req): ApiJson<CreateRollout>,
+) -> ApiResult<(StatusCode, Json<RolloutView>)> {
+    req.validate().map_err(|m| ApiError::bad_request("invalid_rollout", m))?;
+    if state.store.get_release(&req.model, req.release).await?.is_none() {
+        return Err(ApiError::not_found(format!("release {} of {}", req.release, req.model)));
+    }
+    let baseline = match req.baseline {
+        Some(b) => b,
+        None => {
+            state.store.assignments().await?.into_iter().rfind(|a| a.model == req.model).map(|a| a.version).ok_or_else(
+                || {
+                    ApiError::bad_request(
+                        "no_baseline",
+                        format!("{} has no assignment to take a baseline from: name one", req.model),
+                    )
+                },
+            )?
+        }
+    };
+    if baseline == req.release {
+        return Err(ApiError::bad_request("invalid_rollout", "the baseline and the new release are the same"));
+    }
+    if state.store.get_release(&req.model, baseline).await?.is_none() {
+        return Err(ApiError::not_found(format!("baseline release {baseline} of {}", req.model)));
+    }
+    let suffix = new_token("r")?;
+    let id = format!("{}-{}-{}", req.model, req.release, &suffix[2..10]);
+    let now = now_ms();
+    let row = RolloutRow {
+        rollout: Rollout {
+            id: id.clone(),
+            model: req.model,
+            selector: req.selector,
+            baseline,
+            release: req.release,
+            waves: req.waves,
+            gates: req.gates,
+            min_samples: req.min_samples,
+            on_failure: req.on_failure,
+        },
+        state: RolloutState::Running { wave: 0, since: now },
+        gates: vec![],
+        evaluated_at: None,
+        created_at: now,
+        created_by: who.actor(),
+        updated_at: now,
+    };
+    let actor = who.actor();
+    let detail = serde_json::to_value(&row.rollout).map_err(|e| ApiError::internal(&e))?;
+    state
+        .store
+        .insert_rollout(&row, Audit { actor: &actor, action: "rollout.create", target: &id, source: &source.0, detail })
+        .await?;
+    state.invalidate();
+    Ok((StatusCode::CREATED, Json(view(row))))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    pub model: Option<String>,
+}
+
+pub async fn list(
+    State(state): State<AppState>,
+    _: Authorized<Viewer>,
+    Query(q): Query<ListQuery>,
+) -> ApiResult<Json<Vec<RolloutView>>> {
+    let model: Option<ModelName> = q
+        .model
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(|e: edgefleet_protocol::IdError| ApiError::bad_request("invalid_name", e.to_string()))?;
+    let mut rows = state.store.rollouts().await?;
+    rows.retain(|r| model.as_ref().is_none_or(|m| &r.rollout.model == m));
+    rows.reverse();
+    Ok(Json(rows.into_iter().map(view).collect()))
+}
+
+fn rollout_id(id: &str) -> ApiResult<&str> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok { Ok(id) } else { Err(ApiError::bad_request("invalid_id", format!("{id:?} is not a rollout id"))) }
+}
+
+pub async fn show(
+    State(state): State<AppState>,
+    _: Authorized<Viewer>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RolloutView>> {
+    let row =
+        state.store.rollout(rollout_id(&id)?).await?.ok_or_else(|| ApiError::not_found(format!("rollout {id}")))?;
+    Ok(Json(view(row)))
+}
+
+async fn act(
+    state: AppState,
+    who: super::Principal,
+    source: Source,
+    id: String,
+    action: Action,
+) -> ApiResult<Json<RolloutView>> {
+    let id = rollout_id(&id)?;
+    if state.store.rollout(id).await?.is_none() {
+        return Err(ApiError::not_found(format!("rollout {id}")));
+    }
+    match engine::act(&state, id, action, &who.actor(), &source.0).await? {
+        Ok(row) => Ok(Json(view(row))),
+        Err(why) => Err(ApiError::conflict("rollout_state", why)),
+    }
+}
+
+macro_rules! action_handlers {
+    ($($name:ident => $action:ident),*) => {$(
+        pub async fn $name(
+            State(state): State<AppState>,
+            Authorized(who, _): Authorized<Operator>,
+            source: Source,
+            Path(id): Path<String>,
+        ) -> ApiResult<Json<RolloutView>> {
+            act(state, who, source, id, Action::$action).await
+        }
+    )*};
+}
+
+action_handlers!(pause => Pause, resume => Resume, abort => Abort, promote => Promote);

@@ -1,0 +1,185 @@
+//! The rollout engine: on a timer, one server at a time (see `Store::try_lead`) gathers what each active
+//! rollout's releases did per device class from the telemetry rollups, runs the pure planner, stores every
+//! gate's numbers, and moves the rollout when the planner says so — in one transaction with an audit entry
+//! that carries the numbers that caused it. Any move changes what devices are told at their next check-in.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use edgefleet_protocol::rollout::{Action, Verdict};
+use model_registry::Envelope;
+
+use super::{Observations, Rollout, State, Stats, apply, describe, evaluate};
+use crate::state::{AppState, now_ms};
+use crate::store::{Audit, ClassStats, RolloutRow, StoreError};
+
+/// The advisory-lock key of rollout evaluation.
+const LEADER_KEY: i64 = 0x0065_6467_6566_6c01;
+
+/// Per device class, (new release, baseline), from per-class rows of both releases. A device that changed
+/// class counts under the class each point was sent with: its old numbers stay with the old class.
+pub fn observations(r: &Rollout, rows: &[ClassStats]) -> Observations {
+    let mut out: Observations = BTreeMap::new();
+    for row in rows {
+        let e = out.entry(row.class.clone()).or_insert((Stats::default(), Stats::default()));
+        if row.release == r.release {
+            e.0 = row.stats;
+        } else if row.release == r.baseline {
+            e.1 = row.stats;
+        }
+    }
+    out
+}
+
+/// Whether the new release was withdrawn: gone from the registry, or no longer signed by a threshold of the
+/// current root's release keys (a key revoked by a root rotation).
+async fn withdrawn(state: &AppState, r: &Rollout) -> Result<bool, StoreError> {
+    let Some(row) = state.store.get_release(&r.model, r.release).await? else { return Ok(true) };
+    let Ok(envelope) = serde_json::from_str::<Envelope>(&row.manifest) else { return Ok(true) };
+    let trust = state.trust();
+    Ok(!envelope.count(&trust.root.keys, &trust.root.roles.release).met())
+}
+
+fn audit_detail(row: &RolloutRow, to: &State, gates: &[super::GateResult]) -> serde_json::Value {
+    serde_json::json!({
+        "from": row.state,
+        "to": to,
+        "gates": gates,
+    })
+}
+
+/// Evaluates every active rollout once at `now`; answers how many changed state.
+pub async fn evaluate_all(state: &AppState, now: i64) -> Result<usize, StoreError> {
+    let lookback = (state.config.rollout_baseline_lookback_secs as i64).saturating_mul(1000);
+    let mut moved = 0;
+    for row in state.store.rollouts().await? {
+        if !row.state.is_active() {
+            continue;
+        }
+        let r = &row.rollout;
+        let rows = state
+            .store
+            .release_stats(&r.model, [(r.release, row.created_at), (r.baseline, row.created_at - lookback)])
+            .await?;
+        let seen = observations(r, &rows);
+        let e = evaluate(r, &row.state, &seen, withdrawn(state, r).await?, now);
+        state.store.set_rollout_gates(&r.id, &e.gates, now).await?;
+        if e.state == row.state {
+            continue;
+        }
+        let action =
+            format!("rollout.{}", if matches!(e.state, State::Running { .. }) { "advance" } else { e.state.name() });
+        let audit = Audit {
+            actor: "rollout-engine",
+            action: &action,
+            target: &r.id,
+            source: "server",
+            detail: audit_detail(&row, &e.state, &e.gates),
+        };
+        if state.store.set_rollout_state(&r.id, &row.state, &e.state, audit, now).await? {
+            tracing::info!(rollout = %r.id, from = row.state.name(), to = e.state.name(), "rollout moved");
+            if let Some(failed) = e.gates.iter().find(|g| g.verdict == Verdict::Fail) {
+                tracing::warn!(rollout = %r.id, gate = %describe(failed), "rollout gate failed");
+            }
+            moved += 1;
+        }
+    }
+    if moved > 0 {
+        state.invalidate();
+    }
+    Ok(moved)
+}
+
+/// An operator's action, checked by the planner and stored with its audit entry.
+pub async fn act(
+    state: &AppState,
+    id: &str,
+    action: Action,
+    actor: &str,
+    source: &str,
+) -> Result<Result<RolloutRow, String>, StoreError> {
+    let Some(row) = state.store.rollout(id).await? else { return Ok(Err(format!("no rollout {id}"))) };
+    let now = now_ms();
+    let to = match apply(&row.state, action, now) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e)),
+    };
+    let name = format!("rollout.{}", action.as_str());
+    let audit = Audit { actor, action: &name, target: id, source, detail: audit_detail(&row, &to, &row.gates) };
+    if !state.store.set_rollout_state(id, &row.state, &to, audit, now).await? {
+        return Ok(Err("the rollout changed meanwhile; look again and retry".into()));
+    }
+    state.invalidate();
+    Ok(Ok(RolloutRow { state: to, updated_at: now, ..row }))
+}
+
+/// Runs evaluation every `rollout_eval_secs` while this server leads.
+pub async fn run(state: AppState) {
+    let every = Duration::from_millis((state.config.rollout_eval_secs * 1000.0).max(50.0) as u64);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading = None;
+    loop {
+        tick.tick().await;
+        if let Some(l) = &mut leading
+            && !crate::store::Leadership::holds(l).await
+        {
+            leading = None;
+        }
+        if leading.is_none() {
+            match state.store.try_lead(LEADER_KEY).await {
+                Ok(l) => leading = l,
+                Err(e) => tracing::warn!(error = %e, "rollout leadership"),
+            }
+        }
+        if leading.is_some()
+            && let Err(e) = evaluate_all(&state, now_ms()).await
+        {
+            tracing::warn!(error = %e, "rollout evaluation failed; will retry");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::otlp::NBUCKETS;
+    use edgefleet_protocol::ReleaseVersion;
+
+    #[test]
+    fn a_device_changing_class_counts_under_each_class_it_reported() {
+        let v = |n| ReleaseVersion::new(n).expect("v");
+        let r = Rollout {
+            id: "r".into(),
+            model: "magika".parse().expect("name"),
+            selector: Default::default(),
+            baseline: v(1),
+            release: v(2),
+            waves: vec![],
+            gates: vec![],
+            min_samples: 1,
+            on_failure: super::super::OnFailure::Pause,
+        };
+        let stats = |requests| Stats { requests, ..Stats::default() };
+        let row = |class: &str, release, requests| ClassStats {
+            class: class.into(),
+            release: v(release),
+            stats: stats(requests),
+            buckets: [0; NBUCKETS],
+        };
+        // The same device sent release 2's first 10 requests as a raspberry-pi, then 5 as an x86-server.
+        let seen = observations(
+            &r,
+            &[
+                row("raspberry-pi", 2, 10),
+                row("raspberry-pi", 1, 100),
+                row("x86-server", 2, 5),
+                row("x86-server", 7, 9),
+            ],
+        );
+        assert_eq!(seen["raspberry-pi"].0.requests, 10);
+        assert_eq!(seen["raspberry-pi"].1.requests, 100);
+        assert_eq!(seen["x86-server"].0.requests, 5);
+        assert_eq!(seen["x86-server"].1.requests, 0, "release 7 is neither side");
+    }
+}

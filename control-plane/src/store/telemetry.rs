@@ -1,0 +1,182 @@
+//! Telemetry rollups and series state: written together, read back per release and device class for gates.
+
+use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
+use sqlx::Row;
+
+use super::{Store, StoreError};
+use crate::rollout::Stats;
+use crate::telemetry::otlp::NBUCKETS;
+use crate::telemetry::{Batch, quantile};
+
+const ROLLUP_COLUMNS: usize = 31;
+/// Rows per statement: 31 parameters each stays under SQLite's 32,766 and Postgres' 65,535.
+const CHUNK: usize = 500;
+
+fn bucket_columns() -> String {
+    (0..NBUCKETS).map(|i| format!("b{i:02}")).collect::<Vec<_>>().join(", ")
+}
+
+fn upsert_rollups_sql(rows: usize) -> String {
+    let mut sql = format!(
+        "INSERT INTO telemetry_rollups (device_id, model, release, variant, provider, window_start, device_class, \
+         ok, errors, duration_sum, {}, energy_j, energy_inferences, installs, install_failures) VALUES ",
+        bucket_columns()
+    );
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push('(');
+        for c in 0..ROLLUP_COLUMNS {
+            if c > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("${}", r * ROLLUP_COLUMNS + c + 1));
+        }
+        sql.push(')');
+    }
+    let adds: Vec<String> =
+        ["ok", "errors", "duration_sum", "energy_j", "energy_inferences", "installs", "install_failures"]
+            .into_iter()
+            .map(String::from)
+            .chain((0..NBUCKETS).map(|i| format!("b{i:02}")))
+            .map(|c| format!("{c} = telemetry_rollups.{c} + excluded.{c}"))
+            .collect();
+    sql.push_str(&format!(
+        " ON CONFLICT (device_id, model, release, variant, provider, window_start) DO UPDATE SET \
+         device_class = excluded.device_class, {}",
+        adds.join(", ")
+    ));
+    sql
+}
+
+fn upsert_series_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows).map(|r| format!("(${}, ${}, ${})", r * 3 + 1, r * 3 + 2, r * 3 + 3)).collect();
+    format!(
+        "INSERT INTO telemetry_series (device_id, series, updated_at) VALUES {} ON CONFLICT (device_id) DO UPDATE \
+         SET series = excluded.series, updated_at = excluded.updated_at",
+        values.join(",")
+    )
+}
+
+/// A release's numbers on one device class.
+#[derive(Debug, Clone)]
+pub struct ClassStats {
+    pub class: String,
+    pub release: ReleaseVersion,
+    pub stats: Stats,
+    pub buckets: [u64; NBUCKETS],
+}
+
+impl Store {
+    /// Writes a batch: rollup deltas added to what is stored, and the devices' series replaced, in one
+    /// transaction.
+    pub async fn write_telemetry(&self, batch: &Batch, now: i64) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        for chunk in batch.rollups.chunks(CHUNK) {
+            let sql = upsert_rollups_sql(chunk.len());
+            let mut q = sqlx::query(&sql);
+            for (k, r) in chunk {
+                q = q
+                    .bind(k.device.as_str())
+                    .bind(k.target.model.as_str())
+                    .bind(k.target.release.get() as i64)
+                    .bind(k.target.variant.as_str())
+                    .bind(k.target.provider.as_str())
+                    .bind(k.window_start)
+                    .bind(r.class.as_str())
+                    .bind(r.ok as i64)
+                    .bind(r.errors as i64)
+                    .bind(r.duration_sum);
+                for b in r.buckets {
+                    q = q.bind(b as i64);
+                }
+                q = q
+                    .bind(r.energy_j)
+                    .bind(r.energy_inferences as i64)
+                    .bind(r.installs as i64)
+                    .bind(r.install_failures as i64);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        for chunk in batch.series.chunks(CHUNK) {
+            let sql = upsert_series_sql(chunk.len());
+            let mut q = sqlx::query(&sql);
+            for (d, s) in chunk {
+                q = q.bind(d.as_str()).bind(s.as_str()).bind(now);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A device's persisted series (JSON), if it ever exported.
+    pub async fn telemetry_series(&self, d: &DeviceId) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query("SELECT series FROM telemetry_series WHERE device_id = $1")
+            .bind(d.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("series")).transpose()?)
+    }
+
+    /// Drops rollups of windows that started before `before` (ms); answers how many.
+    pub async fn delete_rollups_before(&self, before: i64) -> Result<u64, StoreError> {
+        let r = sqlx::query("DELETE FROM telemetry_rollups WHERE window_start < $1")
+            .bind(before)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Per device class, what each of `sides` (release, windows from this time in ms) did: the numbers gates
+    /// compare.
+    pub async fn release_stats(
+        &self,
+        model: &ModelName,
+        sides: [(ReleaseVersion, i64); 2],
+    ) -> Result<Vec<ClassStats>, StoreError> {
+        let sums: Vec<String> = ["ok", "errors", "energy_inferences", "installs", "install_failures"]
+            .into_iter()
+            .map(String::from)
+            .chain((0..NBUCKETS).map(|i| format!("b{i:02}")))
+            .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
+            .collect();
+        let sql = format!(
+            "SELECT device_class, release, {}, CAST(SUM(energy_j) AS DOUBLE PRECISION) AS energy_j \
+             FROM telemetry_rollups WHERE model = $1 AND ((release = $2 AND window_start >= $3) OR \
+             (release = $4 AND window_start >= $5)) GROUP BY device_class, release ORDER BY device_class, release",
+            sums.join(", ")
+        );
+        let rows = sqlx::query(&sql)
+            .bind(model.as_str())
+            .bind(sides[0].0.get() as i64)
+            .bind(sides[0].1)
+            .bind(sides[1].0.get() as i64)
+            .bind(sides[1].1)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let n = |c: &str| -> Result<u64, StoreError> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
+            let mut buckets = [0u64; NBUCKETS];
+            for (i, b) in buckets.iter_mut().enumerate() {
+                *b = n(&format!("b{i:02}"))?;
+            }
+            let (ok, errors, energy_inferences) = (n("ok")?, n("errors")?, n("energy_inferences")?);
+            let energy_j: f64 = r.try_get("energy_j")?;
+            let stats = Stats {
+                requests: ok + errors,
+                errors,
+                p95_ms: quantile(&buckets, 0.95).map(|s| s * 1000.0),
+                energy_inferences,
+                joules_per_inference: (energy_inferences > 0).then(|| energy_j / energy_inferences as f64),
+                installs: n("installs")?,
+                install_failures: n("install_failures")?,
+            };
+            let release = super::version("release", r.try_get("release")?)?;
+            out.push(ClassStats { class: r.try_get("device_class")?, release, stats, buckets });
+        }
+        Ok(out)
+    }
+}

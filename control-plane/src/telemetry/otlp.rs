@@ -1,0 +1,424 @@
+//! From an OTLP export to checked points: which of edgefleet's metrics each point is, about which model,
+//! release, variant and provider, and its cumulative value. Pure; everything refused is refused with a reason.
+//!
+//! Accepted: cumulative monotonic sums (`edgefleet.inference.count`, `edgefleet.install.events`, `hw.energy`),
+//! cumulative explicit-bucket histograms (`edgefleet.inference.duration`, in s or ms, with any bounds: they
+//! are re-bucketed onto [`DURATION_BUCKETS`]) and gauges (`hw.power`, `process.memory.usage`). Other metrics
+//! are ignored (a stock SDK sends its own), and counted as such.
+
+use edgefleet_protocol::telemetry::{self as names, DURATION_BUCKETS};
+use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, VariantId};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, HistogramDataPoint, NumberDataPoint, metric::Data, number_data_point,
+};
+
+/// Buckets of a re-bucketed histogram: one per bound and one above the last.
+pub const NBUCKETS: usize = DURATION_BUCKETS.len() + 1;
+
+/// Why a point (or a whole export) was refused. Counted by reason; never a crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// The export names another device than the certificate that sent it.
+    DeviceMismatch,
+    /// Attributes missing or not valid names (model, release, variant, provider, outcome, kind).
+    BadAttributes,
+    /// Delta temporality, or a non-monotonic sum where a counter belongs.
+    NotCumulative,
+    MissingStartTime,
+    /// NaN or infinite.
+    NotFinite,
+    /// A negative counter, duration, power or memory figure.
+    Negative,
+    /// Bucket counts that do not add up, bounds that do not rise, a count/bounds length mismatch.
+    BadHistogram,
+    /// A timestamp more than five minutes ahead of the server's clock, or before its start time.
+    BadTime,
+    /// About a model the device does not run.
+    UnknownModel,
+    /// A counter below its last value with the same start time.
+    CounterBackwards,
+}
+
+impl Reason {
+    pub const ALL: [Reason; 10] = [
+        Reason::DeviceMismatch,
+        Reason::BadAttributes,
+        Reason::NotCumulative,
+        Reason::MissingStartTime,
+        Reason::NotFinite,
+        Reason::Negative,
+        Reason::BadHistogram,
+        Reason::BadTime,
+        Reason::UnknownModel,
+        Reason::CounterBackwards,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::DeviceMismatch => "device_mismatch",
+            Reason::BadAttributes => "bad_attributes",
+            Reason::NotCumulative => "not_cumulative",
+            Reason::MissingStartTime => "missing_start_time",
+            Reason::NotFinite => "not_finite",
+            Reason::Negative => "negative",
+            Reason::BadHistogram => "bad_histogram",
+            Reason::BadTime => "bad_time",
+            Reason::UnknownModel => "unknown_model",
+            Reason::CounterBackwards => "counter_backwards",
+        }
+    }
+}
+
+/// What a release on a device is: the attributes a rollup is keyed by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub model: ModelName,
+    pub release: ReleaseVersion,
+    pub variant: VariantId,
+    /// Empty for install events, which happen before a provider runs anything.
+    pub provider: String,
+}
+
+/// Which of edgefleet's metrics a point is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum What {
+    Inferences { target: Target, ok: bool },
+    Duration { target: Target },
+    Install { target: Target, kind: String },
+    Energy,
+    Power,
+    Memory,
+}
+
+/// One checked point. Cumulative values are a vector: a counter `[value]`; a histogram
+/// `[count, sum, bucket 0, …, bucket 16]`; a gauge `[value]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub what: What,
+    /// Identifies the series among the device's (metric and every attribute).
+    pub key: String,
+    pub start_ns: u64,
+    pub time_ns: u64,
+    pub values: Vec<f64>,
+}
+
+impl Point {
+    pub fn is_gauge(&self) -> bool {
+        matches!(self.what, What::Power | What::Memory)
+    }
+}
+
+/// An export taken apart.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    pub points: Vec<Point>,
+    pub refused: Vec<(Reason, String)>,
+    /// Points of metrics edgefleet does not keep.
+    pub ignored: u64,
+    /// The device class the resource names, when it does.
+    pub class: Option<String>,
+}
+
+fn text(v: &Option<AnyValue>) -> Option<String> {
+    match v.as_ref()?.value.as_ref()? {
+        any_value::Value::StringValue(s) => Some(s.clone()),
+        any_value::Value::IntValue(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn attr(attrs: &[KeyValue], key: &str) -> Option<String> {
+    attrs.iter().find(|kv| kv.key == key).and_then(|kv| text(&kv.value))
+}
+
+fn short_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_graphic())
+}
+
+fn target(attrs: &[KeyValue], with_provider: bool) -> Result<Target, String> {
+    let model: ModelName = attr(attrs, names::ATTR_MODEL)
+        .ok_or("no model attribute")?
+        .parse()
+        .map_err(|e: edgefleet_protocol::IdError| e.to_string())?;
+    let release = attr(attrs, names::ATTR_RELEASE)
+        .ok_or("no release attribute")?
+        .parse::<u64>()
+        .ok()
+        .and_then(|v| ReleaseVersion::new(v).ok())
+        .ok_or("release is not a version number")?;
+    let variant: VariantId = attr(attrs, names::ATTR_VARIANT)
+        .ok_or("no variant attribute")?
+        .parse()
+        .map_err(|e: edgefleet_protocol::IdError| e.to_string())?;
+    let provider = if with_provider {
+        attr(attrs, names::ATTR_PROVIDER).filter(|p| short_name(p)).ok_or("no valid provider attribute")?
+    } else {
+        String::new()
+    };
+    Ok(Target { model, release, variant, provider })
+}
+
+fn series_key(metric: &str, attrs: &[KeyValue]) -> String {
+    let mut parts: Vec<String> =
+        attrs.iter().map(|kv| format!("{}={}", kv.key, text(&kv.value).unwrap_or_default())).collect();
+    parts.sort();
+    format!("{metric}|{}", parts.join("|"))
+}
+
+fn number(p: &NumberDataPoint) -> Option<f64> {
+    match p.value? {
+        number_data_point::Value::AsDouble(d) => Some(d),
+        number_data_point::Value::AsInt(i) => Some(i as f64),
+    }
+}
+
+/// Checks times shared by every point kind.
+fn times(start: u64, time: u64, cumulative: bool, now_ns: u64) -> Result<(), (Reason, String)> {
+    const SKEW_NS: u64 = 300 * 1_000_000_000;
+    if cumulative && start == 0 {
+        return Err((Reason::MissingStartTime, "a cumulative point needs its start time".into()));
+    }
+    if time == 0 || time > now_ns.saturating_add(SKEW_NS) || (cumulative && time < start) {
+        return Err((Reason::BadTime, format!("time {time} ns is in the future or before its start {start}")));
+    }
+    Ok(())
+}
+
+/// Maps a histogram's buckets onto [`DURATION_BUCKETS`]: each source bucket's count goes to the bucket that
+/// holds its upper bound (exact when the bounds are ours; otherwise latency is read at most one bucket high).
+fn rebucket(bounds_s: &[f64], counts: &[u64]) -> [u64; NBUCKETS] {
+    let mut out = [0u64; NBUCKETS];
+    for (i, &c) in counts.iter().enumerate() {
+        let j = match bounds_s.get(i) {
+            Some(&upper) => DURATION_BUCKETS.iter().position(|&b| upper <= b * (1.0 + 1e-9)).unwrap_or(NBUCKETS - 1),
+            None => NBUCKETS - 1,
+        };
+        out[j] += c;
+    }
+    out
+}
+
+fn histogram(p: &HistogramDataPoint, scale: f64) -> Result<Vec<f64>, (Reason, String)> {
+    let bad = |m: &str| Err((Reason::BadHistogram, m.to_owned()));
+    if p.bucket_counts.len() != p.explicit_bounds.len() + 1 && !(p.bucket_counts.is_empty() && p.count == 0) {
+        return bad("bucket counts must be one more than the bounds");
+    }
+    if p.explicit_bounds.iter().any(|b| !b.is_finite()) || p.explicit_bounds.windows(2).any(|w| w[0] >= w[1]) {
+        return bad("bounds must be finite and rise");
+    }
+    if p.bucket_counts.iter().try_fold(0u64, |a, &c| a.checked_add(c)) != Some(p.count) {
+        return bad("bucket counts do not add up to the count");
+    }
+    let sum = p.sum.unwrap_or(0.0) * scale;
+    if !sum.is_finite() {
+        return Err((Reason::NotFinite, "histogram sum is not finite".into()));
+    }
+    if sum < 0.0 || p.min.is_some_and(|m| m < 0.0) {
+        return Err((Reason::Negative, "a duration below zero".into()));
+    }
+    let bounds: Vec<f64> = p.explicit_bounds.iter().map(|b| b * scale).collect();
+    let mut v = vec![p.count as f64, sum];
+    v.extend(rebucket(&bounds, &p.bucket_counts).iter().map(|&c| c as f64));
+    Ok(v)
+}
+
+/// Takes an export apart for `device`. `now_ns` is the server's clock.
+pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64) -> Decoded {
+    let mut out = Decoded::default();
+    let cumulative = AggregationTemporality::Cumulative as i32;
+    for rm in &req.resource_metrics {
+        let res_attrs = rm.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default();
+        let count: usize = rm
+            .scope_metrics
+            .iter()
+            .flat_map(|s| &s.metrics)
+            .map(|m| match &m.data {
+                Some(Data::Gauge(g)) => g.data_points.len(),
+                Some(Data::Sum(s)) => s.data_points.len(),
+                Some(Data::Histogram(h)) => h.data_points.len(),
+                Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+                Some(Data::Summary(s)) => s.data_points.len(),
+                None => 0,
+            })
+            .sum();
+        if let Some(named) = attr(res_attrs, names::RES_DEVICE_ID)
+            && named != device.as_str()
+        {
+            let why = format!("resource names device {named:?}, the certificate {device}");
+            out.refused.extend(std::iter::repeat_n((Reason::DeviceMismatch, why), count));
+            continue;
+        }
+        if let Some(c) = attr(res_attrs, names::RES_DEVICE_CLASS).filter(|c| short_name(c)) {
+            out.class = Some(c);
+        }
+        for metric in rm.scope_metrics.iter().flat_map(|s| &s.metrics) {
+            let name = metric.name.as_str();
+            match (name, &metric.data) {
+                (names::INFERENCE_COUNT | names::INSTALL_EVENTS | names::HW_ENERGY, Some(Data::Sum(sum))) => {
+                    for p in &sum.data_points {
+                        let r = counter_point(
+                            name,
+                            sum.aggregation_temporality == cumulative && sum.is_monotonic,
+                            p,
+                            now_ns,
+                        );
+                        push(&mut out, r);
+                    }
+                }
+                (names::INFERENCE_DURATION, Some(Data::Histogram(h))) => {
+                    let scale = match metric.unit.as_str() {
+                        "ms" => Some(1e-3),
+                        "us" | "µs" => Some(1e-6),
+                        "s" | "" => Some(1.0),
+                        _ => None,
+                    };
+                    for p in &h.data_points {
+                        let r = match scale {
+                            None => {
+                                Err((Reason::BadAttributes, format!("duration unit {:?} is not s or ms", metric.unit)))
+                            }
+                            Some(scale) => duration_point(h.aggregation_temporality == cumulative, p, scale, now_ns),
+                        };
+                        push(&mut out, r);
+                    }
+                }
+                (names::HW_POWER | names::PROCESS_MEMORY, Some(Data::Gauge(g))) => {
+                    for p in &g.data_points {
+                        push(&mut out, gauge_point(name, p, now_ns));
+                    }
+                }
+                (names::INFERENCE_COUNT | names::INSTALL_EVENTS | names::HW_ENERGY | names::INFERENCE_DURATION, _)
+                | (names::HW_POWER | names::PROCESS_MEMORY, _) => {
+                    let why = format!("{name} is not of the expected kind (cumulative sum, histogram or gauge)");
+                    let n = match &metric.data {
+                        Some(Data::Gauge(g)) => g.data_points.len(),
+                        Some(Data::Sum(s)) => s.data_points.len(),
+                        Some(Data::Histogram(h)) => h.data_points.len(),
+                        _ => 1,
+                    };
+                    out.refused.extend(std::iter::repeat_n((Reason::NotCumulative, why), n));
+                }
+                _ => {
+                    out.ignored += match &metric.data {
+                        Some(Data::Gauge(g)) => g.data_points.len(),
+                        Some(Data::Sum(s)) => s.data_points.len(),
+                        Some(Data::Histogram(h)) => h.data_points.len(),
+                        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+                        Some(Data::Summary(s)) => s.data_points.len(),
+                        None => 0,
+                    } as u64
+                }
+            }
+        }
+    }
+    out
+}
+
+fn push(out: &mut Decoded, r: Result<Point, (Reason, String)>) {
+    match r {
+        Ok(p) => out.points.push(p),
+        Err(e) => out.refused.push(e),
+    }
+}
+
+fn counter_point(name: &str, cumulative: bool, p: &NumberDataPoint, now_ns: u64) -> Result<Point, (Reason, String)> {
+    if !cumulative {
+        return Err((Reason::NotCumulative, format!("{name} must be a cumulative monotonic sum")));
+    }
+    times(p.start_time_unix_nano, p.time_unix_nano, true, now_ns)?;
+    let v = number(p).ok_or((Reason::BadAttributes, "a point without a value".to_owned()))?;
+    if !v.is_finite() {
+        return Err((Reason::NotFinite, format!("{name} is {v}")));
+    }
+    if v < 0.0 {
+        return Err((Reason::Negative, format!("{name} is {v}")));
+    }
+    let bad = |e: String| (Reason::BadAttributes, format!("{name}: {e}"));
+    let what = match name {
+        names::INFERENCE_COUNT => {
+            let ok = match attr(&p.attributes, names::ATTR_OUTCOME).as_deref() {
+                Some("ok") => true,
+                Some("error") => false,
+                _ => return Err(bad("outcome must be ok or error".into())),
+            };
+            What::Inferences { target: target(&p.attributes, true).map_err(bad)?, ok }
+        }
+        names::INSTALL_EVENTS => {
+            let kind = attr(&p.attributes, names::ATTR_KIND).filter(|k| short_name(k)).ok_or(bad("no kind".into()))?;
+            What::Install { target: target(&p.attributes, false).map_err(bad)?, kind }
+        }
+        _ => What::Energy,
+    };
+    Ok(Point {
+        what,
+        key: series_key(name, &p.attributes),
+        start_ns: p.start_time_unix_nano,
+        time_ns: p.time_unix_nano,
+        values: vec![v],
+    })
+}
+
+fn duration_point(
+    cumulative: bool,
+    p: &HistogramDataPoint,
+    scale: f64,
+    now_ns: u64,
+) -> Result<Point, (Reason, String)> {
+    if !cumulative {
+        return Err((Reason::NotCumulative, "edgefleet.inference.duration must be cumulative".into()));
+    }
+    times(p.start_time_unix_nano, p.time_unix_nano, true, now_ns)?;
+    let target = target(&p.attributes, true).map_err(|e| (Reason::BadAttributes, format!("duration: {e}")))?;
+    Ok(Point {
+        what: What::Duration { target },
+        key: series_key(names::INFERENCE_DURATION, &p.attributes),
+        start_ns: p.start_time_unix_nano,
+        time_ns: p.time_unix_nano,
+        values: histogram(p, scale)?,
+    })
+}
+
+fn gauge_point(name: &str, p: &NumberDataPoint, now_ns: u64) -> Result<Point, (Reason, String)> {
+    times(p.start_time_unix_nano, p.time_unix_nano, false, now_ns)?;
+    let v = number(p).ok_or((Reason::BadAttributes, "a point without a value".to_owned()))?;
+    if !v.is_finite() {
+        return Err((Reason::NotFinite, format!("{name} is {v}")));
+    }
+    if v < 0.0 {
+        return Err((Reason::Negative, format!("{name} is {v}")));
+    }
+    Ok(Point {
+        what: if name == names::HW_POWER { What::Power } else { What::Memory },
+        key: series_key(name, &p.attributes),
+        start_ns: p.start_time_unix_nano,
+        time_ns: p.time_unix_nano,
+        values: vec![v],
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebucketing_keeps_our_bounds_exact_and_moves_others_up() {
+        let ours: Vec<f64> = DURATION_BUCKETS.to_vec();
+        let counts: Vec<u64> = (1..=NBUCKETS as u64).collect();
+        assert_eq!(rebucket(&ours, &counts).to_vec(), counts);
+        // A stock SDK's default bounds in ms (0, 5, 10, 25, ..., 10000) read as seconds / 1000.
+        let sdk: Vec<f64> =
+            [0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0, 7500.0, 10000.0]
+                .iter()
+                .map(|ms| ms / 1000.0)
+                .collect();
+        let mut counts = vec![0u64; sdk.len() + 1];
+        counts[2] = 7; // (5 ms, 10 ms]
+        counts[sdk.len()] = 1; // over 10 s
+        let r = rebucket(&sdk, &counts);
+        assert_eq!(r[6], 7, "10 ms is our bound 6: {r:?}");
+        assert_eq!(r[NBUCKETS - 1], 1);
+        assert_eq!(r.iter().sum::<u64>(), 8);
+    }
+}

@@ -1,0 +1,268 @@
+//! Rollouts on the wire: what an operator asks for (`CreateRollout`), what a rollout is (`Rollout`), where it
+//! stands (`State`) and what its gates measured (`GateResult`). The planner that moves a rollout from state to
+//! state lives in the control plane; these are only its data, shared with the CLI and the dashboard.
+
+use serde::{Deserialize, Serialize};
+
+use crate::api::Selector;
+use crate::ids::{ModelName, ReleaseVersion};
+
+/// One wave: the share of the selected devices on the new release once it starts (cumulative, 0–100], and how
+/// long it bakes before the next wave may start.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Wave {
+    pub percent: f64,
+    pub bake_secs: u64,
+}
+
+/// A gate: the new release against the baseline on the same device class.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Gate {
+    /// The new release's failed-request ratio may exceed the baseline's by at most this much (0.01 = 1 point).
+    ErrorRate { max_increase: f64 },
+    /// p95 latency, new ÷ baseline, at most this.
+    P95LatencyRatio { max: f64 },
+    /// Energy per inference, new ÷ baseline, at most this. Devices without a power sensor give no samples.
+    EnergyRatio { max: f64 },
+    /// Installs that failed (verification, loading, golden vectors, health watch) ÷ installs tried, at most.
+    InstallFailureRatio { max: f64 },
+}
+
+impl Gate {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Gate::ErrorRate { .. } => "error-rate increase",
+            Gate::P95LatencyRatio { .. } => "p95 latency ratio",
+            Gate::EnergyRatio { .. } => "energy-per-inference ratio",
+            Gate::InstallFailureRatio { .. } => "install failure ratio",
+        }
+    }
+
+    pub fn threshold(&self) -> f64 {
+        match *self {
+            Gate::ErrorRate { max_increase } => max_increase,
+            Gate::P95LatencyRatio { max } | Gate::EnergyRatio { max } | Gate::InstallFailureRatio { max } => max,
+        }
+    }
+}
+
+/// What a failed gate does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    Pause,
+    RollBack,
+}
+
+/// A rollout: one model, for the devices a selector matches, from a baseline release to a new one, in waves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub id: String,
+    pub model: ModelName,
+    pub selector: Selector,
+    pub baseline: ReleaseVersion,
+    pub release: ReleaseVersion,
+    pub waves: Vec<Wave>,
+    pub gates: Vec<Gate>,
+    /// Samples each gate needs on each side (requests, inferences with energy, or installs) before it judges.
+    pub min_samples: u64,
+    pub on_failure: OnFailure,
+}
+
+/// Where a rollout stands. `since` is when the current wave started (ms since the epoch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum State {
+    Running { wave: usize, since: i64 },
+    Paused { wave: usize, reason: String },
+    RolledBack { reason: String },
+    Aborted { reason: String },
+    Done,
+}
+
+impl State {
+    pub fn name(&self) -> &'static str {
+        match self {
+            State::Running { .. } => "running",
+            State::Paused { .. } => "paused",
+            State::RolledBack { .. } => "rolled_back",
+            State::Aborted { .. } => "aborted",
+            State::Done => "done",
+        }
+    }
+
+    /// Still moving devices (running or paused), as opposed to finished one way or another.
+    pub fn is_active(&self) -> bool {
+        matches!(self, State::Running { .. } | State::Paused { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// Fewer samples than `min_samples` on a side: not judged yet.
+    TooFewSamples,
+    /// The class has no such measurement at all (no power sensor): never judged, never made up.
+    Unavailable,
+}
+
+/// One gate's judgement on one device class, with the numbers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateResult {
+    pub gate: Gate,
+    pub class: String,
+    /// The measured value (a difference or ratio), when both sides had data.
+    pub value: Option<f64>,
+    pub threshold: f64,
+    pub samples_new: u64,
+    pub samples_baseline: u64,
+    pub verdict: Verdict,
+}
+
+/// An operator's action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Pause,
+    Resume,
+    Abort,
+    /// Skip the remaining waves: everyone selected gets the new release.
+    Promote,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Abort => "abort",
+            Action::Promote => "promote",
+        }
+    }
+}
+
+/// `POST /api/v1/rollouts`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRollout {
+    pub model: ModelName,
+    pub release: ReleaseVersion,
+    /// The release the other devices keep, and the one a rollback returns to. Default: the release the model's
+    /// newest assignment names.
+    #[serde(default)]
+    pub baseline: Option<ReleaseVersion>,
+    #[serde(default)]
+    pub selector: Selector,
+    pub waves: Vec<Wave>,
+    #[serde(default)]
+    pub gates: Vec<Gate>,
+    #[serde(default = "default_min_samples")]
+    pub min_samples: u64,
+    #[serde(default = "default_on_failure")]
+    pub on_failure: OnFailure,
+}
+
+fn default_min_samples() -> u64 {
+    100
+}
+
+fn default_on_failure() -> OnFailure {
+    OnFailure::Pause
+}
+
+impl CreateRollout {
+    /// Structural checks: waves strictly rising within (0, 100], thresholds finite and not negative.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.waves.is_empty() || self.waves.len() > 20 {
+            return Err("a rollout has 1 to 20 waves".into());
+        }
+        let mut last = 0.0;
+        for w in &self.waves {
+            if !(w.percent > last && w.percent <= 100.0) {
+                return Err(format!("wave percentages must rise strictly within (0, 100]; {} after {last}", w.percent));
+            }
+            last = w.percent;
+        }
+        if self.gates.len() > 16 {
+            return Err("at most 16 gates".into());
+        }
+        for g in &self.gates {
+            let t = g.threshold();
+            if !t.is_finite() || t < 0.0 {
+                return Err(format!("{} threshold must be a finite number ≥ 0, not {t}", g.name()));
+            }
+        }
+        if self.min_samples == 0 {
+            return Err("min_samples must be at least 1".into());
+        }
+        if self.baseline == Some(self.release) {
+            return Err("the baseline and the new release are the same".into());
+        }
+        Ok(())
+    }
+}
+
+/// A rollout as the API shows it: what it is, where it stands, and what its gates measured last.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RolloutView {
+    #[serde(flatten)]
+    pub rollout: Rollout,
+    pub state: State,
+    /// The share of selected devices meant to run the new release now (0–100).
+    pub share_percent: f64,
+    pub gates: Vec<GateResult>,
+    /// When the gates were last evaluated (RFC 3339), if ever.
+    pub evaluated_at: Option<String>,
+    pub created_at: String,
+    pub created_by: String,
+    pub updated_at: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(waves: &[f64]) -> CreateRollout {
+        CreateRollout {
+            model: "magika".parse().expect("name"),
+            release: ReleaseVersion::new(2).expect("v"),
+            baseline: Some(ReleaseVersion::new(1).expect("v")),
+            selector: Selector::default(),
+            waves: waves.iter().map(|&percent| Wave { percent, bake_secs: 60 }).collect(),
+            gates: vec![Gate::P95LatencyRatio { max: 1.2 }],
+            min_samples: 10,
+            on_failure: OnFailure::RollBack,
+        }
+    }
+
+    #[test]
+    fn waves_and_gates_are_checked() {
+        assert!(create(&[1.0, 10.0, 100.0]).validate().is_ok());
+        assert!(create(&[]).validate().is_err());
+        assert!(create(&[10.0, 10.0]).validate().is_err());
+        assert!(create(&[0.0, 100.0]).validate().is_err());
+        assert!(create(&[50.0, 101.0]).validate().is_err());
+        assert!(create(&[f64::NAN]).validate().is_err());
+        let mut bad = create(&[100.0]);
+        bad.gates = vec![Gate::ErrorRate { max_increase: -0.1 }];
+        assert!(bad.validate().is_err());
+        bad.gates = vec![Gate::EnergyRatio { max: f64::INFINITY }];
+        assert!(bad.validate().is_err());
+        let mut same = create(&[100.0]);
+        same.baseline = Some(same.release);
+        assert!(same.validate().is_err());
+    }
+
+    #[test]
+    fn wire_shapes() {
+        let g: Gate = serde_json::from_str(r#"{"kind":"p95_latency_ratio","max":1.5}"#).expect("gate");
+        assert_eq!(g, Gate::P95LatencyRatio { max: 1.5 });
+        let s = serde_json::to_value(State::Running { wave: 1, since: 5 }).expect("json");
+        assert_eq!(s, serde_json::json!({"state": "running", "wave": 1, "since": 5}));
+        assert!(serde_json::from_str::<Gate>(r#"{"kind":"p95_latency_ratio","max":1.5,"x":1}"#).is_err());
+    }
+}

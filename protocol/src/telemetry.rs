@@ -1,0 +1,37 @@
+//! The telemetry contract between the daemon's OpenTelemetry exporter and the control plane's OTLP receiver:
+//! metric and attribute names, and the inference-duration histogram's bucket bounds.
+
+/// Histogram bucket bounds of `edgefleet.inference.duration`, seconds: fine enough for sub-millisecond models,
+/// up to 10 s. The receiver re-buckets histograms with other bounds (a stock SDK's defaults) onto these.
+pub const DURATION_BUCKETS: [f64; 16] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Histogram (s): time to answer one inference request.
+pub const INFERENCE_DURATION: &str = "edgefleet.inference.duration";
+/// Counter: inference requests, by `outcome` (`ok` | `error`).
+pub const INFERENCE_COUNT: &str = "edgefleet.inference.count";
+/// Counter: install steps and failures, by `kind` (the device event kinds: `committed`, `golden_failed`, …).
+pub const INSTALL_EVENTS: &str = "edgefleet.install.events";
+/// Counter (J): energy used by the device, from its sensor (OpenTelemetry `hw.energy`).
+pub const HW_ENERGY: &str = "hw.energy";
+/// Gauge (W): power drawn by the device, from its sensor (OpenTelemetry `hw.power`).
+pub const HW_POWER: &str = "hw.power";
+/// Gauge (By): the daemon's resident memory.
+pub const PROCESS_MEMORY: &str = "process.memory.usage";
+
+/// Resource attributes.
+pub const RES_DEVICE_ID: &str = "device.id";
+pub const RES_DEVICE_CLASS: &str = "edgefleet.device.class";
+pub const RES_ARCH: &str = "host.arch";
+
+/// Data point attributes.
+pub const ATTR_MODEL: &str = "model";
+pub const ATTR_RELEASE: &str = "release";
+pub const ATTR_VARIANT: &str = "variant";
+pub const ATTR_PROVIDER: &str = "provider";
+pub const ATTR_OUTCOME: &str = "outcome";
+pub const ATTR_KIND: &str = "kind";
+
+/// Install event kinds that end an install attempt: it was committed, or it failed for good.
+pub const INSTALL_COMMITTED: &str = "committed";
+pub const INSTALL_FAILURES: [&str; 4] = ["verification_failed", "load_failed", "golden_failed", "rolled_back"];
