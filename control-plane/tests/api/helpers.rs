@@ -57,6 +57,8 @@ pub struct TestApp {
     server_cert: CertificateDer<'static>,
     shutdown: Option<oneshot::Sender<()>>,
     pg_db: Option<String>,
+    config: Config,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 async fn create_pg_database() -> String {
@@ -77,9 +79,7 @@ async fn create_pg_database() -> String {
 
 impl Drop for TestApp {
     fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+        self.stop();
         if let Some(name) = self.pg_db.take() {
             // Drop is not async: drop the database from a thread with its own runtime.
             let _ = std::thread::spawn(move || {
@@ -149,6 +149,11 @@ pub fn csr() -> (String, rcgen::KeyPair) {
 
 impl TestApp {
     pub async fn spawn(backend: Backend) -> Self {
+        Self::spawn_with(backend, |_| {}).await
+    }
+
+    /// A server whose configuration `tune` may change first.
+    pub async fn spawn_with(backend: Backend, tune: impl FnOnce(&mut Config)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let root_path = dir.path().join("root.json");
         std::fs::write(&root_path, signed(&root(), &[key(1)])).expect("root");
@@ -158,7 +163,7 @@ impl TestApp {
             Backend::Sqlite => None,
             Backend::Postgres => Some(create_pg_database().await),
         };
-        let config = Config {
+        let mut config = Config {
             listen: "127.0.0.1:0".into(),
             data_dir: dir.path().join("data"),
             database_url: pg_db.as_ref().map(|n| format!("postgres://postgres@127.0.0.1:5432/{n}")),
@@ -167,7 +172,22 @@ impl TestApp {
             flush_interval_ms: 50,
             ..Config::default()
         };
-        let built = edgefleet_server::app::build(config).await.expect("server builds");
+        tune(&mut config);
+        let admin = edgefleet_server::api::new_token("eft").expect("token");
+        let (url, state, server_cert, shutdown, background) = Self::start(&config).await;
+        state
+            .store
+            .create_token("admin", TokenRole::Admin, &edgefleet_server::api::token_hash(&admin), "test", 0)
+            .await
+            .expect("admin token");
+        Self { url, state, dir, admin, backend, server_cert, shutdown: Some(shutdown), pg_db, config, background }
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn start(
+        config: &Config,
+    ) -> (String, AppState, CertificateDer<'static>, oneshot::Sender<()>, Vec<tokio::task::JoinHandle<()>>) {
+        let built = edgefleet_server::app::build(config.clone()).await.expect("server builds");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("https://127.0.0.1:{}", listener.local_addr().expect("addr").port());
         let (tx, rx) = oneshot::channel::<()>();
@@ -177,14 +197,25 @@ impl TestApp {
         }));
         let pem = std::fs::read(&built.cert_path).expect("server cert");
         let server_cert = rustls_pemfile::certs(&mut pem.as_slice()).next().expect("a cert").expect("pem");
-        let admin = edgefleet_server::api::new_token("eft").expect("token");
-        built
-            .state
-            .store
-            .create_token("admin", TokenRole::Admin, &edgefleet_server::api::token_hash(&admin), "test", 0)
-            .await
-            .expect("admin token");
-        Self { url, state: built.state, dir, admin, backend, server_cert, shutdown: Some(tx), pg_db }
+        (url, built.state, server_cert, tx, built.background)
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        for t in self.background.drain(..) {
+            t.abort();
+        }
+    }
+
+    /// Stops the server as a crash would (nothing pending is written) and starts another on the same data
+    /// directory and database, at a new address.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let (url, state, server_cert, shutdown, background) = Self::start(&self.config).await;
+        (self.url, self.state, self.server_cert, self.shutdown, self.background) =
+            (url, state, server_cert, Some(shutdown), background);
     }
 
     pub fn client(&self) -> reqwest::Client {

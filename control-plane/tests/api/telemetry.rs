@@ -1,0 +1,349 @@
+//! The OTLP receiver over real TLS: cumulative points become rollups, duplicates and reordered exports add
+//! nothing, a restarted daemon (new start time) and a restarted server (series read back) lose and double
+//! nothing, bad input is refused by reason, floods are limited per device, and `/metrics` shows the fleet.
+
+use edgefleet_protocol::telemetry as names;
+use edgefleet_protocol::{ModelName, ReleaseVersion};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
+    ScopeMetrics, Sum, metric::Data, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+
+use crate::helpers::*;
+use edgefleet_protocol::api::TokenRole;
+
+fn kv(k: &str, v: &str) -> KeyValue {
+    KeyValue {
+        key: k.into(),
+        value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
+        ..Default::default()
+    }
+}
+
+fn target(model: &str) -> Vec<KeyValue> {
+    vec![
+        kv(names::ATTR_MODEL, model),
+        KeyValue {
+            key: names::ATTR_RELEASE.into(),
+            value: Some(AnyValue { value: Some(any_value::Value::IntValue(1)) }),
+            ..Default::default()
+        },
+        kv(names::ATTR_VARIANT, "cpu-fp32"),
+        kv(names::ATTR_PROVIDER, "CPUExecutionProvider"),
+    ]
+}
+
+fn number(start: u64, time: u64, attrs: Vec<KeyValue>, v: f64) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes: attrs,
+        start_time_unix_nano: start,
+        time_unix_nano: time,
+        value: Some(number_data_point::Value::AsDouble(v)),
+        ..Default::default()
+    }
+}
+
+fn sum(name: &str, points: Vec<NumberDataPoint>) -> Metric {
+    Metric {
+        name: name.into(),
+        data: Some(Data::Sum(Sum {
+            data_points: points,
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    }
+}
+
+/// What a daemon would export at `time`: `ok` and `err` requests so far, all of them in the 5–10 ms bucket,
+/// and `joules` from its energy counter, all since `start`.
+fn export(
+    device: &str,
+    model: &str,
+    start: u64,
+    time: u64,
+    ok: u64,
+    err: u64,
+    joules: f64,
+) -> ExportMetricsServiceRequest {
+    let with = |outcome: &str| {
+        let mut a = target(model);
+        a.push(kv(names::ATTR_OUTCOME, outcome));
+        a
+    };
+    let mut counts = vec![0u64; names::DURATION_BUCKETS.len() + 1];
+    counts[6] = ok;
+    let metrics = vec![
+        sum(
+            names::INFERENCE_COUNT,
+            vec![number(start, time, with("ok"), ok as f64), number(start, time, with("error"), err as f64)],
+        ),
+        Metric {
+            name: names::INFERENCE_DURATION.into(),
+            unit: "s".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    attributes: target(model),
+                    start_time_unix_nano: start,
+                    time_unix_nano: time,
+                    count: ok,
+                    sum: Some(ok as f64 * 0.0075),
+                    bucket_counts: counts,
+                    explicit_bounds: names::DURATION_BUCKETS.to_vec(),
+                    ..Default::default()
+                }],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        },
+        sum(names::HW_ENERGY, vec![number(start, time, vec![kv("hw.id", "rapl")], joules)]),
+    ];
+    request(device, metrics)
+}
+
+fn request(device: &str, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![kv(names::RES_DEVICE_ID, device), kv(names::RES_DEVICE_CLASS, "x86-server")],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics { metrics, ..Default::default() }],
+            ..Default::default()
+        }],
+    }
+}
+
+async fn post(app: &TestApp, client: &reqwest::Client, req: &ExportMetricsServiceRequest) -> reqwest::Response {
+    client
+        .post(format!("{}/v1/metrics", app.url))
+        .header("content-type", "application/x-protobuf")
+        .body(req.encode_to_vec())
+        .send()
+        .await
+        .expect("export")
+}
+
+/// Posts an export that must be taken; answers the number of points refused and the message.
+async fn accepted(app: &TestApp, client: &reqwest::Client, req: &ExportMetricsServiceRequest) -> (i64, String) {
+    let r = post(app, client, req).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let answer = ExportMetricsServiceResponse::decode(r.bytes().await.expect("body")).expect("an OTLP answer");
+    answer.partial_success.map_or((0, String::new()), |p| (p.rejected_data_points, p.error_message))
+}
+
+async fn magika_release_1(app: &TestApp) -> (ModelName, ReleaseVersion) {
+    let publisher = app.token(TokenRole::Publisher).await;
+    let m = upload_release(app, &publisher, "magika", 1).await;
+    assert_eq!(publish(app, &publisher, signed(&m, &[key(10), key(11)])).await.status(), 201);
+    let r = app
+        .client()
+        .post(app.url("/assignments"))
+        .bearer_auth(&app.admin)
+        .json(&serde_json::json!({"model": "magika", "version": 1}))
+        .send()
+        .await
+        .expect("assign");
+    assert_eq!(r.status(), 201);
+    (m.model, m.version)
+}
+
+async fn report_running(app: &TestApp, dev: &Device) {
+    let report = serde_json::json!({"models": [{"model": "magika", "active": {
+        "slot": "a", "release": 1, "variant": "cpu-fp32", "provider": "CPUExecutionProvider", "state": "committed"}}]});
+    let r = dev.client.post(app.url("/device/checkin")).json(&report).send().await.expect("checkin");
+    assert_eq!(r.status(), 200);
+}
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64
+}
+
+async fn stats(app: &TestApp, model: &ModelName, v: ReleaseVersion) -> edgefleet_server::rollout::Stats {
+    assert!(edgefleet_server::telemetry::flush(&app.state).await, "rollups written");
+    let rows = app.state.store.release_stats(model, [(v, 0), (v, 0)]).await.expect("stats");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0].class, "x86-server");
+    rows[0].stats
+}
+
+async fn cumulative_points_become_rollups_exactly_once(backend: Backend) {
+    let mut app = TestApp::spawn_with(backend, |c| {
+        c.telemetry_flush_ms = 3_600_000; // flushed by the test
+        c.telemetry_window_secs = 3600;
+        c.rollout_eval_secs = 3600.0;
+    })
+    .await;
+    let (model, v1) = magika_release_1(&app).await;
+    let dev = app.enroll("dev-1", &[], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    report_running(&app, &dev).await;
+    let s = now_ns() - 60_000_000_000;
+    let at = |secs_ago: u64| now_ns() - secs_ago * 1_000_000_000;
+
+    // First export: its whole value; the same export again adds nothing.
+    let a = export("dev-1", "magika", s, at(30), 10, 1, 5.0);
+    assert_eq!(accepted(&app, &dev.client, &a).await.0, 0);
+    assert_eq!(accepted(&app, &dev.client, &a).await.0, 0);
+    let st = stats(&app, &model, v1).await;
+    assert_eq!((st.requests, st.errors), (11, 1), "{st:?}");
+    // The next: the difference. Energy per inference: 5 J over 11, then 3 J over 5.
+    assert_eq!(accepted(&app, &dev.client, &export("dev-1", "magika", s, at(20), 15, 1, 8.0)).await.0, 0);
+    let st = stats(&app, &model, v1).await;
+    assert_eq!((st.requests, st.errors, st.energy_inferences), (16, 1, 16), "{st:?}");
+    let jpi = st.joules_per_inference.expect("energy measured");
+    assert!((jpi - 0.5).abs() < 1e-9, "{jpi}");
+    let p95 = st.p95_ms.expect("latency");
+    assert!((5.0..=10.0).contains(&p95), "p95 {p95} ms in the 5-10 ms bucket");
+    // Counters going backwards without a new start time are refused (the ok count and the histogram); the
+    // rest of that export (error count, energy) is taken.
+    let (refused, why) = accepted(&app, &dev.client, &export("dev-1", "magika", s, at(15), 12, 1, 8.0)).await;
+    assert_eq!(refused, 2, "{why}");
+    assert!(why.contains("counter_backwards"), "{why}");
+    // An older export arriving late adds nothing.
+    assert_eq!(accepted(&app, &dev.client, &export("dev-1", "magika", s, at(25), 13, 1, 7.0)).await.0, 0);
+    assert_eq!(stats(&app, &model, v1).await.requests, 16);
+
+    // Crash: one export taken but not yet written, then the server dies and comes back.
+    assert_eq!(accepted(&app, &dev.client, &export("dev-1", "magika", s, at(10), 20, 1, 9.0)).await.0, 0);
+    app.restart().await;
+    // The series are read back, so the next export's delta covers the lost one too, counted once.
+    assert_eq!(accepted(&app, &dev.client, &export("dev-1", "magika", s, at(5), 22, 2, 10.0)).await.0, 0);
+    let st = stats(&app, &model, v1).await;
+    assert_eq!((st.requests, st.errors), (24, 2), "{st:?}");
+    // The daemon restarted: a new start time, counters from zero; the server adds them whole.
+    let s2 = at(3);
+    assert_eq!(accepted(&app, &dev.client, &export("dev-1", "magika", s2, at(2), 3, 0, 1.0)).await.0, 0);
+    // OTLP JSON, as a collector configured for JSON sends it.
+    let json = serde_json::to_vec(&export("dev-1", "magika", s2, at(1), 4, 0, 1.5)).expect("json");
+    let r = dev
+        .client
+        .post(format!("{}/v1/metrics", app.url))
+        .header("content-type", "application/json")
+        .body(json)
+        .send()
+        .await
+        .expect("json export");
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
+    let st = stats(&app, &model, v1).await;
+    assert_eq!((st.requests, st.errors), (28, 2), "{st:?}");
+
+    // /metrics: a viewer token, bounded labels, the totals this server took in since it started.
+    assert_eq!(app.client().get(format!("{}/metrics", app.url)).send().await.expect("metrics").status(), 401);
+    let viewer = app.token(TokenRole::Viewer).await;
+    let text = app
+        .client()
+        .get(format!("{}/metrics", app.url))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    let ok_line =
+        r#"edgefleet_inference_requests_total{model="magika",release="1",device_class="x86-server",outcome="ok"} 11"#;
+    assert!(text.contains(ok_line), "since the restart: 7 + 3 + 1 ok\n{text}");
+    assert!(text.contains(r#"edgefleet_devices{device_class="x86-server",status="online"} 1"#), "{text}");
+    assert!(text.contains("edgefleet_otlp_points_total{result=\"accepted\"}"), "{text}");
+    assert!(!text.contains("dev-1"), "no per-device labels");
+}
+
+async fn bad_exports_are_refused_by_reason(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.telemetry_burst = 6.0;
+        c.telemetry_exports_per_sec = 0.01;
+    })
+    .await;
+    magika_release_1(&app).await;
+    let dev = app.enroll("dev-1", &[], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    let other = app.enroll("dev-2", &[], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    report_running(&app, &dev).await;
+    let (s, t) = (now_ns() - 10_000_000_000, now_ns() - 1_000_000_000);
+
+    // Absurd values and strangers, each refused for its reason; nothing else in the export is lost.
+    let mut neg = export("dev-1", "magika", s, t, 5, 0, 1.0);
+    if let Some(Data::Histogram(h)) = &mut neg.resource_metrics[0].scope_metrics[0].metrics[1].data {
+        h.data_points[0].sum = Some(-1.0);
+    }
+    let nan = Metric {
+        name: names::HW_POWER.into(),
+        data: Some(Data::Gauge(Gauge { data_points: vec![number(0, t, vec![], f64::NAN)] })),
+        ..Default::default()
+    };
+    neg.resource_metrics[0].scope_metrics[0].metrics.push(nan);
+    let unknown =
+        export("dev-1", "silero-vad", s, t, 5, 0, 1.0).resource_metrics[0].scope_metrics[0].metrics[0].clone();
+    neg.resource_metrics[0].scope_metrics[0].metrics.push(unknown);
+    let (refused, why) = accepted(&app, &dev.client, &neg).await;
+    assert_eq!(refused, 4, "negative duration, NaN power, two silero-vad counts: {why}");
+    for reason in ["negative", "not_finite", "unknown_model"] {
+        assert!(why.contains(reason), "{reason}: {why}");
+    }
+    // An export naming another device is refused whole.
+    let (refused, why) = accepted(&app, &dev.client, &export("dev-2", "magika", s, t, 5, 0, 1.0)).await;
+    assert_eq!(refused, 4, "{why}");
+    assert!(why.contains("device_mismatch"), "{why}");
+    // Garbage, the wrong content type, people and strangers.
+    let garbage = dev
+        .client
+        .post(format!("{}/v1/metrics", app.url))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![0xff, 0xff, 0xff, 0x01])
+        .send()
+        .await
+        .expect("post");
+    assert_error(garbage, 400, "malformed_otlp").await;
+    let text = dev.client.post(format!("{}/v1/metrics", app.url)).header("content-type", "text/plain").body("x").send();
+    assert_error(text.await.expect("post"), 415, "unsupported_media_type").await;
+    let viewer = app.token(TokenRole::Viewer).await;
+    let as_person = app
+        .client()
+        .post(format!("{}/v1/metrics", app.url))
+        .bearer_auth(&viewer)
+        .header("content-type", "application/x-protobuf")
+        .body(ExportMetricsServiceRequest::default().encode_to_vec())
+        .send();
+    assert_error(as_person.await.expect("post"), 403, "forbidden").await;
+    let anonymous = app.client().post(format!("{}/v1/metrics", app.url)).send();
+    assert_error(anonymous.await.expect("post"), 401, "unauthorized").await;
+    let huge = dev
+        .client
+        .post(format!("{}/v1/metrics", app.url))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![0u8; 5 << 20])
+        .send()
+        .await;
+    if let Ok(r) = huge {
+        assert_error(r, 413, "too_large").await;
+    }
+
+    // A flood from one device: its burst (6, five spent above), then 429 with Retry-After; others unaffected.
+    let empty = ExportMetricsServiceRequest::default();
+    let mut limited = None;
+    for _ in 0..5 {
+        let r = post(&app, &dev.client, &empty).await;
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("the flood is limited");
+    assert!(r.headers().get("retry-after").is_some());
+    assert_error(r, 429, "rate_limited").await;
+    assert_eq!(post(&app, &other.client, &empty).await.status(), 200, "another device is unaffected");
+    // The receiver counted every refusal by reason.
+    let c = &app.state.ingest.counters;
+    use edgefleet_server::telemetry::otlp::Reason;
+    assert_eq!(c.refused(Reason::Negative), 1);
+    assert_eq!(c.refused(Reason::NotFinite), 1);
+    assert_eq!(c.refused(Reason::UnknownModel), 2);
+    assert_eq!(c.refused(Reason::DeviceMismatch), 4);
+    assert!(c.exports_malformed.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(c.exports_rate_limited.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+}
+
+crate::both_backends!(cumulative_points_become_rollups_exactly_once, bad_exports_are_refused_by_reason);
