@@ -214,7 +214,8 @@ pub struct RolloutView {
     pub state: State,
     /// The share of selected devices meant to run the new release now (0–100).
     pub share_percent: f64,
-    pub gates: Vec<GateResult>,
+    /// Every gate on every device class at the last evaluation: value, threshold, samples, verdict.
+    pub gate_results: Vec<GateResult>,
     /// When the gates were last evaluated (RFC 3339), if ever.
     pub evaluated_at: Option<String>,
     pub created_at: String,

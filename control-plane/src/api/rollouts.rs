@@ -18,7 +18,7 @@ pub fn view(row: RolloutRow) -> RolloutView {
         share_percent: crate::rollout::share(&row.rollout, &row.state),
         rollout: row.rollout,
         state: row.state,
-        gates: row.gates,
+        gate_results: row.gates,
         evaluated_at: row.evaluated_at.map(rfc3339),
         created_at: rfc3339(row.created_at),
         created_by: row.created_by,

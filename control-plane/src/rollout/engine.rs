@@ -57,10 +57,10 @@ pub async fn evaluate_all(state: &AppState, now: i64) -> Result<usize, StoreErro
             continue;
         }
         let r = &row.rollout;
-        let rows = state
-            .store
-            .release_stats(&r.model, [(r.release, row.created_at), (r.baseline, row.created_at - lookback)])
-            .await?;
+        // The new release from the window the rollout started in; the baseline from `lookback` before it.
+        let window = state.ingest.settings.window_ms;
+        let sides = [(r.release, row.created_at - window), (r.baseline, row.created_at - lookback)];
+        let rows = state.store.release_stats(&r.model, sides).await?;
         let seen = observations(r, &rows);
         let e = evaluate(r, &row.state, &seen, withdrawn(state, r).await?, now);
         state.store.set_rollout_gates(&r.id, &e.gates, now).await?;

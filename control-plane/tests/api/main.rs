@@ -1,6 +1,7 @@
 //! API tests: the real server over real TLS, each test on SQLite and on PostgreSQL.
 
 mod helpers;
+mod rollouts;
 mod telemetry;
 
 use chrono::{Duration, Utc};

@@ -24,12 +24,12 @@ fn kv(k: &str, v: &str) -> KeyValue {
     }
 }
 
-fn target(model: &str) -> Vec<KeyValue> {
+fn target(model: &str, release: i64) -> Vec<KeyValue> {
     vec![
         kv(names::ATTR_MODEL, model),
         KeyValue {
             key: names::ATTR_RELEASE.into(),
-            value: Some(AnyValue { value: Some(any_value::Value::IntValue(1)) }),
+            value: Some(AnyValue { value: Some(any_value::Value::IntValue(release)) }),
             ..Default::default()
         },
         kv(names::ATTR_VARIANT, "cpu-fp32"),
@@ -70,39 +70,59 @@ fn export(
     err: u64,
     joules: f64,
 ) -> ExportMetricsServiceRequest {
-    let with = |outcome: &str| {
-        let mut a = target(model);
-        a.push(kv(names::ATTR_OUTCOME, outcome));
-        a
-    };
-    let mut counts = vec![0u64; names::DURATION_BUCKETS.len() + 1];
-    counts[6] = ok;
-    let metrics = vec![
-        sum(
-            names::INFERENCE_COUNT,
-            vec![number(start, time, with("ok"), ok as f64), number(start, time, with("error"), err as f64)],
-        ),
-        Metric {
-            name: names::INFERENCE_DURATION.into(),
-            unit: "s".into(),
-            data: Some(Data::Histogram(Histogram {
-                data_points: vec![HistogramDataPoint {
-                    attributes: target(model),
-                    start_time_unix_nano: start,
-                    time_unix_nano: time,
-                    count: ok,
-                    sum: Some(ok as f64 * 0.0075),
-                    bucket_counts: counts,
-                    explicit_bounds: names::DURATION_BUCKETS.to_vec(),
-                    ..Default::default()
-                }],
-                aggregation_temporality: AggregationTemporality::Cumulative as i32,
-            })),
-            ..Default::default()
-        },
-        sum(names::HW_ENERGY, vec![number(start, time, vec![kv("hw.id", "rapl")], joules)]),
-    ];
-    request(device, metrics)
+    Served { device, model, release: 1, bucket: 6, start, time, ok, err, joules }.export()
+}
+
+/// A daemon's totals since `start`, as of `time`: release `release` of `model` answered `ok` requests, all
+/// in duration bucket `bucket`, and failed `err`; the device's energy counter reads `joules`.
+#[derive(Clone, Copy)]
+pub struct Served<'a> {
+    pub device: &'a str,
+    pub model: &'a str,
+    pub release: i64,
+    pub bucket: usize,
+    pub start: u64,
+    pub time: u64,
+    pub ok: u64,
+    pub err: u64,
+    pub joules: f64,
+}
+
+impl Served<'_> {
+    pub fn export(&self) -> ExportMetricsServiceRequest {
+        let Served { device, model, release, bucket, start, time, ok, err, joules } = *self;
+        let with = |outcome: &str| {
+            let mut a = target(model, release);
+            a.push(kv(names::ATTR_OUTCOME, outcome));
+            a
+        };
+        let mut counts = vec![0u64; names::DURATION_BUCKETS.len() + 1];
+        counts[bucket] = ok;
+        let points = vec![number(start, time, with("ok"), ok as f64), number(start, time, with("error"), err as f64)];
+        let metrics = vec![
+            sum(names::INFERENCE_COUNT, points),
+            Metric {
+                name: names::INFERENCE_DURATION.into(),
+                unit: "s".into(),
+                data: Some(Data::Histogram(Histogram {
+                    data_points: vec![HistogramDataPoint {
+                        attributes: target(model, release),
+                        start_time_unix_nano: start,
+                        time_unix_nano: time,
+                        count: ok,
+                        sum: Some(ok as f64 * names::DURATION_BUCKETS[bucket]),
+                        bucket_counts: counts,
+                        explicit_bounds: names::DURATION_BUCKETS.to_vec(),
+                        ..Default::default()
+                    }],
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                })),
+                ..Default::default()
+            },
+            sum(names::HW_ENERGY, vec![number(start, time, vec![kv("hw.id", "rapl")], joules)]),
+        ];
+        request(device, metrics)
+    }
 }
 
 fn request(device: &str, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
@@ -118,7 +138,7 @@ fn request(device: &str, metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
     }
 }
 
-async fn post(app: &TestApp, client: &reqwest::Client, req: &ExportMetricsServiceRequest) -> reqwest::Response {
+pub async fn post(app: &TestApp, client: &reqwest::Client, req: &ExportMetricsServiceRequest) -> reqwest::Response {
     client
         .post(format!("{}/v1/metrics", app.url))
         .header("content-type", "application/x-protobuf")
@@ -129,14 +149,14 @@ async fn post(app: &TestApp, client: &reqwest::Client, req: &ExportMetricsServic
 }
 
 /// Posts an export that must be taken; answers the number of points refused and the message.
-async fn accepted(app: &TestApp, client: &reqwest::Client, req: &ExportMetricsServiceRequest) -> (i64, String) {
+pub async fn accepted(app: &TestApp, client: &reqwest::Client, req: &ExportMetricsServiceRequest) -> (i64, String) {
     let r = post(app, client, req).await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap_or_default());
     let answer = ExportMetricsServiceResponse::decode(r.bytes().await.expect("body")).expect("an OTLP answer");
     answer.partial_success.map_or((0, String::new()), |p| (p.rejected_data_points, p.error_message))
 }
 
-async fn magika_release_1(app: &TestApp) -> (ModelName, ReleaseVersion) {
+pub async fn magika_release_1(app: &TestApp) -> (ModelName, ReleaseVersion) {
     let publisher = app.token(TokenRole::Publisher).await;
     let m = upload_release(app, &publisher, "magika", 1).await;
     assert_eq!(publish(app, &publisher, signed(&m, &[key(10), key(11)])).await.status(), 201);
@@ -152,14 +172,14 @@ async fn magika_release_1(app: &TestApp) -> (ModelName, ReleaseVersion) {
     (m.model, m.version)
 }
 
-async fn report_running(app: &TestApp, dev: &Device) {
+pub async fn report_running(app: &TestApp, dev: &Device) {
     let report = serde_json::json!({"models": [{"model": "magika", "active": {
         "slot": "a", "release": 1, "variant": "cpu-fp32", "provider": "CPUExecutionProvider", "state": "committed"}}]});
     let r = dev.client.post(app.url("/device/checkin")).json(&report).send().await.expect("checkin");
     assert_eq!(r.status(), 200);
 }
 
-fn now_ns() -> u64 {
+pub fn now_ns() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_nanos() as u64
 }
 

@@ -1,0 +1,180 @@
+//! Rollouts through the API: created by operators only, planned into each device's desired state by its stable
+//! place in the waves, paused, resumed, promoted; gates judged from real OTLP exports roll a slow release
+//! back, and the audit log says why with the numbers.
+
+use edgefleet_protocol::DeviceId;
+use edgefleet_protocol::api::TokenRole;
+use edgefleet_protocol::rollout::RolloutView;
+use model_registry::{DesiredState, Envelope};
+
+use crate::helpers::*;
+use crate::telemetry::{Served, accepted, magika_release_1, now_ns, report_running};
+
+/// The release of magika a device's current desired state names.
+async fn told(app: &TestApp, dev: &Device) -> u64 {
+    let r = dev.client.post(app.url("/device/checkin")).json(&serde_json::json!({})).send().await.expect("checkin");
+    assert_eq!(r.status(), 200);
+    let env: Envelope = r.json().await.expect("document");
+    let doc: DesiredState = env.typed().expect("desired state");
+    doc.models.iter().find(|m| m.model.as_str() == "magika").map_or(0, |m| {
+        let manifest: model_registry::ReleaseManifest = m.release.typed().expect("manifest");
+        manifest.version.get()
+    })
+}
+
+async fn rollouts_move_devices_in_waves_and_gates_roll_back(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.telemetry_flush_ms = 3_600_000;
+        c.rollout_eval_secs = 3600.0; // evaluated by the test, at times it chooses
+    })
+    .await;
+    let (_, v1) = magika_release_1(&app).await;
+    let publisher = app.token(TokenRole::Publisher).await;
+    let m2 = upload_release(&app, &publisher, "magika", 2).await;
+    assert_eq!(publish(&app, &publisher, signed(&m2, &[key(10), key(11)])).await.status(), 201);
+    let operator = app.token(TokenRole::Operator).await;
+    let viewer = app.token(TokenRole::Viewer).await;
+    let mut devices = Vec::new();
+    for i in 0..8 {
+        let dev = app
+            .enroll(&format!("dev-{i}"), &[("region", "eu")], hardware("x86-server", &["CPUExecutionProvider"]))
+            .await;
+        report_running(&app, &dev).await;
+        devices.push(dev);
+    }
+    let spec = serde_json::json!({
+        "model": "magika", "release": 2, "selector": "region=eu",
+        "waves": [{"percent": 50, "bake_secs": 3600}, {"percent": 100, "bake_secs": 0}],
+        "gates": [{"kind": "p95_latency_ratio", "max": 1.5}, {"kind": "error_rate", "max_increase": 0.05}],
+        "min_samples": 20, "on_failure": "roll_back"
+    });
+    let create = |token: &str, body: serde_json::Value| {
+        app.client().post(app.url("/rollouts")).bearer_auth(token).json(&body).send()
+    };
+    assert_error(create(&viewer, spec.clone()).await.expect("post"), 403, "forbidden").await;
+    let mut bad = spec.clone();
+    bad["waves"] = serde_json::json!([{"percent": 60, "bake_secs": 1}, {"percent": 40, "bake_secs": 1}]);
+    assert_error(create(&operator, bad).await.expect("post"), 400, "invalid_rollout").await;
+    let mut missing = spec.clone();
+    missing["release"] = serde_json::json!(9);
+    assert_error(create(&operator, missing).await.expect("post"), 404, "not_found").await;
+    let r = create(&operator, spec.clone()).await.expect("post");
+    assert_eq!(r.status(), 201);
+    let view: RolloutView = r.json().await.expect("view");
+    assert_eq!(view.rollout.baseline, v1, "the baseline defaults to the assigned release");
+    assert_eq!(view.state.name(), "running");
+    let id = view.rollout.id.clone();
+
+    // Wave 1: exactly the devices whose stable place falls under 50 % are told release 2.
+    let mut on_new = Vec::new();
+    for d in &devices {
+        let expected =
+            edgefleet_server::rollout::target(&view.rollout, &view.state, &d.id.parse::<DeviceId>().expect("id"));
+        let got = told(&app, d).await;
+        assert_eq!(got, expected.get(), "{}", d.id);
+        if got == 2 {
+            on_new.push(d);
+        }
+    }
+    assert!(!on_new.is_empty() && on_new.len() < devices.len(), "a 50 % wave of 8 moves some: {}", on_new.len());
+
+    // Pause and resume, by operators only; an action that does not apply is a conflict.
+    let act = |token: &str, what: &str| {
+        app.client().post(app.url(&format!("/rollouts/{id}/{what}"))).bearer_auth(token).send()
+    };
+    assert_error(act(&viewer, "pause").await.expect("post"), 403, "forbidden").await;
+    let paused: RolloutView = act(&operator, "pause").await.expect("post").json().await.expect("view");
+    assert_eq!(paused.state.name(), "paused");
+    assert_error(act(&operator, "pause").await.expect("post"), 409, "rollout_state").await;
+    assert_eq!(told(&app, on_new[0]).await, 2, "a paused rollout keeps the devices it moved");
+    let resumed: RolloutView = act(&operator, "resume").await.expect("post").json().await.expect("view");
+    assert_eq!(resumed.state.name(), "running");
+
+    // Telemetry: release 1 answers in 5-10 ms, release 2 in 50-100 ms on the same class: the p95 gate fails.
+    let (start, t) = (now_ns() - 60_000_000_000, now_ns() - 1_000_000_000);
+    for d in &devices {
+        let release = if on_new.iter().any(|n| n.id == d.id) { 2 } else { 1 };
+        let bucket = if release == 2 { 9 } else { 6 };
+        let served =
+            Served { device: &d.id, model: "magika", release, bucket, start, time: t, ok: 30, err: 0, joules: 3.0 };
+        assert_eq!(accepted(&app, &d.client, &served.export()).await.0, 0);
+    }
+    assert!(edgefleet_server::telemetry::flush(&app.state).await);
+    let moved = edgefleet_server::rollout::engine::evaluate_all(&app.state, edgefleet_server::state::now_ms())
+        .await
+        .expect("evaluate");
+    assert_eq!(moved, 1);
+    let shown: RolloutView = app
+        .client()
+        .get(app.url(&format!("/rollouts/{id}")))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .expect("show")
+        .json()
+        .await
+        .expect("view");
+    assert_eq!(shown.state.name(), "rolled_back", "{:?}", shown.state);
+    let p95 = shown.gate_results.iter().find(|g| g.gate.name() == "p95 latency ratio").expect("p95 gate");
+    assert_eq!(p95.class, "x86-server");
+    assert!(p95.value.expect("measured") > 1.5, "{p95:?}");
+    assert!(p95.samples_new >= 20 && p95.samples_baseline >= 20, "{p95:?}");
+    for d in &devices {
+        assert_eq!(told(&app, d).await, 1, "{} is told to go back to release 1", d.id);
+    }
+    let audit: serde_json::Value = app
+        .client()
+        .get(app.url("/audit"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .expect("audit")
+        .json()
+        .await
+        .expect("json");
+    let entries = audit.as_array().cloned().unwrap_or_default();
+    let actions: Vec<&str> = entries.iter().filter_map(|e| e["action"].as_str()).collect();
+    for a in ["rollout.create", "rollout.pause", "rollout.resume", "rollout.rolled_back"] {
+        assert!(actions.contains(&a), "{a} in {actions:?}");
+    }
+    let why = entries.iter().find(|e| e["action"] == "rollout.rolled_back").expect("rolled back entry");
+    assert_eq!(why["actor"], "rollout-engine");
+    assert!(
+        why["detail"]["to"]["reason"].as_str().unwrap_or_default().contains("p95 latency ratio on x86-server"),
+        "{why}"
+    );
+    assert!(why["detail"]["gates"].as_array().is_some_and(|g| !g.is_empty()), "{why}");
+
+    // A second rollout of release 2, promoted by hand: every selected device is told release 2.
+    let r = create(&operator, spec).await.expect("post");
+    assert_eq!(r.status(), 201);
+    let second: RolloutView = r.json().await.expect("view");
+    let done: RolloutView = app
+        .client()
+        .post(app.url(&format!("/rollouts/{}/promote", second.rollout.id)))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .expect("promote")
+        .json()
+        .await
+        .expect("view");
+    assert_eq!(done.state.name(), "done");
+    for d in &devices {
+        assert_eq!(told(&app, d).await, 2);
+    }
+    let listed: Vec<RolloutView> = app
+        .client()
+        .get(app.url("/rollouts?model=magika"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .expect("list")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].rollout.id, second.rollout.id, "newest first");
+}
+
+crate::both_backends!(rollouts_move_devices_in_waves_and_gates_roll_back);
