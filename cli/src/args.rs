@@ -51,6 +51,9 @@ pub enum Command {
         #[arg(long, default_value = "")]
         selector: String,
     },
+    /// Rollouts in waves, gated on what the fleet reports (operator to change, viewer to look).
+    #[command(subcommand)]
+    Rollout(RolloutCmd),
     /// The device inventory.
     #[command(subcommand)]
     Devices(DevicesCmd),
@@ -65,6 +68,45 @@ pub enum Command {
         #[arg(long, default_value_t = 50)]
         limit: u32,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RolloutCmd {
+    /// Start rolling a release out to the devices a selector matches, in waves with bake times and gates.
+    Create {
+        model: String,
+        release: u64,
+        /// The release the others keep and a rollback returns to (default: the model's assigned release).
+        #[arg(long)]
+        baseline: Option<u64>,
+        /// Label selector (`region=eu,hw.npu=hexagon`); empty: every device.
+        #[arg(long, default_value = "")]
+        selector: String,
+        /// A wave, `PERCENT[:BAKE]` with BAKE like `90s`, `30m`, `2h` (default 0): the share of the selected
+        /// devices on the release once it starts, cumulative. Repeat, rising: `--wave 1:30m --wave 10:1h --wave 100`.
+        #[arg(long = "wave", required = true)]
+        waves: Vec<String>,
+        /// A gate against the baseline on the same device class: `error-rate=0.01` (largest increase),
+        /// `p95-ratio=1.2`, `energy-ratio=1.1`, `install-failures=0.05`. Repeat.
+        #[arg(long = "gate")]
+        gates: Vec<String>,
+        /// Samples each gate needs on each side before it judges.
+        #[arg(long, default_value_t = 100)]
+        min_samples: u64,
+        /// What a failed gate does: `pause` or `rollback`.
+        #[arg(long, default_value = "pause")]
+        on_failure: String,
+    },
+    /// Every rollout, or one with each wave and gate.
+    Status { id: Option<String> },
+    /// Hold a running rollout where it is.
+    Pause { id: String },
+    /// Let a paused rollout go on.
+    Resume { id: String },
+    /// Stop a rollout and send its devices back to the baseline.
+    Abort { id: String },
+    /// Skip the remaining waves: every selected device gets the release.
+    Promote { id: String },
 }
 
 #[derive(Debug, Subcommand)]

@@ -12,6 +12,7 @@ mod output;
 mod release;
 mod remote;
 mod remote_cmd;
+mod rollout_cmd;
 mod trust_cmd;
 
 use args::{Cli, Command};

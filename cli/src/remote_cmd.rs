@@ -105,6 +105,7 @@ pub fn run(cmd: Command, out: &Out) -> anyhow::Result<()> {
             );
         }
         Command::Devices(c) => devices(c, out)?,
+        Command::Rollout(c) => crate::rollout_cmd::run(c, out)?,
         Command::Tokens(c) => {
             let remote = Remote::from_saved()?;
             match c {

@@ -83,6 +83,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("certificate {} sha256 fingerprint {}", built.cert_path.display(), built.fingerprint);
             let router = edgefleet_server::api::router(built.state.clone());
             edgefleet_server::server::serve(listener, router, built.tls, shutdown_signal()).await?;
+            // Stop the background work, write the telemetry still pending, then let the last_seen writer drain.
+            for task in built.background {
+                task.abort();
+                let _ = task.await;
+            }
+            edgefleet_server::telemetry::flush(&built.state).await;
             drop(built.state);
             let _ = built.flusher.await;
             Ok(())

@@ -264,6 +264,14 @@ impl ServerProcess {
         }
     }
 
+    /// An HTTP client that trusts this server's certificate.
+    pub fn client(&self) -> reqwest::blocking::Client {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let pem = std::fs::read(self.data_dir.join("tls/server.crt")).expect("server certificate");
+        let cert = reqwest::Certificate::from_pem(&pem).expect("PEM");
+        reqwest::blocking::Client::builder().add_root_certificate(cert).build().expect("client")
+    }
+
     /// Runs `edgefleet-server` against the same data directory (for `token create`).
     pub fn admin(data_dir: &Path, args: &[&str]) -> Ran {
         let out = Command::new(bin("edgefleet-server"))
@@ -295,4 +303,134 @@ impl Drop for ServerProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A running `edgefleet-daemon`, killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    pub child: Child,
+    /// Its v2 API, `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// The daemon's stdout after its address line.
+    pub lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Daemon {
+    /// SIGKILL: no clean-up of any kind runs.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("kill -9");
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the daemon to say it paused at `point` (see `EDGEFLEET_PAUSE_AT`).
+    pub fn paused_at(&self, point: &str) {
+        let want = format!("edgefleet-daemon paused at {point}");
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line == want => return,
+                Ok(_) => {}
+                Err(e) => panic!("the daemon did not pause at {point}: {e}"),
+            }
+        }
+        panic!("the daemon did not pause at {point} within 90 s");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The command that runs device `id` of `w` against `server`: its data in `w/<id>/`, its hardware files in
+/// `w/hw/`, v2 on a free port, short long-polls and a one-second bake window.
+pub fn daemon_command(w: &Workdir, server: &ServerProcess, id: &str, token: Option<&str>) -> Command {
+    let mut cmd = Command::new(bin("edgefleet-daemon"));
+    cmd.arg("--hardware-root")
+        .arg(w.path("hw"))
+        .arg("run")
+        .arg("--server")
+        .arg(&server.url)
+        .arg("--server-ca")
+        .arg(server.data_dir.join("tls/server.crt"))
+        .arg("--data-dir")
+        .arg(w.path(id))
+        .arg("--trust-root")
+        .arg(w.path("root.json"))
+        .arg("--device-id")
+        .arg(id)
+        .arg("--ort-lib")
+        .arg(cache("lib/libonnxruntime.so.1.31.1"))
+        .arg("--listen")
+        .arg("127.0.0.1:0")
+        .arg("--wait")
+        .arg("2")
+        .arg("--bake-secs")
+        .arg("1")
+        .env("RUST_LOG", "warn");
+    if let Some(t) = token {
+        cmd.arg("--enroll-token").arg(t);
+    }
+    cmd
+}
+
+pub fn start_daemon(w: &Workdir, server: &ServerProcess, id: &str, token: Option<&str>) -> Daemon {
+    spawn_daemon(daemon_command(w, server, id, token))
+}
+
+/// Starts a daemon and waits for the address of its v2 API.
+pub fn spawn_daemon(cmd: Command) -> Daemon {
+    let (child, lines) = spawn_with_stdout(cmd);
+    let line = lines.recv_timeout(Duration::from_secs(60)).expect("edgefleet-daemon did not print its address");
+    let url = line.strip_prefix("edgefleet-daemon serving v2 on ").expect("address line").trim().to_owned();
+    Daemon { child, url, lines }
+}
+
+pub fn http() -> reqwest::blocking::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::blocking::Client::new()
+}
+
+/// The release version serving magika and its answer for a Python file, once the model answers.
+pub fn classify(client: &reqwest::blocking::Client, daemon: &Daemon) -> Option<(String, String)> {
+    let body = serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32", "data": magika_features(PYTHON_SOURCE)}]});
+    let r = client.post(format!("{}/v2/models/magika/infer", daemon.url)).json(&body).send().ok()?;
+    if r.status() != 200 {
+        return None;
+    }
+    let v: serde_json::Value = r.json().ok()?;
+    let scores: Vec<f64> = v["outputs"][0]["data"].as_array()?.iter().filter_map(|x| x.as_f64()).collect();
+    let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?.0;
+    Some((v["model_version"].as_str()?.to_owned(), magika_labels()[best].clone()))
+}
+
+/// An x86 server's hardware files (HARDWARE-FACTS §6) under `w/<dir>/`.
+pub fn x86_server(w: &Workdir, dir: &str) {
+    std::fs::create_dir_all(w.path(&format!("{dir}/proc"))).expect("hw");
+    std::fs::write(
+        w.path(&format!("{dir}/proc/cpuinfo")),
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n",
+    )
+    .expect("cpuinfo");
+    std::fs::write(w.path(&format!("{dir}/proc/meminfo")), "MemTotal:       16127920 kB\n").expect("meminfo");
+}
+
+/// A server on `w`'s root and fleet key (with `config`, a TOML text, if given), the CLI logged in as admin;
+/// answers it and an enrollment token for devices labelled site=lab.
+pub fn server_and_token(w: &Workdir, config: Option<&str>) -> (ServerProcess, String) {
+    let data = w.path("server-data");
+    let (root, fleet, toml) = (w.path("root.json"), w.path("fleet.key"), w.path("server.toml"));
+    let mut env: Vec<(&str, &Path)> = vec![("EDGEFLEET_TRUST_ROOT", &root), ("EDGEFLEET_FLEET_KEY", &fleet)];
+    if let Some(c) = config {
+        std::fs::write(&toml, c).expect("server config");
+        env.push(("EDGEFLEET_CONFIG", &toml));
+    }
+    let server = ServerProcess::start(&data, &env);
+    let admin = ServerProcess::admin(&data, &["token", "create", "--name", "ci", "--role", "admin"]).ok().stdout();
+    w.edgefleet(&["login", "--server", &server.url, "--token", admin.trim(), "--fingerprint", &server.fingerprint])
+        .ok();
+    let token = w.edgefleet(&["--json", "enroll-token", "create", "--label", "site=lab"]).ok().json();
+    (server, token["token"].as_str().expect("token").to_owned())
 }

@@ -6,82 +6,13 @@
 //! download, mid decompression, right after the rename into its slot): each restart serves the committed
 //! release, resumes the download, never loads a half-written file, and finally installs the new release.
 
-use std::process::{Child, Command};
+use std::process::Command;
 use std::time::Duration;
 
 use edgefleet_e2e::{
-    PYTHON_SOURCE, ServerProcess, Workdir, bin, cache, eventually, magika_features, magika_labels, spawn_with_stdout,
+    Daemon, ServerProcess, Workdir, bin, cache, classify, daemon_command, eventually, http, server_and_token,
+    spawn_daemon, start_daemon, x86_server,
 };
-
-struct Daemon {
-    child: Child,
-    url: String,
-    /// The daemon's stdout after its address line.
-    lines: std::sync::mpsc::Receiver<String>,
-}
-
-impl Daemon {
-    /// SIGKILL: no clean-up of any kind runs.
-    fn kill_9(mut self) {
-        self.child.kill().expect("kill -9");
-        let _ = self.child.wait();
-    }
-
-    /// Waits for the daemon to say it paused at `point` (see `EDGEFLEET_PAUSE_AT`).
-    fn paused_at(&self, point: &str) {
-        let want = format!("edgefleet-daemon paused at {point}");
-        let deadline = std::time::Instant::now() + Duration::from_secs(90);
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line == want => return,
-                Ok(_) => {}
-                Err(e) => panic!("the daemon did not pause at {point}: {e}"),
-            }
-        }
-        panic!("the daemon did not pause at {point} within 90 s");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_daemon(w: &Workdir, server: &ServerProcess, token: Option<&str>) -> Daemon {
-    spawn(daemon_command(w, server, token))
-}
-
-fn daemon_command(w: &Workdir, server: &ServerProcess, token: Option<&str>) -> Command {
-    let mut cmd = Command::new(bin("edgefleet-daemon"));
-    cmd.arg("--hardware-root")
-        .arg(w.path("hw"))
-        .arg("run")
-        .arg("--server")
-        .arg(&server.url)
-        .arg("--server-ca")
-        .arg(server.data_dir.join("tls/server.crt"))
-        .arg("--data-dir")
-        .arg(w.path("device"))
-        .arg("--trust-root")
-        .arg(w.path("root.json"))
-        .arg("--device-id")
-        .arg("edge-1")
-        .arg("--ort-lib")
-        .arg(cache("lib/libonnxruntime.so.1.31.1"))
-        .arg("--listen")
-        .arg("127.0.0.1:0")
-        .arg("--wait")
-        .arg("2")
-        .arg("--bake-secs")
-        .arg("1")
-        .env("RUST_LOG", "warn");
-    if let Some(t) = token {
-        cmd.arg("--enroll-token").arg(t);
-    }
-    cmd
-}
 
 /// The same daemon configured by a TOML file alone.
 fn start_daemon_from_config(w: &Workdir, server: &ServerProcess) -> Daemon {
@@ -90,7 +21,7 @@ fn start_daemon_from_config(w: &Workdir, server: &ServerProcess) -> Daemon {
          ort_lib = {:?}\nlisten = \"127.0.0.1:0\"\nwait = 2\nbake_secs = 1\nhardware_root = {:?}\n",
         server.url,
         server.data_dir.join("tls/server.crt"),
-        w.path("device"),
+        w.path("edge-1"),
         w.path("root.json"),
         cache("lib/libonnxruntime.so.1.31.1"),
         w.path("hw"),
@@ -98,58 +29,7 @@ fn start_daemon_from_config(w: &Workdir, server: &ServerProcess) -> Daemon {
     std::fs::write(w.path("device.toml"), config).expect("config");
     let mut cmd = Command::new(bin("edgefleet-daemon"));
     cmd.arg("run").arg("--config").arg(w.path("device.toml")).env("RUST_LOG", "warn");
-    spawn(cmd)
-}
-
-fn spawn(cmd: Command) -> Daemon {
-    let (child, lines) = spawn_with_stdout(cmd);
-    let line = lines.recv_timeout(Duration::from_secs(60)).expect("edgefleet-daemon did not print its address");
-    let url = line.strip_prefix("edgefleet-daemon serving v2 on ").expect("address line").trim().to_owned();
-    Daemon { child, url, lines }
-}
-
-fn http() -> reqwest::blocking::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::blocking::Client::new()
-}
-
-/// The release version serving magika and its answer for a Python file, once the model answers.
-fn classify(client: &reqwest::blocking::Client, daemon: &Daemon) -> Option<(String, String)> {
-    let body = serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32", "data": magika_features(PYTHON_SOURCE)}]});
-    let r = client.post(format!("{}/v2/models/magika/infer", daemon.url)).json(&body).send().ok()?;
-    if r.status() != 200 {
-        return None;
-    }
-    let v: serde_json::Value = r.json().ok()?;
-    let scores: Vec<f64> = v["outputs"][0]["data"].as_array()?.iter().filter_map(|x| x.as_f64()).collect();
-    let best = scores.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1))?.0;
-    Some((v["model_version"].as_str()?.to_owned(), magika_labels()[best].clone()))
-}
-
-/// An x86 server's hardware files (HARDWARE-FACTS §6) under `hw/`.
-fn x86_server(w: &Workdir) {
-    std::fs::create_dir_all(w.path("hw/proc")).expect("hw");
-    std::fs::write(
-        w.path("hw/proc/cpuinfo"),
-        "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n",
-    )
-    .expect("cpuinfo");
-    std::fs::write(w.path("hw/proc/meminfo"), "MemTotal:       16127920 kB\n").expect("meminfo");
-}
-
-/// A server on `w`'s root and fleet key, the CLI logged in as admin; answers it and an enrollment token for
-/// devices labelled site=lab.
-fn server_and_token(w: &Workdir) -> (ServerProcess, String) {
-    let data = w.path("server-data");
-    let server = ServerProcess::start(
-        &data,
-        &[("EDGEFLEET_TRUST_ROOT", &w.path("root.json")), ("EDGEFLEET_FLEET_KEY", &w.path("fleet.key"))],
-    );
-    let admin = ServerProcess::admin(&data, &["token", "create", "--name", "ci", "--role", "admin"]).ok().stdout();
-    w.edgefleet(&["login", "--server", &server.url, "--token", admin.trim(), "--fingerprint", &server.fingerprint])
-        .ok();
-    let token = w.edgefleet(&["--json", "enroll-token", "create", "--label", "site=lab"]).ok().json();
-    (server, token["token"].as_str().expect("token").to_owned())
+    spawn_daemon(cmd)
 }
 
 #[test]
@@ -159,15 +39,15 @@ fn a_daemon_installs_serves_swaps_refuses_and_survives_kill_9() {
     w.pack_magika("1", "cpu-fp32", "model.onnx", "fp32", None);
     w.pack_magika("2", "cpu-int8", "model-int8.onnx", "int8", Some("model.onnx"));
     w.pack_magika("3", "cpu-int8", "model-int8.onnx", "int8", Some("model.onnx"));
-    x86_server(&w);
+    x86_server(&w, "hw");
     let data = w.path("server-data");
-    let (server, token) = server_and_token(&w);
+    let (server, token) = server_and_token(&w, None);
     w.edgefleet(&["release", "push", "magika-1"]).ok();
     w.edgefleet(&["assign", "magika", "1", "--selector", "site=lab"]).ok();
 
     // Enroll, install release 1, serve it: magika says the Python file is Python.
     let client = http();
-    let daemon = start_daemon(&w, &server, Some(&token));
+    let daemon = start_daemon(&w, &server, "edge-1", Some(&token));
     let (version, label) = eventually("release 1 serving", Duration::from_secs(90), || classify(&client, &daemon));
     assert_eq!((version.as_str(), label.as_str()), ("1", "python"));
     let device = w.edgefleet(&["--json", "devices", "show", "edge-1"]).ok().json();
@@ -213,7 +93,7 @@ fn a_daemon_installs_serves_swaps_refuses_and_survives_kill_9() {
 fn status(w: &Workdir) -> serde_json::Value {
     let out = Command::new(bin("edgefleet-daemon"))
         .args(["status", "--json", "--data-dir"])
-        .arg(w.path("device"))
+        .arg(w.path("edge-1"))
         .output()
         .expect("status");
     serde_json::from_slice(&out.stdout).expect("status json")
@@ -221,11 +101,11 @@ fn status(w: &Workdir) -> serde_json::Value {
 
 /// The daemon paused (by `EDGEFLEET_PAUSE_AT`) at `point` of installing release 2, its log in `log`.
 fn paused_daemon(w: &Workdir, server: &ServerProcess, point: &str, log: &str) -> Daemon {
-    let mut cmd = daemon_command(w, server, None);
+    let mut cmd = daemon_command(w, server, "edge-1", None);
     cmd.env("EDGEFLEET_PAUSE_AT", point)
         .env("RUST_LOG", "info")
         .stderr(std::fs::File::create(w.path(log)).expect("log file"));
-    let daemon = spawn(cmd);
+    let daemon = spawn_daemon(cmd);
     daemon.paused_at(point);
     daemon
 }
@@ -247,13 +127,13 @@ fn kill_9_mid_download_mid_decompression_and_after_the_rename() {
     w.trust(&["alice"], 1);
     w.pack_magika("1", "cpu", "model-int8.onnx", "fp32", None);
     w.pack_magika("2", "cpu", "model.onnx", "fp32", None);
-    x86_server(&w);
-    let (server, token) = server_and_token(&w);
+    x86_server(&w, "hw");
+    let (server, token) = server_and_token(&w, None);
     w.edgefleet(&["release", "push", "magika-1"]).ok();
     w.edgefleet(&["release", "push", "magika-2"]).ok();
     w.edgefleet(&["assign", "magika", "1", "--selector", "site=lab"]).ok();
     let client = http();
-    let daemon = start_daemon(&w, &server, Some(&token));
+    let daemon = start_daemon(&w, &server, "edge-1", Some(&token));
     eventually("release 1 serving", Duration::from_secs(90), || classify(&client, &daemon).filter(|(v, _)| v == "1"));
     // Serving is not committed: a kill during the bake window would bring back nothing. Wait for the commit.
     eventually("release 1 committed", Duration::from_secs(30), || {
@@ -266,8 +146,8 @@ fn kill_9_mid_download_mid_decompression_and_after_the_rename() {
     let zstd = &m2["signed"]["variants"][0]["zstd"];
     let (sha, size) = (zstd["sha256"].as_str().expect("sha"), zstd["size"].as_u64().expect("size"));
     let raw_size = m2["signed"]["variants"][0]["raw"]["size"].as_u64().expect("raw size");
-    let partial = w.path(&format!("device/downloads/{sha}.partial"));
-    let slot_b = w.path("device/models/magika/b");
+    let partial = w.path(&format!("edge-1/downloads/{sha}.partial"));
+    let slot_b = w.path("edge-1/models/magika/b");
 
     // 1. Killed mid download: a partial file is on disk; release 1 served all along.
     let daemon = paused_daemon(&w, &server, "download", "log-1");
@@ -296,7 +176,7 @@ fn kill_9_mid_download_mid_decompression_and_after_the_rename() {
     daemon.kill_9();
 
     // 4. Restarted without a pause: the committed release 1 serves, then release 2 installs and is committed.
-    let daemon = start_daemon(&w, &server, None);
+    let daemon = start_daemon(&w, &server, "edge-1", None);
     eventually("release 2 serving", Duration::from_secs(90), || classify(&client, &daemon).filter(|(v, _)| v == "2"));
     eventually("release 2 committed", Duration::from_secs(30), || {
         (status(&w)["committed"]["magika"]["release"] == 2).then_some(())

@@ -1,0 +1,170 @@
+//! A bad release halts itself, over real processes: `edgefleet-server`, the CLI and two `edgefleet-daemon`s
+//! exporting OpenTelemetry metrics to the server's OTLP receiver. Release 1 is magika; release 2 is a magika
+//! that gives the same answers with about three times the work (genuinely slower, nothing injected). Under a
+//! steady request load, a rollout of release 2 with a p95-latency gate moves both devices, the gate fires on
+//! the numbers the devices reported, the rollout rolls back, both devices serve release 1 again, and the audit
+//! log says why.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use edgefleet_e2e::{Workdir, classify, daemon_command, eventually, http, server_and_token, spawn_daemon, x86_server};
+
+#[test]
+fn a_slower_release_is_rolled_back_by_its_latency_gate() {
+    let w = Workdir::new();
+    w.trust(&["alice"], 1);
+    w.pack_magika("1", "cpu", "model.onnx", "fp32", None);
+    w.pack_magika("2", "cpu", "model-slow.onnx", "fp32", None);
+    x86_server(&w, "hw");
+    let config = "rollout_eval_secs = 0.5\ntelemetry_flush_ms = 200\ntelemetry_window_secs = 5\n";
+    let (server, token) = server_and_token(&w, Some(config));
+    w.edgefleet(&["release", "push", "magika-1"]).ok();
+    w.edgefleet(&["release", "push", "magika-2"]).ok();
+    w.edgefleet(&["assign", "magika", "1", "--selector", "site=lab"]).ok();
+
+    // Two devices that export metrics every second; their own health watch is told to tolerate any latency,
+    // so what rolls release 2 back is the fleet's gate, not the device.
+    let metrics = format!("{}/v1/metrics", server.url);
+    let daemons: Vec<_> = ["edge-a", "edge-b"]
+        .into_iter()
+        .enumerate()
+        .map(|(i, id)| {
+            // Enrollment tokens are one-time: the second device gets one of its own.
+            let token = if i == 0 {
+                token.clone()
+            } else {
+                let t = w.edgefleet(&["--json", "enroll-token", "create", "--label", "site=lab"]).ok().json();
+                t["token"].as_str().expect("token").to_owned()
+            };
+            let mut cmd = daemon_command(&w, &server, id, Some(&token));
+            cmd.args(["--metrics-endpoint", &metrics, "--metrics-interval-secs", "1"]);
+            cmd.args(["--bake-max-latency-ratio", "1000"]);
+            spawn_daemon(cmd)
+        })
+        .collect();
+    let client = http();
+    for d in &daemons {
+        eventually("release 1 serving", Duration::from_secs(90), || classify(&client, d).filter(|(v, _)| v == "1"));
+    }
+
+    // A steady load on both devices, one request at a time, bounded in count and time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let urls: Vec<String> = daemons.iter().map(|d| d.url.clone()).collect();
+    let load = {
+        let (stop, answered, failed) = (stop.clone(), answered.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let client = http();
+            let body = serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32",
+                "data": edgefleet_e2e::magika_features(edgefleet_e2e::PYTHON_SOURCE)}]});
+            let deadline = Instant::now() + Duration::from_secs(240);
+            for i in 0..40_000usize {
+                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                let url = format!("{}/v2/models/magika/infer", urls[i % urls.len()]);
+                match client.post(url).json(&body).send() {
+                    Ok(r) if r.status() == 200 => answered.fetch_add(1, Ordering::Relaxed),
+                    _ => failed.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        })
+    };
+
+    // The baseline's numbers reach the server before the rollout starts.
+    let admin =
+        edgefleet_e2e::ServerProcess::admin(&server.data_dir, &["token", "create", "--name", "t", "--role", "viewer"])
+            .ok()
+            .stdout();
+    let to_server = server.client();
+    let prometheus = || -> String {
+        to_server
+            .get(format!("{}/metrics", server.url))
+            .bearer_auth(admin.trim())
+            .send()
+            .ok()
+            .and_then(|r| r.text().ok())
+            .unwrap_or_default()
+    };
+    let ok_count = |text: &str, release: &str| -> u64 {
+        let prefix = format!(
+            "edgefleet_inference_requests_total{{model=\"magika\",release=\"{release}\",device_class=\"x86-server\",outcome=\"ok\"}} "
+        );
+        text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) as u64
+    };
+    let reported = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        ok_count(&prometheus(), "1") >= 60
+    });
+    assert!(reported, "release 1's requests were not reported within 30 s:\n{}", prometheus());
+
+    let created = w
+        .edgefleet(&[
+            "--json",
+            "rollout",
+            "create",
+            "magika",
+            "2",
+            "--selector",
+            "site=lab",
+            "--wave",
+            "100:10m",
+            "--gate",
+            "p95-ratio=1.5",
+            "--gate",
+            "error-rate=0.05",
+            "--min-samples",
+            "30",
+            "--on-failure",
+            "rollback",
+        ])
+        .ok()
+        .json();
+    let id = created["id"].as_str().expect("rollout id").to_owned();
+
+    // Both devices install release 2 (the wave is 100 %) ...
+    let mut saw_two = [false, false];
+    // ... the gate fires on what they report, and the rollout rolls back.
+    let rolled_back = eventually("the latency gate rolls the rollout back", Duration::from_secs(150), || {
+        for (i, d) in daemons.iter().enumerate() {
+            if classify(&client, d).is_some_and(|(v, _)| v == "2") {
+                saw_two[i] = true;
+            }
+        }
+        let s = w.edgefleet(&["--json", "rollout", "status", &id]).ok().json();
+        (s["state"]["state"] == "rolled_back").then_some(s)
+    });
+    let reason = rolled_back["state"]["reason"].as_str().unwrap_or_default().to_owned();
+    assert!(reason.contains("p95 latency ratio on x86-server"), "{rolled_back}");
+    let gate = rolled_back["gate_results"]
+        .as_array()
+        .and_then(|g| g.iter().find(|g| g["gate"]["kind"] == "p95_latency_ratio" && g["verdict"] == "fail"))
+        .expect("the failed gate with its numbers")
+        .clone();
+    assert!(gate["value"].as_f64().expect("value") > 1.5, "{gate}");
+    assert!(gate["samples_new"].as_u64().expect("samples") >= 30, "{gate}");
+    assert!(ok_count(&prometheus(), "2") > 0, "release 2 served requests that were reported");
+
+    // Both devices go back to release 1 and keep serving.
+    for d in &daemons {
+        eventually("back on release 1", Duration::from_secs(90), || classify(&client, d).filter(|(v, _)| v == "1"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join().expect("load thread");
+    assert!(saw_two.iter().any(|s| *s) || ok_count(&prometheus(), "2") > 0, "release 2 did run");
+    assert!(answered.load(Ordering::Relaxed) > 0);
+
+    // The audit log tells the story, with the numbers.
+    let audit = w.edgefleet(&["--json", "audit", "--limit", "200"]).ok().json();
+    let entries = audit.as_array().cloned().unwrap_or_default();
+    let entry = entries.iter().find(|e| e["action"] == "rollout.rolled_back").expect("a rolled_back entry");
+    assert_eq!(entry["actor"], "rollout-engine");
+    assert!(entry["detail"]["gates"].as_array().is_some_and(|g| g.iter().any(|g| g["verdict"] == "fail")), "{entry}");
+    assert!(entries.iter().any(|e| e["action"] == "rollout.create" && e["target"] == id.as_str()));
+    let text = w.edgefleet(&["rollout", "status", &id]).ok().stdout();
+    assert!(text.contains("rolled back") && text.contains("FAIL"), "{text}");
+    drop(daemons);
+    assert!(server.stop().success());
+}
