@@ -10,7 +10,8 @@
 #   .cache/models/magika/model-slow.onnx   magika with the same answers and ~3x the work, for latency gates
 #   .cache/models/magika/model-fails.onnx  magika that loads and then fails every request at run time
 #   .cache/samples/*.safetensors           sample inputs for golden vectors, built from real files
-#   .cache/venv/                           Python with onnxruntime + onnx (the quantizer) and tritonclient
+#   .cache/venv/                           Python with onnxruntime + onnx (the quantizer), tritonclient and the
+#                                          OpenTelemetry SDK with its OTLP/HTTP exporter
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ORT_VERSION=1.31.1
@@ -51,6 +52,10 @@ fi
 # NVIDIA's tritonclient, to show that an unmodified v2 client (binary tensors by default) talks to the daemon.
 "$C/venv/bin/python" -c 'import tritonclient.http' 2>/dev/null \
   || "$C/venv/bin/python" -m pip install --quiet "tritonclient[http]==2.73.0"
+# The OpenTelemetry Python SDK and its stock OTLP/HTTP exporter, to show the control plane's receiver takes a
+# standard exporter's output.
+"$C/venv/bin/python" -c 'import opentelemetry.exporter.otlp.proto.http.metric_exporter' 2>/dev/null \
+  || "$C/venv/bin/python" -m pip install --quiet "opentelemetry-sdk==1.39.1" "opentelemetry-exporter-otlp-proto-http==1.39.1"
 for m in magika/model silero_vad; do
   out="$C/models/${m%/model}-int8.onnx"
   [ "$m" = magika/model ] && out="$C/models/magika/model-int8.onnx"

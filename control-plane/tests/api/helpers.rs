@@ -127,6 +127,8 @@ pub struct Device {
     pub id: String,
     pub client: reqwest::Client,
     pub enrolled: EnrollResponse,
+    /// The device's private key, PEM.
+    pub key_pem: String,
 }
 
 pub fn hardware(class: &str, eps: &[&str]) -> HardwareProfile {
@@ -273,8 +275,10 @@ impl TestApp {
         let chain = rustls_pemfile::certs(&mut enrolled.certificate_pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
             .expect("cert pem");
+        let key_pem = key.serialize_pem();
         let key = PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
-        Device { id: id.to_owned(), client: http(client_config(&self.server_cert, Some((chain, key)))), enrolled }
+        let client = http(client_config(&self.server_cert, Some((chain, key))));
+        Device { id: id.to_owned(), client, enrolled, key_pem }
     }
 }
 

@@ -366,4 +366,44 @@ async fn bad_exports_are_refused_by_reason(backend: Backend) {
     assert!(c.exports_rate_limited.load(std::sync::atomic::Ordering::Relaxed) >= 1);
 }
 
-crate::both_backends!(cumulative_points_become_rollups_exactly_once, bad_exports_are_refused_by_reason);
+/// The official OpenTelemetry Python SDK with its stock OTLP/HTTP exporter, over mutual TLS with the device's
+/// certificate: its int counters and its millisecond histogram with the SDK's default buckets are taken, its
+/// application metric is ignored.
+async fn a_stock_opentelemetry_sdk_exporter_is_understood(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.telemetry_flush_ms = 3_600_000).await;
+    let (model, v1) = magika_release_1(&app).await;
+    let dev = app.enroll("sdk-1", &[], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    report_running(&app, &dev).await;
+    let dir = app.dir.path();
+    std::fs::write(dir.join("device.crt"), &dev.enrolled.certificate_pem).expect("cert");
+    std::fs::write(dir.join("device.key"), &dev.key_pem).expect("key");
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv/bin/python");
+    assert!(python.exists(), "{} is missing: run scripts/setup.sh", python.display());
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/otel_sdk_export.py");
+    let out = tokio::process::Command::new(python)
+        .arg(script)
+        .arg(format!("{}/v1/metrics", app.url))
+        .arg(app.state.config.data_dir.join("tls/server.crt"))
+        .arg(dir.join("device.crt"))
+        .arg(dir.join("device.key"))
+        .arg("sdk-1")
+        .output()
+        .await
+        .expect("run the Python SDK");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    let st = stats(&app, &model, v1).await;
+    assert_eq!((st.requests, st.errors), (8, 1), "{st:?}");
+    let p95 = st.p95_ms.expect("latency");
+    assert!((5.0..=10.0).contains(&p95), "8 ms in the SDK's (5, 10] ms bucket lands in ours: p95 {p95} ms");
+    let c = &app.state.ingest.counters;
+    assert!(c.points_ignored.load(std::sync::atomic::Ordering::Relaxed) >= 1, "app.requests is not edgefleet's");
+    use edgefleet_server::telemetry::otlp::Reason;
+    assert!(Reason::ALL.iter().all(|r| c.refused(*r) == 0), "nothing refused");
+}
+
+crate::both_backends!(
+    cumulative_points_become_rollups_exactly_once,
+    bad_exports_are_refused_by_reason,
+    a_stock_opentelemetry_sdk_exporter_is_understood
+);
