@@ -3,7 +3,7 @@
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
 use sqlx::Row;
 
-use super::{Store, StoreError};
+use super::{Backend, Store, StoreError};
 use crate::rollout::Stats;
 use crate::telemetry::otlp::NBUCKETS;
 use crate::telemetry::{Batch, quantile};
@@ -16,7 +16,16 @@ fn bucket_columns() -> String {
     (0..NBUCKETS).map(|i| format!("b{i:02}")).collect::<Vec<_>>().join(", ")
 }
 
-fn upsert_rollups_sql(rows: usize) -> String {
+/// The `n`-th (from 1) placeholder: `$n` on Postgres; plain `?` on SQLite, whose driver would otherwise look
+/// every `$n` up by name (quadratic in the number of parameters of a many-row statement).
+fn param(backend: Backend, n: usize) -> String {
+    match backend {
+        Backend::Sqlite => "?".into(),
+        Backend::Postgres => format!("${n}"),
+    }
+}
+
+fn upsert_rollups_sql(backend: Backend, rows: usize) -> String {
     let mut sql = format!(
         "INSERT INTO telemetry_rollups (device_id, model, release, variant, provider, window_start, device_class, \
          ok, errors, duration_sum, {}, energy_j, energy_inferences, installs, install_failures) VALUES ",
@@ -31,7 +40,7 @@ fn upsert_rollups_sql(rows: usize) -> String {
             if c > 0 {
                 sql.push(',');
             }
-            sql.push_str(&format!("${}", r * ROLLUP_COLUMNS + c + 1));
+            sql.push_str(&param(backend, r * ROLLUP_COLUMNS + c + 1));
         }
         sql.push(')');
     }
@@ -50,8 +59,10 @@ fn upsert_rollups_sql(rows: usize) -> String {
     sql
 }
 
-fn upsert_series_sql(rows: usize) -> String {
-    let values: Vec<String> = (0..rows).map(|r| format!("(${}, ${}, ${})", r * 3 + 1, r * 3 + 2, r * 3 + 3)).collect();
+fn upsert_series_sql(backend: Backend, rows: usize) -> String {
+    let p = |n| param(backend, n);
+    let values: Vec<String> =
+        (0..rows).map(|r| format!("({}, {}, {})", p(r * 3 + 1), p(r * 3 + 2), p(r * 3 + 3))).collect();
     format!(
         "INSERT INTO telemetry_series (device_id, series, updated_at) VALUES {} ON CONFLICT (device_id) DO UPDATE \
          SET series = excluded.series, updated_at = excluded.updated_at",
@@ -74,7 +85,7 @@ impl Store {
     pub async fn write_telemetry(&self, batch: &Batch, now: i64) -> Result<(), StoreError> {
         let mut tx = self.write_tx().await?;
         for chunk in batch.rollups.chunks(CHUNK) {
-            let sql = upsert_rollups_sql(chunk.len());
+            let sql = upsert_rollups_sql(self.backend, chunk.len());
             let mut q = sqlx::query(&sql);
             for (k, r) in chunk {
                 q = q
@@ -100,7 +111,7 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         for chunk in batch.series.chunks(CHUNK) {
-            let sql = upsert_series_sql(chunk.len());
+            let sql = upsert_series_sql(self.backend, chunk.len());
             let mut q = sqlx::query(&sql);
             for (d, s) in chunk {
                 q = q.bind(d.as_str()).bind(s.as_str()).bind(now);

@@ -42,6 +42,14 @@ pub struct Rollup {
 }
 
 impl Rollup {
+    fn is_empty(&self) -> bool {
+        self.ok == 0
+            && self.errors == 0
+            && self.installs == 0
+            && self.energy_j == 0.0
+            && self.buckets.iter().all(|b| *b == 0)
+    }
+
     fn add(&mut self, o: &Rollup) {
         self.class.clone_from(&o.class);
         self.ok += o.ok;
@@ -65,7 +73,7 @@ pub struct RollupKey {
 }
 
 /// A device's series, as persisted: series key → last point.
-pub type SeriesMap = HashMap<String, Last>;
+pub type SeriesMap = HashMap<u64, Last>;
 
 #[derive(Debug, Default)]
 struct DeviceLive {
@@ -239,7 +247,7 @@ impl Ingest {
             }
             class = live.class.clone();
             for p in decoded.points {
-                let Point { what, key, start_ns, time_ns, values } = p;
+                let Point { what, metric, key, start_ns, time_ns, values } = p;
                 if let What::Inferences { target, .. } | What::Duration { target } | What::Install { target, .. } =
                     &what
                     && !runs(&target.model)
@@ -264,7 +272,8 @@ impl Ingest {
                         continue;
                     }
                     Step::Backwards => {
-                        applied.refused.push((Reason::CounterBackwards, format!("{key} went backwards")));
+                        let why = format!("{metric} went below its last value without a new start time");
+                        applied.refused.push((Reason::CounterBackwards, why));
                         continue;
                     }
                 };
@@ -309,6 +318,8 @@ impl Ingest {
                     r.energy_inferences += n;
                 }
             }
+            // An unchanged counter (an idle device, installs long done) is no news: no row for it.
+            fresh.retain(|_, r| !r.is_empty());
             for r in fresh.values_mut() {
                 r.class.clone_from(&class);
             }

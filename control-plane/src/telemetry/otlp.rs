@@ -97,8 +97,10 @@ pub enum What {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     pub what: What,
-    /// Identifies the series among the device's (metric and every attribute).
-    pub key: String,
+    pub metric: &'static str,
+    /// Identifies the series among the device's: a stable 64-bit hash (FNV-1a) of the metric and every
+    /// attribute, so the persisted series stay small.
+    pub key: u64,
     pub start_ns: u64,
     pub time_ns: u64,
     pub values: Vec<f64>,
@@ -160,11 +162,13 @@ fn target(attrs: &[KeyValue], with_provider: bool) -> Result<Target, String> {
     Ok(Target { model, release, variant, provider })
 }
 
-fn series_key(metric: &str, attrs: &[KeyValue]) -> String {
+fn series_key(metric: &str, attrs: &[KeyValue]) -> u64 {
     let mut parts: Vec<String> =
         attrs.iter().map(|kv| format!("{}={}", kv.key, text(&kv.value).unwrap_or_default())).collect();
     parts.sort();
-    format!("{metric}|{}", parts.join("|"))
+    let text = format!("{metric}|{}", parts.join("|"));
+    // FNV-1a: stable across builds and Rust versions (the keys are persisted), unlike std's hasher.
+    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
 }
 
 fn number(p: &NumberDataPoint) -> Option<f64> {
@@ -316,6 +320,21 @@ pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64)
     out
 }
 
+/// The static name of one of edgefleet's metrics.
+fn metric_name(name: &str) -> &'static str {
+    [
+        names::INFERENCE_COUNT,
+        names::INFERENCE_DURATION,
+        names::INSTALL_EVENTS,
+        names::HW_ENERGY,
+        names::HW_POWER,
+        names::PROCESS_MEMORY,
+    ]
+    .into_iter()
+    .find(|n| *n == name)
+    .unwrap_or("metric")
+}
+
 fn push(out: &mut Decoded, r: Result<Point, (Reason, String)>) {
     match r {
         Ok(p) => out.points.push(p),
@@ -353,6 +372,7 @@ fn counter_point(name: &str, cumulative: bool, p: &NumberDataPoint, now_ns: u64)
     };
     Ok(Point {
         what,
+        metric: metric_name(name),
         key: series_key(name, &p.attributes),
         start_ns: p.start_time_unix_nano,
         time_ns: p.time_unix_nano,
@@ -373,6 +393,7 @@ fn duration_point(
     let target = target(&p.attributes, true).map_err(|e| (Reason::BadAttributes, format!("duration: {e}")))?;
     Ok(Point {
         what: What::Duration { target },
+        metric: names::INFERENCE_DURATION,
         key: series_key(names::INFERENCE_DURATION, &p.attributes),
         start_ns: p.start_time_unix_nano,
         time_ns: p.time_unix_nano,
@@ -391,6 +412,7 @@ fn gauge_point(name: &str, p: &NumberDataPoint, now_ns: u64) -> Result<Point, (R
     }
     Ok(Point {
         what: if name == names::HW_POWER { What::Power } else { What::Memory },
+        metric: metric_name(name),
         key: series_key(name, &p.attributes),
         start_ns: p.start_time_unix_nano,
         time_ns: p.time_unix_nano,
