@@ -163,12 +163,24 @@ fn target(attrs: &[KeyValue], with_provider: bool) -> Result<Target, String> {
 }
 
 fn series_key(metric: &str, attrs: &[KeyValue]) -> u64 {
-    let mut parts: Vec<String> =
-        attrs.iter().map(|kv| format!("{}={}", kv.key, text(&kv.value).unwrap_or_default())).collect();
-    parts.sort();
-    let text = format!("{metric}|{}", parts.join("|"));
-    // FNV-1a: stable across builds and Rust versions (the keys are persisted), unlike std's hasher.
-    text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
+    // FNV-1a over the metric and the attributes sorted by key: stable across builds and Rust versions (the
+    // keys are persisted), unlike std's hasher; no allocation but the sort's.
+    fn feed(h: u64, bytes: &[u8]) -> u64 {
+        bytes.iter().fold(h, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3))
+    }
+    let mut sorted: Vec<&KeyValue> = attrs.iter().collect();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    let mut h = feed(0xcbf2_9ce4_8422_2325, metric.as_bytes());
+    for kv in sorted {
+        h = feed(feed(h, b"|"), kv.key.as_bytes());
+        h = feed(h, b"=");
+        h = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+            Some(any_value::Value::StringValue(s)) => feed(h, s.as_bytes()),
+            Some(any_value::Value::IntValue(i)) => feed(h, i.to_string().as_bytes()),
+            _ => h,
+        };
+    }
+    h
 }
 
 fn number(p: &NumberDataPoint) -> Option<f64> {

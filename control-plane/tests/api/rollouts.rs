@@ -175,6 +175,29 @@ async fn rollouts_move_devices_in_waves_and_gates_roll_back(backend: Backend) {
         .expect("json");
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].rollout.id, second.rollout.id, "newest first");
+
+    // Release 2's signing key 11 is revoked by a root rotation mid-rollout: the release is withdrawn and the
+    // rollout aborts, whatever its gates say.
+    let third: RolloutView = create(&operator, spec_for_withdrawal()).await.expect("post").json().await.expect("view");
+    let mut v2 = root().next_version(chrono::Utc::now() + chrono::Duration::days(30));
+    v2.revoke_key(&key(11).key_id());
+    v2.add_key(model_registry::Role::Release, key(12).public().clone());
+    let r = app.client().post(app.url("/trust/roots")).bearer_auth(&app.admin).body(signed(&v2, &[key(1)])).send();
+    assert_eq!(r.await.expect("rotate").status(), 201);
+    edgefleet_server::rollout::engine::evaluate_all(&app.state, edgefleet_server::state::now_ms())
+        .await
+        .expect("evaluate");
+    let row = app.state.store.rollout(&third.rollout.id).await.expect("read").expect("rollout");
+    assert_eq!(row.state.name(), "aborted", "{:?}", row.state);
+    assert!(format!("{:?}", row.state).contains("withdrawn"), "{:?}", row.state);
+}
+
+fn spec_for_withdrawal() -> serde_json::Value {
+    serde_json::json!({
+        "model": "magika", "release": 2, "baseline": 1, "selector": "region=eu",
+        "waves": [{"percent": 10, "bake_secs": 3600}, {"percent": 100, "bake_secs": 0}],
+        "gates": [], "min_samples": 20, "on_failure": "pause"
+    })
 }
 
 crate::both_backends!(rollouts_move_devices_in_waves_and_gates_roll_back);

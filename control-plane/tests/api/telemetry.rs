@@ -270,6 +270,12 @@ async fn cumulative_points_become_rollups_exactly_once(backend: Backend) {
     assert!(text.contains(r#"edgefleet_devices{device_class="x86-server",status="online"} 1"#), "{text}");
     assert!(text.contains("edgefleet_otlp_points_total{result=\"accepted\"}"), "{text}");
     assert!(!text.contains("dev-1"), "no per-device labels");
+
+    // Retention drops whole windows older than the horizon, and nothing newer.
+    let now_ms = edgefleet_server::state::now_ms();
+    assert_eq!(app.state.store.delete_rollups_before(now_ms - 7_200_000).await.expect("retention"), 0);
+    assert!(app.state.store.delete_rollups_before(now_ms + 7_200_000).await.expect("retention") > 0);
+    assert!(app.state.store.release_stats(&model, [(v1, 0), (v1, 0)]).await.expect("stats").is_empty());
 }
 
 async fn bad_exports_are_refused_by_reason(backend: Backend) {
