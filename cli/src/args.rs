@@ -83,7 +83,8 @@ pub enum RolloutCmd {
         #[arg(long, default_value = "")]
         selector: String,
         /// A wave, `PERCENT[:BAKE]` with BAKE like `90s`, `30m`, `2h` (default 0): the share of the selected
-        /// devices on the release once it starts, cumulative. Repeat, rising: `--wave 1:30m --wave 10:1h --wave 100`.
+        /// devices on the release once it starts, cumulative; or `SELECTOR[:BAKE]`, an explicit cohort
+        /// (`canary=true:30m`). Repeat, rising: `--wave canary=true:30m --wave 10:1h --wave 100`.
         #[arg(long = "wave", required = true)]
         waves: Vec<String>,
         /// A gate against the baseline on the same device class: `error-rate=0.01` (largest increase),

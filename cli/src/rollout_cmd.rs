@@ -26,11 +26,23 @@ fn duration_secs(s: &str) -> anyhow::Result<u64> {
     Ok(n * mult)
 }
 
-/// `PERCENT[:BAKE]`.
-pub fn wave(s: &str) -> anyhow::Result<Wave> {
-    let (p, bake) = s.split_once(':').unwrap_or((s, "0"));
-    let percent: f64 = p.trim().trim_end_matches('%').parse().with_context(|| format!("wave {s:?}: PERCENT[:BAKE]"))?;
-    Ok(Wave { percent, bake_secs: duration_secs(bake)? })
+/// `PERCENT[:BAKE]`, or `SELECTOR[:BAKE]` for an explicit cohort (which keeps the share of the wave before it).
+pub fn waves(specs: &[String]) -> anyhow::Result<Vec<Wave>> {
+    let mut out: Vec<Wave> = Vec::new();
+    for s in specs {
+        let (what, bake) = s.split_once(':').unwrap_or((s, "0"));
+        let bake_secs = duration_secs(bake)?;
+        let last = out.last().map_or(0.0, |w| w.percent);
+        out.push(if what.contains('=') {
+            let cohort = what.parse().with_context(|| format!("wave {s:?}: a cohort is a label selector"))?;
+            Wave { percent: last, cohort: Some(cohort), bake_secs }
+        } else {
+            let percent =
+                what.trim().trim_end_matches('%').parse().with_context(|| format!("wave {s:?}: PERCENT[:BAKE]"))?;
+            Wave { percent, cohort: None, bake_secs }
+        });
+    }
+    Ok(out)
 }
 
 /// `error-rate=0.01`, `p95-ratio=1.2`, `energy-ratio=1.1`, `install-failures=0.05`.
@@ -72,7 +84,8 @@ fn describe(v: &RolloutView) -> String {
         v.created_by
     );
     for (i, w) in r.waves.iter().enumerate() {
-        let _ = write!(t, " {}) {} % bake {} s", i + 1, w.percent, w.bake_secs);
+        let cohort = w.cohort.as_ref().map(|c| format!(" + [{c}]")).unwrap_or_default();
+        let _ = write!(t, " {}) {} %{cohort} bake {} s", i + 1, w.percent, w.bake_secs);
     }
     let _ = write!(t, "\n  gates (min {} samples, on failure {:?}):", r.min_samples, r.on_failure);
     if v.gate_results.is_empty() {
@@ -110,7 +123,7 @@ pub fn run(cmd: RolloutCmd, out: &Out) -> anyhow::Result<()> {
                 release: edgefleet_protocol::ReleaseVersion::new(release)?,
                 baseline: baseline.map(edgefleet_protocol::ReleaseVersion::new).transpose()?,
                 selector: selector.parse()?,
-                waves: waves.iter().map(|w| wave(w)).collect::<anyhow::Result<_>>()?,
+                waves: self::waves(&waves)?,
                 gates: gates.iter().map(|g| gate(g)).collect::<anyhow::Result<_>>()?,
                 min_samples,
                 on_failure: match on_failure.as_str() {
@@ -156,11 +169,13 @@ mod tests {
 
     #[test]
     fn waves_and_gates_parse() {
-        assert_eq!(wave("1:30m").expect("wave"), Wave { percent: 1.0, bake_secs: 1800 });
-        assert_eq!(wave("100").expect("wave"), Wave { percent: 100.0, bake_secs: 0 });
-        assert_eq!(wave("12.5%:2h").expect("wave"), Wave { percent: 12.5, bake_secs: 7200 });
-        assert!(wave("ten:1m").is_err());
-        assert!(wave("10:1y").is_err());
+        let w = |specs: &[&str]| waves(&specs.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let got = w(&["canary=true:30m", "12.5%:2h", "100"]).expect("waves");
+        assert_eq!(got[0], Wave { percent: 0.0, cohort: Some("canary=true".parse().expect("sel")), bake_secs: 1800 });
+        assert_eq!(got[1], Wave { percent: 12.5, cohort: None, bake_secs: 7200 });
+        assert_eq!(got[2], Wave { percent: 100.0, cohort: None, bake_secs: 0 });
+        assert!(w(&["ten:1m"]).is_err());
+        assert!(w(&["10:1y"]).is_err());
         assert_eq!(gate("p95-ratio=1.2").expect("gate"), Gate::P95LatencyRatio { max: 1.2 });
         assert_eq!(gate("error-rate=0.01").expect("gate"), Gate::ErrorRate { max_increase: 0.01 });
         assert!(gate("speed=2").is_err());

@@ -263,7 +263,10 @@ async fn evaluate_bench(devices: usize, url: Option<String>) -> anyhow::Result<(
         selector: Default::default(),
         baseline: ReleaseVersion::new(1)?,
         release: ReleaseVersion::new(2)?,
-        waves: vec![Wave { percent: 50.0, bake_secs: 0 }, Wave { percent: 100.0, bake_secs: 0 }],
+        waves: vec![
+            Wave { percent: 50.0, cohort: None, bake_secs: 0 },
+            Wave { percent: 100.0, cohort: None, bake_secs: 0 },
+        ],
         gates: vec![Gate::ErrorRate { max_increase: 0.01 }, Gate::P95LatencyRatio { max: 1.2 }],
         min_samples: 100,
         on_failure: OnFailure::Pause,

@@ -18,9 +18,9 @@ fn main() -> anyhow::Result<()> {
         baseline: ReleaseVersion::new(1)?,
         release: ReleaseVersion::new(2)?,
         waves: vec![
-            Wave { percent: 1.0, bake_secs: 0 },
-            Wave { percent: 10.0, bake_secs: 0 },
-            Wave { percent: 100.0, bake_secs: 0 },
+            Wave { percent: 1.0, cohort: None, bake_secs: 0 },
+            Wave { percent: 10.0, cohort: None, bake_secs: 0 },
+            Wave { percent: 100.0, cohort: None, bake_secs: 0 },
         ],
         gates: vec![
             Gate::ErrorRate { max_increase: 0.01 },
@@ -40,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let e = evaluate(&r, &State::Running { wave: 0, since: 0 }, &seen, false, 1);
     let evaluated = t.elapsed();
     let t = Instant::now();
-    let on_new = devices.iter().filter(|d| target(&r, &e.state, d) == r.release).count();
+    let on_new = devices.iter().filter(|d| target(&r, &e.state, d, &Default::default()) == r.release).count();
     let targeted = t.elapsed();
     println!("evaluate (5 classes x 3 gates): {:.1} µs; next state {:?}", evaluated.as_secs_f64() * 1e6, e.state);
     println!("target for {n} devices: {:.0} ms ({on_new} on the new release)", targeted.as_secs_f64() * 1e3);

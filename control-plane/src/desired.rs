@@ -37,10 +37,10 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The release this entry names for `device`.
-    fn release_for(&self, device: &DeviceId) -> &Release {
+    /// The release this entry names for `device` with `labels`.
+    fn release_for(&self, device: &DeviceId, labels: &Labels) -> &Release {
         match &self.rollout {
-            Some((r, state, baseline)) if crate::rollout::target(r, state, device) != r.release => baseline,
+            Some((r, state, baseline)) if crate::rollout::target(r, state, device, labels) != r.release => baseline,
             _ => &self.release,
         }
     }
@@ -106,7 +106,7 @@ pub fn plan(snapshot: &AssignmentSnapshot, device: &DeviceId, labels: &Labels, h
     }
     let mut out = Plan::default();
     for (model, e) in newest {
-        let Release { manifest, envelope } = e.release_for(device);
+        let Release { manifest, envelope } = e.release_for(device, labels);
         match manifest.variants.iter().find(|v| fits(&v.requirements, hw)) {
             Some(v) => out.models.push(Chosen {
                 model: model.clone(),

@@ -7,12 +7,15 @@ use serde::{Deserialize, Serialize};
 use crate::api::Selector;
 use crate::ids::{ModelName, ReleaseVersion};
 
-/// One wave: the share of the selected devices on the new release once it starts (cumulative, 0–100], and how
-/// long it bakes before the next wave may start.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+/// One wave: the share of the selected devices on the new release once it starts (cumulative, 0–100], an
+/// explicit cohort that joins with it (devices whose labels match, such as `canary=true`), and how long it
+/// bakes before the next wave may start. Both are cumulative: a later wave keeps every earlier one's devices.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Wave {
     pub percent: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cohort: Option<Selector>,
     pub bake_secs: u64,
 }
 
@@ -182,8 +185,15 @@ impl CreateRollout {
         }
         let mut last = 0.0;
         for w in &self.waves {
-            if !(w.percent > last && w.percent <= 100.0) {
-                return Err(format!("wave percentages must rise strictly within (0, 100]; {} after {last}", w.percent));
+            if w.cohort.as_ref().is_some_and(|c| c.0.is_empty()) {
+                return Err("a cohort is a non-empty label selector (canary=true)".into());
+            }
+            let rises = w.percent > last || (w.percent == last && w.cohort.is_some());
+            if !(rises && w.percent <= 100.0) {
+                return Err(format!(
+                    "each wave must add devices: a higher percentage within (0, 100] or a cohort; {} after {last}",
+                    w.percent
+                ));
             }
             last = w.percent;
         }
@@ -233,7 +243,7 @@ mod tests {
             release: ReleaseVersion::new(2).expect("v"),
             baseline: Some(ReleaseVersion::new(1).expect("v")),
             selector: Selector::default(),
-            waves: waves.iter().map(|&percent| Wave { percent, bake_secs: 60 }).collect(),
+            waves: waves.iter().map(|&percent| Wave { percent, cohort: None, bake_secs: 60 }).collect(),
             gates: vec![Gate::P95LatencyRatio { max: 1.2 }],
             min_samples: 10,
             on_failure: OnFailure::RollBack,
@@ -253,6 +263,11 @@ mod tests {
         assert!(bad.validate().is_err());
         bad.gates = vec![Gate::EnergyRatio { max: f64::INFINITY }];
         assert!(bad.validate().is_err());
+        let mut cohort = create(&[0.0, 10.0]);
+        cohort.waves[0].cohort = Some("canary=true".parse().expect("selector"));
+        assert!(cohort.validate().is_ok(), "a cohort alone adds devices");
+        cohort.waves[0].cohort = Some(Selector::default());
+        assert!(cohort.validate().is_err(), "an empty cohort would be everyone");
         let mut same = create(&[100.0]);
         same.baseline = Some(same.release);
         assert!(same.validate().is_err());

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use edgefleet_protocol::api::Labels;
 pub use edgefleet_protocol::rollout::{Action, Gate, GateResult, OnFailure, Rollout, State, Verdict, Wave};
 use edgefleet_protocol::{DeviceId, ReleaseVersion};
 use sha2::{Digest, Sha256};
@@ -59,9 +60,19 @@ pub fn share(r: &Rollout, state: &State) -> f64 {
     }
 }
 
-/// Which release a selected device should run.
-pub fn target(r: &Rollout, state: &State, device: &DeviceId) -> ReleaseVersion {
-    if position(&r.id, device) < share(r, state) { r.release } else { r.baseline }
+/// Whether a device with `labels` is in an explicit cohort of a wave the rollout has reached.
+fn in_cohort(r: &Rollout, state: &State, labels: &Labels) -> bool {
+    let reached = match state {
+        State::Running { wave, .. } | State::Paused { wave, .. } => wave + 1,
+        State::Done => r.waves.len(),
+        State::RolledBack { .. } | State::Aborted { .. } => 0,
+    };
+    r.waves.iter().take(reached).any(|w| w.cohort.as_ref().is_some_and(|c| c.matches(labels)))
+}
+
+/// Which release a selected device (its id and labels) should run.
+pub fn target(r: &Rollout, state: &State, device: &DeviceId, labels: &Labels) -> ReleaseVersion {
+    if position(&r.id, device) < share(r, state) || in_cohort(r, state, labels) { r.release } else { r.baseline }
 }
 
 fn judge(gate: Gate, class: &str, new: &Stats, old: &Stats, min: u64) -> GateResult {
@@ -179,9 +190,9 @@ mod tests {
             baseline: ReleaseVersion::new(1).expect("v"),
             release: ReleaseVersion::new(2).expect("v"),
             waves: vec![
-                Wave { percent: 1.0, bake_secs: 600 },
-                Wave { percent: 10.0, bake_secs: 600 },
-                Wave { percent: 100.0, bake_secs: 0 },
+                Wave { percent: 1.0, cohort: None, bake_secs: 600 },
+                Wave { percent: 10.0, cohort: None, bake_secs: 600 },
+                Wave { percent: 100.0, cohort: None, bake_secs: 0 },
             ],
             gates: vec![
                 Gate::ErrorRate { max_increase: 0.01 },
@@ -323,14 +334,17 @@ mod tests {
     fn waves_are_stable_and_nested() {
         let r = rollout(OnFailure::Pause);
         let devices: Vec<DeviceId> = (0..10_000).map(|i| format!("dev-{i}").parse().expect("id")).collect();
-        let on_new = |s: &State| devices.iter().filter(|d| target(&r, s, d) == r.release).count();
+        let none = Labels::new();
+        let on_new = |s: &State| devices.iter().filter(|d| target(&r, s, d, &none) == r.release).count();
         let w0 = State::Running { wave: 0, since: 0 };
         let w1 = State::Running { wave: 1, since: 0 };
         let (n0, n1) = (on_new(&w0), on_new(&w1));
         assert!((50..=150).contains(&n0), "1 % of 10,000: {n0}");
         assert!((850..=1150).contains(&n1), "10 % of 10,000: {n1}");
         // Every device of wave 0 is in wave 1 (a device never flips back and forth between waves).
-        assert!(devices.iter().all(|d| target(&r, &w0, d) == r.baseline || target(&r, &w1, d) == r.release));
+        assert!(
+            devices.iter().all(|d| target(&r, &w0, d, &none) == r.baseline || target(&r, &w1, d, &none) == r.release)
+        );
         assert_eq!(on_new(&State::Done), 10_000);
         assert_eq!(on_new(&State::RolledBack { reason: String::new() }), 0);
         // A paused rollout keeps the devices it already moved.
@@ -338,8 +352,31 @@ mod tests {
         // Another rollout picks other first devices; a device changing class keeps its place (only ids count).
         let other = Rollout { id: "r2".into(), ..rollout(OnFailure::Pause) };
         let first =
-            |r: &Rollout| devices.iter().filter(|d| target(r, &w0, d) == r.release).cloned().collect::<Vec<_>>();
+            |r: &Rollout| devices.iter().filter(|d| target(r, &w0, d, &none) == r.release).cloned().collect::<Vec<_>>();
         assert_ne!(first(&r), first(&other));
+    }
+
+    #[test]
+    fn explicit_cohorts_join_with_their_wave_and_stay() {
+        let mut r = rollout(OnFailure::Pause);
+        r.waves.insert(0, Wave { percent: 0.0, cohort: Some("canary=true".parse().expect("sel")), bake_secs: 600 });
+        let canary: Labels = [("canary".to_owned(), "true".to_owned())].into();
+        let plain = Labels::new();
+        let d: DeviceId = "dev-1".parse().expect("id");
+        let (w0, w1) = (State::Running { wave: 0, since: 0 }, State::Running { wave: 1, since: 0 });
+        assert_eq!(target(&r, &w0, &d, &canary), r.release, "the cohort is wave 0");
+        assert_eq!(target(&r, &w1, &d, &canary), r.release, "and stays in later waves");
+        assert_eq!(target(&r, &State::Done, &d, &canary), r.release);
+        assert_eq!(target(&r, &State::RolledBack { reason: String::new() }, &d, &canary), r.baseline);
+        // A device outside the cohort is only moved by its place (here: 0 % in wave 0).
+        assert_eq!(target(&r, &w0, &d, &plain), r.baseline);
+        // A cohort of a wave not reached yet moves nobody.
+        let mut later = rollout(OnFailure::Pause);
+        later.waves[1].cohort = Some("canary=true".parse().expect("sel"));
+        let far: Vec<DeviceId> = (0..200).map(|i| format!("far-{i}").parse().expect("id")).collect();
+        let moved = |s: &State| far.iter().filter(|d| target(&later, s, d, &canary) == later.release).count();
+        assert!(moved(&w0) < 20, "1 % by place only before wave 1");
+        assert_eq!(moved(&w1), 200, "wave 1 brings the whole cohort");
     }
 
     #[test]

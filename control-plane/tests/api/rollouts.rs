@@ -65,11 +65,12 @@ async fn rollouts_move_devices_in_waves_and_gates_roll_back(backend: Backend) {
     assert_eq!(view.state.name(), "running");
     let id = view.rollout.id.clone();
 
+    let eu: edgefleet_protocol::api::Labels = [("region".to_owned(), "eu".to_owned())].into();
     // Wave 1: exactly the devices whose stable place falls under 50 % are told release 2.
     let mut on_new = Vec::new();
     for d in &devices {
         let expected =
-            edgefleet_server::rollout::target(&view.rollout, &view.state, &d.id.parse::<DeviceId>().expect("id"));
+            edgefleet_server::rollout::target(&view.rollout, &view.state, &d.id.parse::<DeviceId>().expect("id"), &eu);
         let got = told(&app, d).await;
         assert_eq!(got, expected.get(), "{}", d.id);
         if got == 2 {
