@@ -54,6 +54,9 @@ pub enum Backend {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: AnyPool,
+    /// On SQLite, a native pool of one connection for the telemetry write, the one statement hot enough for
+    /// `Any`'s per-argument conversions to matter.
+    sqlite: Option<sqlx::SqlitePool>,
     pub backend: Backend,
 }
 
@@ -221,7 +224,19 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("../migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("../migrations/postgres").run(&pool).await?,
         }
-        Ok(Self { pool, backend })
+        let sqlite = match backend {
+            Backend::Sqlite => {
+                use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+                let options = SqliteConnectOptions::from_str(url)?
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .pragma("cache_size", "-65536");
+                Some(SqlitePoolOptions::new().max_connections(1).connect_with(options).await?)
+            }
+            Backend::Postgres => None,
+        };
+        Ok(Self { pool, sqlite, backend })
     }
 
     /// A transaction that will write. On SQLite it takes the write lock at `BEGIN IMMEDIATE`: a deferred
@@ -241,6 +256,9 @@ impl Store {
 
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Some(native) = &self.sqlite {
+            native.close().await;
+        }
     }
 
     // === tokens ===

@@ -83,40 +83,64 @@ impl Store {
     /// Writes a batch: rollup deltas added to what is stored, and the devices' series replaced, in one
     /// transaction.
     pub async fn write_telemetry(&self, batch: &Batch, now: i64) -> Result<(), StoreError> {
+        /// Binds a chunk of rollups, then of series, to a query of either pool's database.
+        macro_rules! bind_rollups {
+            ($q:expr, $chunk:expr) => {{
+                let mut q = $q;
+                for (k, r) in $chunk {
+                    q = q
+                        .bind(k.device.as_str())
+                        .bind(k.target.model.as_str())
+                        .bind(k.target.release.get() as i64)
+                        .bind(k.target.variant.as_str())
+                        .bind(k.target.provider.as_str())
+                        .bind(k.window_start)
+                        .bind(r.class.as_str())
+                        .bind(r.ok as i64)
+                        .bind(r.errors as i64)
+                        .bind(r.duration_sum);
+                    for b in r.buckets {
+                        q = q.bind(b as i64);
+                    }
+                    q = q
+                        .bind(r.energy_j)
+                        .bind(r.energy_inferences as i64)
+                        .bind(r.installs as i64)
+                        .bind(r.install_failures as i64);
+                }
+                q
+            }};
+        }
+        macro_rules! bind_series {
+            ($q:expr, $chunk:expr) => {{
+                let mut q = $q;
+                for (d, s) in $chunk {
+                    q = q.bind(d.as_str()).bind(s.as_str()).bind(now);
+                }
+                q
+            }};
+        }
+        if let Some(native) = &self.sqlite {
+            let mut tx = native.begin_with("BEGIN IMMEDIATE").await?;
+            for chunk in batch.rollups.chunks(CHUNK) {
+                let sql = upsert_rollups_sql(self.backend, chunk.len());
+                bind_rollups!(sqlx::query::<sqlx::Sqlite>(&sql), chunk).execute(&mut *tx).await?;
+            }
+            for chunk in batch.series.chunks(CHUNK) {
+                let sql = upsert_series_sql(self.backend, chunk.len());
+                bind_series!(sqlx::query::<sqlx::Sqlite>(&sql), chunk).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            return Ok(());
+        }
         let mut tx = self.write_tx().await?;
         for chunk in batch.rollups.chunks(CHUNK) {
             let sql = upsert_rollups_sql(self.backend, chunk.len());
-            let mut q = sqlx::query(&sql);
-            for (k, r) in chunk {
-                q = q
-                    .bind(k.device.as_str())
-                    .bind(k.target.model.as_str())
-                    .bind(k.target.release.get() as i64)
-                    .bind(k.target.variant.as_str())
-                    .bind(k.target.provider.as_str())
-                    .bind(k.window_start)
-                    .bind(r.class.as_str())
-                    .bind(r.ok as i64)
-                    .bind(r.errors as i64)
-                    .bind(r.duration_sum);
-                for b in r.buckets {
-                    q = q.bind(b as i64);
-                }
-                q = q
-                    .bind(r.energy_j)
-                    .bind(r.energy_inferences as i64)
-                    .bind(r.installs as i64)
-                    .bind(r.install_failures as i64);
-            }
-            q.execute(&mut *tx).await?;
+            bind_rollups!(sqlx::query(&sql), chunk).execute(&mut *tx).await?;
         }
         for chunk in batch.series.chunks(CHUNK) {
             let sql = upsert_series_sql(self.backend, chunk.len());
-            let mut q = sqlx::query(&sql);
-            for (d, s) in chunk {
-                q = q.bind(d.as_str()).bind(s.as_str()).bind(now);
-            }
-            q.execute(&mut *tx).await?;
+            bind_series!(sqlx::query(&sql), chunk).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
