@@ -98,18 +98,8 @@ struct Shard {
     buckets: HashMap<DeviceId, Bucket>,
 }
 
-/// Fleet totals for one (model, release, device class): what `/metrics` shows.
-#[derive(Debug, Clone, Default)]
-pub struct FleetTotals {
-    pub ok: u64,
-    pub errors: u64,
-    pub duration_sum: f64,
-    pub buckets: [u64; NBUCKETS],
-    pub energy_j: f64,
-    pub energy_inferences: u64,
-    pub installs: u64,
-    pub install_failures: u64,
-}
+/// Fleet totals for one (model, release, device class): what `/metrics` shows. The same sums as a rollup.
+pub type FleetTotals = Rollup;
 
 pub type FleetKey = (ModelName, ReleaseVersion, String);
 
@@ -356,21 +346,9 @@ impl Ingest {
         }
         for (k, r) in fresh {
             let key = (k.target.model.clone(), k.target.release, r.class.clone());
-            let add = |t: &mut FleetTotals| {
-                t.ok += r.ok;
-                t.errors += r.errors;
-                t.duration_sum += r.duration_sum;
-                for (a, b) in t.buckets.iter_mut().zip(&r.buckets) {
-                    *a += b;
-                }
-                t.energy_j += r.energy_j;
-                t.energy_inferences += r.energy_inferences;
-                t.installs += r.installs;
-                t.install_failures += r.install_failures;
-            };
-            add(fleet.totals.entry(key.clone()).or_default());
+            fleet.totals.entry(key.clone()).or_default().add(r);
             if let Some((_, m)) = fleet.recent.back_mut() {
-                add(m.entry(key).or_default());
+                m.entry(key).or_default().add(r);
             }
         }
     }
@@ -382,15 +360,7 @@ impl Ingest {
         let mut recent: BTreeMap<FleetKey, FleetTotals> = BTreeMap::new();
         for (_, m) in fleet.recent.iter().filter(|(start, _)| start + self.settings.window_ms >= horizon) {
             for (k, t) in m {
-                let e = recent.entry(k.clone()).or_default();
-                e.ok += t.ok;
-                e.errors += t.errors;
-                e.duration_sum += t.duration_sum;
-                for (a, b) in e.buckets.iter_mut().zip(&t.buckets) {
-                    *a += b;
-                }
-                e.energy_j += t.energy_j;
-                e.energy_inferences += t.energy_inferences;
+                recent.entry(k.clone()).or_default().add(t);
             }
         }
         (fleet.totals.clone(), recent)

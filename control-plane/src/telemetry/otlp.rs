@@ -183,11 +183,20 @@ fn series_key(metric: &str, attrs: &[KeyValue]) -> u64 {
     h
 }
 
-fn number(p: &NumberDataPoint) -> Option<f64> {
-    match p.value? {
-        number_data_point::Value::AsDouble(d) => Some(d),
-        number_data_point::Value::AsInt(i) => Some(i as f64),
+/// A number point's value: present, finite, not negative (counters, energy, power and memory all are).
+fn number(name: &str, p: &NumberDataPoint) -> Result<f64, (Reason, String)> {
+    let v = match p.value {
+        Some(number_data_point::Value::AsDouble(d)) => d,
+        Some(number_data_point::Value::AsInt(i)) => i as f64,
+        None => return Err((Reason::BadAttributes, format!("{name}: a point without a value"))),
+    };
+    if !v.is_finite() {
+        return Err((Reason::NotFinite, format!("{name} is {v}")));
     }
+    if v < 0.0 {
+        return Err((Reason::Negative, format!("{name} is {v}")));
+    }
+    Ok(v)
 }
 
 /// Checks times shared by every point kind.
@@ -359,13 +368,7 @@ fn counter_point(name: &str, cumulative: bool, p: &NumberDataPoint, now_ns: u64)
         return Err((Reason::NotCumulative, format!("{name} must be a cumulative monotonic sum")));
     }
     times(p.start_time_unix_nano, p.time_unix_nano, true, now_ns)?;
-    let v = number(p).ok_or((Reason::BadAttributes, "a point without a value".to_owned()))?;
-    if !v.is_finite() {
-        return Err((Reason::NotFinite, format!("{name} is {v}")));
-    }
-    if v < 0.0 {
-        return Err((Reason::Negative, format!("{name} is {v}")));
-    }
+    let v = number(name, p)?;
     let bad = |e: String| (Reason::BadAttributes, format!("{name}: {e}"));
     let what = match name {
         names::INFERENCE_COUNT => {
@@ -415,13 +418,7 @@ fn duration_point(
 
 fn gauge_point(name: &str, p: &NumberDataPoint, now_ns: u64) -> Result<Point, (Reason, String)> {
     times(p.start_time_unix_nano, p.time_unix_nano, false, now_ns)?;
-    let v = number(p).ok_or((Reason::BadAttributes, "a point without a value".to_owned()))?;
-    if !v.is_finite() {
-        return Err((Reason::NotFinite, format!("{name} is {v}")));
-    }
-    if v < 0.0 {
-        return Err((Reason::Negative, format!("{name} is {v}")));
-    }
+    let v = number(name, p)?;
     Ok(Point {
         what: if name == names::HW_POWER { What::Power } else { What::Memory },
         metric: metric_name(name),
