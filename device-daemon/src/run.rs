@@ -68,9 +68,9 @@ pub struct RunArgs {
     /// release being replaced and the new one do not both fit, the swap drains: requests wait, none fail.
     #[arg(long, env = "EDGEFLEET_MEMORY_BUDGET_MB")]
     pub memory_budget_mb: Option<u64>,
-    /// Export OpenTelemetry metrics (OTLP/HTTP protobuf, cumulative) to this endpoint, e.g.
-    /// `https://cp:8443/v1/metrics` (the daemon's client certificate is presented) or a collector's. Off when
-    /// not given.
+    /// Export OpenTelemetry metrics (OTLP/HTTP protobuf, cumulative) to this endpoint: by default the control
+    /// plane's receiver, `<server>/v1/metrics` (the daemon's client certificate is presented; rollout gates
+    /// judge what arrives there), or a collector's; `off` to send none.
     #[arg(long, env = "EDGEFLEET_METRICS_ENDPOINT")]
     pub metrics_endpoint: Option<String>,
     /// Seconds between metric exports.
@@ -178,10 +178,15 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
     }
     let client = http_client(&args.server_ca, Some((&layout.cert(), &layout.key())))?;
     // Before any model loads, so every release's instruments report to it.
-    let _telemetry = match &args.metrics_endpoint {
+    let endpoint = match args.metrics_endpoint.as_deref() {
+        Some("off") => None,
+        Some(e) => Some(e.to_owned()),
+        None => Some(format!("{}/v1/metrics", args.server.trim_end_matches('/'))),
+    };
+    let _telemetry = match endpoint {
         Some(endpoint) => Some(crate::telemetry::start(
             &crate::telemetry::Config {
-                endpoint: endpoint.clone(),
+                endpoint,
                 interval: Duration::from_secs(args.metrics_interval_secs.max(1)),
                 device_id: args.device_id.to_string(),
                 device_class: detection.profile.device_class.clone(),

@@ -24,9 +24,8 @@ fn a_slower_release_is_rolled_back_by_its_latency_gate() {
     w.edgefleet(&["release", "push", "magika-2"]).ok();
     w.edgefleet(&["assign", "magika", "1", "--selector", "site=lab"]).ok();
 
-    // Two devices that export metrics every second; their own health watch is told to tolerate any latency,
-    // so what rolls release 2 back is the fleet's gate, not the device.
-    let metrics = format!("{}/v1/metrics", server.url);
+    // Two devices that export metrics (to the control plane, by default) every second; their own health watch
+    // is told to tolerate any latency, so what rolls release 2 back is the fleet's gate, not the device.
     let daemons: Vec<_> = ["edge-a", "edge-b"]
         .into_iter()
         .enumerate()
@@ -39,7 +38,7 @@ fn a_slower_release_is_rolled_back_by_its_latency_gate() {
                 t["token"].as_str().expect("token").to_owned()
             };
             let mut cmd = daemon_command(&w, &server, id, Some(&token));
-            cmd.args(["--metrics-endpoint", &metrics, "--metrics-interval-secs", "1"]);
+            cmd.args(["--metrics-interval-secs", "1"]);
             cmd.args(["--bake-max-latency-ratio", "1000"]);
             spawn_daemon(cmd)
         })
