@@ -408,7 +408,49 @@ async fn a_stock_opentelemetry_sdk_exporter_is_understood(backend: Backend) {
     assert!(Reason::ALL.iter().all(|r| c.refused(*r) == 0), "nothing refused");
 }
 
+/// Every metric a Grafana panel in `dashboards/grafana/` queries is one the server exports (its `# TYPE` lines,
+/// with a histogram's `_bucket`, `_sum` and `_count`), so a renamed metric cannot leave a dashboard blank.
+async fn grafana_panels_query_only_exported_metrics(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.metrics_public = true).await;
+    let text =
+        app.client().get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");
+    let mut exported = std::collections::BTreeSet::new();
+    for line in text.lines().filter_map(|l| l.strip_prefix("# TYPE ")) {
+        let mut parts = line.split_whitespace();
+        let (name, kind) = (parts.next().expect("name"), parts.next().expect("kind"));
+        exported.insert(name.to_owned());
+        if kind == "histogram" {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                exported.insert(format!("{name}{suffix}"));
+            }
+        }
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/grafana");
+    let mut queried = std::collections::BTreeSet::new();
+    for entry in std::fs::read_dir(&dir).expect("dashboards/grafana") {
+        let path = entry.expect("entry").path();
+        let dash: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).expect("read")).expect("JSON");
+        for panel in dash["panels"].as_array().expect("panels") {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let expr = target["expr"].as_str().expect("a PromQL expression");
+                let mut rest = expr;
+                while let Some(i) = rest.find("edgefleet_") {
+                    let name: String =
+                        rest[i..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+                    rest = &rest[i + name.len()..];
+                    queried.insert((name, path.file_name().expect("name").to_string_lossy().into_owned()));
+                }
+            }
+        }
+    }
+    assert!(queried.len() >= 10, "the dashboards query {} metrics", queried.len());
+    for (name, file) in &queried {
+        assert!(exported.contains(name), "{file} queries {name}, which /metrics does not export");
+    }
+}
+
 crate::both_backends!(
+    grafana_panels_query_only_exported_metrics,
     cumulative_points_become_rollups_exactly_once,
     bad_exports_are_refused_by_reason,
     a_stock_opentelemetry_sdk_exporter_is_understood
