@@ -121,7 +121,7 @@ step "A device: edgefleet-daemon on this very machine (hardware read from /), en
 "$DAEMON" hardware | sed 's/^/   /'
 RUST_LOG=warn "$DAEMON" run --server "$url" --server-ca server/tls/server.crt --data-dir device \
   --trust-root root.json --device-id demo-edge-1 --enroll-token "$token" --ort-lib "$EDGEFLEET_ORT_LIB" \
-  --listen 127.0.0.1:0 --wait 2 --bake-secs 2 > daemon.log 2>&1 &
+  --listen 127.0.0.1:0 --wait 2 --bake-secs 2 --metrics-interval-secs 2 > daemon.log 2>&1 &
 daemon_pid=$!
 trap 'kill $server_pid $daemon_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do grep -q "serving v2 on" daemon.log 2>/dev/null && break; sleep 0.1; done
@@ -136,6 +136,12 @@ python3 "$REPO/scripts/magika_infer.py" "$v2" "$C/models/magika/config.min.json"
 for _ in $(seq 1 100); do grep -q '"magika"' device/state.json 2>/dev/null && break; sleep 0.1; done
 "$DAEMON" status --data-dir device | sed 's/^/   /'
 "$E" devices list
+
+step "Telemetry: the device's OpenTelemetry metrics reached the control plane (what rollout gates judge)"
+metrics() { curl -s --cacert server/tls/server.crt -H "authorization: Bearer $admin" "$url/metrics"; }
+for _ in $(seq 1 100); do metrics | grep -q '^edgefleet_inference_requests_total{model="magika"' && break; sleep 0.2; done
+echo "   from $url/metrics, as Prometheus scrapes it (dashboards/grafana has a dashboard for it):"
+metrics | grep -E '^edgefleet_(devices|inference_requests_total|inference_latency_seconds|otlp_points_total)' | sed 's/^/   /'
 
 step "The audit log tells the story"
 "$E" audit --limit 14
