@@ -25,7 +25,7 @@ RUST_LOG=warn "$D" --hardware-root hw run --server "$url" --server-ca srv/tls/se
   --device-id rss-1 --enroll-token "$token" --ort-lib "$C/lib/libonnxruntime.so.1.31.1" --listen 127.0.0.1:0 --wait 2 --bake-secs 1 > daemon.log 2>&1 &
 dpid=$!
 sleep 8
-rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/$dpid/status; }
+rss() { awk '/VmRSS/ {r=$2} /RssAnon/ {a=$2} /RssFile/ {f=$2} END {printf "%.1f MiB (anonymous %.1f, file-backed %.1f)", r/1024, a/1024, f/1024}' /proc/$dpid/status; }
 echo "daemon enrolled and checking in, nothing assigned (ONNX Runtime not loaded): $(rss)"
 "$E" release pack --model magika --version 1 --variant "id=cpu-fp32,file=$C/models/magika/model.onnx,precision=fp32" \
   --samples "$C/samples/magika.safetensors" -o magika-1 --ort-lib "$C/lib/libonnxruntime.so.1.31.1" >/dev/null
