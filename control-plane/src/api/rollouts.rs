@@ -134,12 +134,10 @@ async fn act(
     action: Action,
 ) -> ApiResult<Json<RolloutView>> {
     let id = rollout_id(&id)?;
-    if state.store.rollout(id).await?.is_none() {
-        return Err(ApiError::not_found(format!("rollout {id}")));
-    }
     match engine::act(&state, id, action, &who.actor(), &source.0).await? {
         Ok(row) => Ok(Json(view(row))),
-        Err(why) => Err(ApiError::conflict("rollout_state", why)),
+        Err(engine::Refused::NotFound) => Err(ApiError::not_found(format!("rollout {id}"))),
+        Err(engine::Refused::Conflict(why)) => Err(ApiError::conflict("rollout_state", why)),
     }
 }
 

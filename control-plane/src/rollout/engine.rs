@@ -90,6 +90,14 @@ pub async fn evaluate_all(state: &AppState, now: i64) -> Result<usize, StoreErro
     Ok(moved)
 }
 
+/// Why an operator's action was not taken.
+#[derive(Debug)]
+pub enum Refused {
+    NotFound,
+    /// The action does not apply to the rollout's state, or the state changed meanwhile.
+    Conflict(String),
+}
+
 /// An operator's action, checked by the planner and stored with its audit entry.
 pub async fn act(
     state: &AppState,
@@ -97,17 +105,17 @@ pub async fn act(
     action: Action,
     actor: &str,
     source: &str,
-) -> Result<Result<RolloutRow, String>, StoreError> {
-    let Some(row) = state.store.rollout(id).await? else { return Ok(Err(format!("no rollout {id}"))) };
+) -> Result<Result<RolloutRow, Refused>, StoreError> {
+    let Some(row) = state.store.rollout(id).await? else { return Ok(Err(Refused::NotFound)) };
     let now = now_ms();
     let to = match apply(&row.state, action, now) {
         Ok(s) => s,
-        Err(e) => return Ok(Err(e)),
+        Err(e) => return Ok(Err(Refused::Conflict(e))),
     };
     let name = format!("rollout.{}", action.as_str());
     let audit = Audit { actor, action: &name, target: id, source, detail: audit_detail(&row, &to, &row.gates) };
     if !state.store.set_rollout_state(id, &row.state, &to, audit, now).await? {
-        return Ok(Err("the rollout changed meanwhile; look again and retry".into()));
+        return Ok(Err(Refused::Conflict("the rollout changed meanwhile; look again and retry".into())));
     }
     state.invalidate();
     Ok(Ok(RolloutRow { state: to, updated_at: now, ..row }))
