@@ -402,5 +402,30 @@ pub struct AuditEntry {
     pub detail: serde_json::Value,
 }
 
+/// `GET /api/v1/models/{model}/telemetry`: what each release did per device class and time window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelTelemetry {
+    pub model: ModelName,
+    pub window_secs: u64,
+    pub windows: Vec<ReleaseWindow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseWindow {
+    /// RFC 3339.
+    pub window_start: String,
+    pub release: ReleaseVersion,
+    pub device_class: String,
+    pub requests: u64,
+    pub errors: u64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    /// Absent where no device of the class has a power sensor: never a zero standing in for "unknown".
+    pub joules_per_inference: Option<f64>,
+    pub installs: u64,
+    pub install_failures: u64,
+}
+
 /// The header a check-in answer carries to hint the next interval, in seconds.
 pub const CHECKIN_INTERVAL_HEADER: &str = "x-edgefleet-checkin-interval";

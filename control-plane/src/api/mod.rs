@@ -278,6 +278,7 @@ pub fn router(state: AppState) -> Router {
         .route("/releases", post(registry::publish))
         .route("/models", get(registry::list_models))
         .route("/models/{model}/releases", get(registry::list_releases))
+        .route("/models/{model}/telemetry", get(registry::telemetry))
         .route("/models/{model}/releases/{version}", get(registry::get_release))
         .route("/assignments", get(admin::list_assignments).post(admin::create_assignment))
         .route("/assignments/{id}", delete(admin::delete_assignment))

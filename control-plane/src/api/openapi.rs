@@ -47,6 +47,12 @@ pub const ROUTES: &[RouteDoc] = &[
     ),
     r("GET", "/models", Access::Role(Viewer), "Models with their latest release"),
     r("GET", "/models/{model}/releases", Access::Role(Viewer), "Releases of a model, newest first"),
+    r(
+        "GET",
+        "/models/{model}/telemetry",
+        Access::Role(Viewer),
+        "Per window, release and device class: requests, errors, p50/p95/p99, energy per inference (?since=ms)",
+    ),
     r("GET", "/models/{model}/releases/{version}", Access::ViewerOrDevice, "A signed release manifest as published"),
     r("GET", "/assignments", Access::Role(Viewer), "Assignments of releases to label selectors"),
     r("POST", "/assignments", Access::Role(Operator), "Assign a release to the devices a selector matches"),

@@ -6,7 +6,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use edgefleet_protocol::api::{ModelSummary, ReleaseSummary};
+use edgefleet_protocol::api::{ModelSummary, ModelTelemetry, ReleaseSummary, ReleaseWindow};
 use edgefleet_protocol::{ModelName, ReleaseVersion, Sha256Digest};
 use futures_util::TryStreamExt;
 use model_registry::artifact::ArtifactRef;
@@ -231,6 +231,44 @@ pub async fn list_releases(
 ) -> ApiResult<Json<Vec<ReleaseSummary>>> {
     let rows = state.store.list_releases(&model_name(&model)?).await?;
     Ok(Json(rows.iter().map(summary).collect()))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub struct TelemetryQuery {
+    /// From when (ms since the epoch); default: the last 24 hours.
+    pub since: Option<i64>,
+}
+
+/// `GET /api/v1/models/{model}/telemetry[?since=MS]`: per window, release and device class, what the devices
+/// reported (requests, errors, latency quantiles, energy per inference where a sensor exists, installs);
+/// oldest first, at most 10,000 rows.
+pub async fn telemetry(
+    State(state): State<AppState>,
+    _: Authorized<Viewer>,
+    Path(model): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<TelemetryQuery>,
+) -> ApiResult<Json<ModelTelemetry>> {
+    let model = model_name(&model)?;
+    let since = q.since.unwrap_or_else(|| now_ms() - 86_400_000);
+    let rows = state.store.release_history(&model, since, 10_000).await?;
+    let ms = |q: f64, b: &[u64; crate::telemetry::otlp::NBUCKETS]| crate::telemetry::quantile(b, q).map(|s| s * 1e3);
+    let windows = rows
+        .into_iter()
+        .map(|(start, c)| ReleaseWindow {
+            window_start: rfc3339(start),
+            release: c.release,
+            device_class: c.class,
+            requests: c.stats.requests,
+            errors: c.stats.errors,
+            p50_ms: ms(0.5, &c.buckets),
+            p95_ms: c.stats.p95_ms,
+            p99_ms: ms(0.99, &c.buckets),
+            joules_per_inference: c.stats.joules_per_inference,
+            installs: c.stats.installs,
+            install_failures: c.stats.install_failures,
+        })
+        .collect();
+    Ok(Json(ModelTelemetry { model, window_secs: state.config.telemetry_window_secs, windows }))
 }
 
 /// `GET /api/v1/models/{model}/releases/{version}`: the signed manifest, as published.

@@ -79,6 +79,39 @@ pub struct ClassStats {
     pub buckets: [u64; NBUCKETS],
 }
 
+/// The select list of per-group sums, named as their columns.
+fn sums() -> String {
+    let counts: Vec<String> = ["ok", "errors", "energy_inferences", "installs", "install_failures"]
+        .into_iter()
+        .map(String::from)
+        .chain((0..NBUCKETS).map(|i| format!("b{i:02}")))
+        .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
+        .collect();
+    format!("{}, CAST(SUM(energy_j) AS DOUBLE PRECISION) AS energy_j", counts.join(", "))
+}
+
+/// One group's sums as a release's numbers on a device class.
+fn class_stats(r: &sqlx::any::AnyRow) -> Result<ClassStats, StoreError> {
+    let n = |c: &str| -> Result<u64, StoreError> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
+    let mut buckets = [0u64; NBUCKETS];
+    for (i, b) in buckets.iter_mut().enumerate() {
+        *b = n(&format!("b{i:02}"))?;
+    }
+    let (ok, errors, energy_inferences) = (n("ok")?, n("errors")?, n("energy_inferences")?);
+    let energy_j: f64 = r.try_get("energy_j")?;
+    let stats = Stats {
+        requests: ok + errors,
+        errors,
+        p95_ms: quantile(&buckets, 0.95).map(|s| s * 1000.0),
+        energy_inferences,
+        joules_per_inference: (energy_inferences > 0).then(|| energy_j / energy_inferences as f64),
+        installs: n("installs")?,
+        install_failures: n("install_failures")?,
+    };
+    let release = super::version("release", r.try_get("release")?)?;
+    Ok(ClassStats { class: r.try_get("device_class")?, release, stats, buckets })
+}
+
 impl Store {
     /// Writes a batch: rollup deltas added to what is stored, and the devices' series replaced, in one
     /// transaction.
@@ -171,17 +204,11 @@ impl Store {
         model: &ModelName,
         sides: [(ReleaseVersion, i64); 2],
     ) -> Result<Vec<ClassStats>, StoreError> {
-        let sums: Vec<String> = ["ok", "errors", "energy_inferences", "installs", "install_failures"]
-            .into_iter()
-            .map(String::from)
-            .chain((0..NBUCKETS).map(|i| format!("b{i:02}")))
-            .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
-            .collect();
         let sql = format!(
-            "SELECT device_class, release, {}, CAST(SUM(energy_j) AS DOUBLE PRECISION) AS energy_j \
-             FROM telemetry_rollups WHERE model = $1 AND ((release = $2 AND window_start >= $3) OR \
-             (release = $4 AND window_start >= $5)) GROUP BY device_class, release ORDER BY device_class, release",
-            sums.join(", ")
+            "SELECT device_class, release, {} FROM telemetry_rollups WHERE model = $1 AND ((release = $2 AND \
+             window_start >= $3) OR (release = $4 AND window_start >= $5)) GROUP BY device_class, release \
+             ORDER BY device_class, release",
+            sums()
         );
         let rows = sqlx::query(&sql)
             .bind(model.as_str())
@@ -191,27 +218,24 @@ impl Store {
             .bind(sides[1].1)
             .fetch_all(&self.pool)
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let n = |c: &str| -> Result<u64, StoreError> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
-            let mut buckets = [0u64; NBUCKETS];
-            for (i, b) in buckets.iter_mut().enumerate() {
-                *b = n(&format!("b{i:02}"))?;
-            }
-            let (ok, errors, energy_inferences) = (n("ok")?, n("errors")?, n("energy_inferences")?);
-            let energy_j: f64 = r.try_get("energy_j")?;
-            let stats = Stats {
-                requests: ok + errors,
-                errors,
-                p95_ms: quantile(&buckets, 0.95).map(|s| s * 1000.0),
-                energy_inferences,
-                joules_per_inference: (energy_inferences > 0).then(|| energy_j / energy_inferences as f64),
-                installs: n("installs")?,
-                install_failures: n("install_failures")?,
-            };
-            let release = super::version("release", r.try_get("release")?)?;
-            out.push(ClassStats { class: r.try_get("device_class")?, release, stats, buckets });
-        }
-        Ok(out)
+        rows.iter().map(class_stats).collect()
+    }
+
+    /// Every release of `model` per device class and window, from windows starting at `since` (ms), oldest
+    /// first, at most `limit` rows: latency and energy over time.
+    pub async fn release_history(
+        &self,
+        model: &ModelName,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, ClassStats)>, StoreError> {
+        let sql = format!(
+            "SELECT window_start, device_class, release, {} FROM telemetry_rollups WHERE model = $1 AND \
+             window_start >= $2 GROUP BY window_start, device_class, release \
+             ORDER BY window_start, release, device_class LIMIT $3",
+            sums()
+        );
+        let rows = sqlx::query(&sql).bind(model.as_str()).bind(since).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter().map(|r| Ok((r.try_get("window_start")?, class_stats(r)?))).collect()
     }
 }
