@@ -2,6 +2,7 @@
 //! background task that writes `last_seen` in batches.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{Context, bail};
@@ -86,8 +87,12 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
     let (seen, seen_rx) = mpsc::unbounded_channel();
     let flusher = tokio::spawn(flush_last_seen(store.clone(), seen_rx, config.flush_interval_ms));
     let (generation, _) = watch::channel(0);
-    let (cfg_window_secs, cfg_rate, cfg_burst) =
-        (config.telemetry_window_secs, config.telemetry_exports_per_sec.max(0.001), config.telemetry_burst.max(1.0));
+    let ingest = Ingest::new(Settings {
+        window_ms: (config.telemetry_window_secs.max(1) as i64) * 1000,
+        exports_per_sec: config.telemetry_exports_per_sec.max(0.001),
+        burst: config.telemetry_burst.max(1.0),
+        recent_ms: 300_000,
+    });
     let state = AppState(Arc::new(Inner {
         config,
         store,
@@ -103,14 +108,9 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
         revoked: RwLock::new(revoked),
         reports: Mutex::new(HashMap::new()),
         seen,
-        running: Mutex::new(HashMap::new()),
-        ingest: Ingest::new(Settings {
-            window_ms: (cfg_window_secs.max(1) as i64) * 1000,
-            exports_per_sec: cfg_rate,
-            burst: cfg_burst,
-            recent_ms: 300_000,
-        }),
-        checkins: Default::default(),
+        ingest,
+        checkins_changed: AtomicU64::new(0),
+        checkins_unchanged: AtomicU64::new(0),
     }));
     let telemetry = tokio::spawn(crate::telemetry::background(state.clone()));
     let rollouts = tokio::spawn(crate::rollout::engine::run(state.clone()));

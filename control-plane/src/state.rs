@@ -2,9 +2,8 @@
 //! check-in hot path off the database.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
-
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
 
 use edgefleet_protocol::api::DeviceReport;
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
@@ -42,30 +41,32 @@ pub struct Inner {
     pub rebuilding: tokio::sync::Mutex<()>,
     pub desired: Mutex<HashMap<DeviceId, CachedDesired>>,
     pub revoked: RwLock<HashSet<DeviceId>>,
-    /// Digest of the last stored report per device, so an unchanged report costs no write.
-    pub reports: Mutex<HashMap<DeviceId, String>>,
+    /// Each device's last stored report (since this server started, or read back at its first export).
+    pub reports: Mutex<HashMap<DeviceId, Reported>>,
     pub seen: mpsc::UnboundedSender<(DeviceId, i64)>,
-    /// What each device said it runs at its last check-in since this server started: the models the OTLP
-    /// receiver accepts points about, and the fleet's release distribution in `/metrics`.
-    pub running: Mutex<HashMap<DeviceId, Running>>,
     /// The OTLP receiver's series, pending rollups and fleet totals.
     pub ingest: Ingest,
     /// Check-ins answered with a new document, and with 304.
-    pub checkins: [AtomicU64; 2],
+    pub checkins_changed: AtomicU64,
+    pub checkins_unchanged: AtomicU64,
 }
 
-/// What a device reported: the releases in its active slots, every model it mentions (active, staged or
-/// failing), and whether it reported an error.
+/// What a device reported: the digest of the stored report (an unchanged report costs no write), the releases
+/// in its active slots (`/metrics`), every model it mentions, active, staged or failing (what the OTLP receiver
+/// accepts points about), and whether it reported an error.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Running {
+pub struct Reported {
+    pub digest: String,
     pub active: Vec<(ModelName, ReleaseVersion)>,
     pub models: Vec<ModelName>,
     pub healthy: bool,
 }
 
-impl Running {
-    pub fn from_report(r: &DeviceReport) -> Self {
+impl Reported {
+    /// `text` is the report as stored.
+    pub fn new(r: &DeviceReport, text: &str) -> Self {
         Self {
+            digest: model_registry::Sha256Digest::of(text.as_bytes()).to_hex(),
             active: r.models.iter().filter_map(|m| m.active.as_ref().map(|a| (m.model.clone(), a.release))).collect(),
             models: r.models.iter().map(|m| m.model.clone()).collect(),
             healthy: r.last_error.is_none(),
@@ -108,7 +109,7 @@ impl Inner {
     /// Whether a device runs, holds or was told to run a model: what it may send telemetry about.
     pub fn device_knows(&self, id: &DeviceId, model: &ModelName) -> bool {
         let reported =
-            self.running.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|r| r.models.contains(model));
+            self.reports.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|r| r.models.contains(model));
         reported
             || self.desired.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|c| c.models.contains(model))
     }

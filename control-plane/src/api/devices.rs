@@ -15,14 +15,14 @@ use edgefleet_protocol::api::{
     Selector, SetLabels, check_label,
 };
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
-use model_registry::{Envelope, ReleaseManifest, Sha256Digest};
+use model_registry::{Envelope, ReleaseManifest};
 use serde::Deserialize;
 
 use super::{
     ApiError, ApiJson, ApiResult, Authorized, DeviceCaller, Operator, Principal, Source, Viewer, new_token, token_hash,
 };
 use crate::desired::{self, AssignmentSnapshot, CachedDesired, Entry, Release};
-use crate::state::{AppState, Running, now_ms, rfc3339};
+use crate::state::{AppState, Reported, now_ms, rfc3339};
 use crate::store::{DeviceRow, EnrollRefusal};
 
 fn device_id(s: &str) -> ApiResult<DeviceId> {
@@ -310,8 +310,9 @@ async fn record_unfit(
 
 async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) -> ApiResult<()> {
     let text = serde_json::to_string(report).map_err(|e| ApiError::internal(&e))?;
-    let digest = Sha256Digest::of(text.as_bytes()).to_hex();
-    let unchanged = state.reports.lock().unwrap_or_else(|p| p.into_inner()).get(id) == Some(&digest);
+    let reported = Reported::new(report, &text);
+    let unchanged =
+        state.reports.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|r| r.digest == reported.digest);
     if unchanged {
         return Ok(());
     }
@@ -323,12 +324,11 @@ async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) ->
         None => None,
     };
     state.store.set_report(id, &text, hardware.as_deref()).await?;
-    state.running.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), Running::from_report(report));
     if hardware.is_some() {
         // A changed hardware profile can change the variant chosen.
         state.desired.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
     }
-    state.reports.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), digest);
+    state.reports.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), reported);
     Ok(())
 }
 
@@ -352,7 +352,7 @@ pub async fn checkin(
         let current = desired_for(&state, &id).await?;
         let etag = current.etag();
         if known.as_deref() != Some(etag.as_str()) {
-            state.checkins[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.checkins_changed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let etag = HeaderValue::from_str(&etag).map_err(|e| ApiError::internal(&e))?;
             return Ok((
                 StatusCode::OK,
@@ -372,7 +372,7 @@ pub async fn checkin(
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
-    state.checkins[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    state.checkins_unchanged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok((StatusCode::NOT_MODIFIED, [(CHECKIN_INTERVAL_HEADER, interval)]).into_response())
 }
 

@@ -57,7 +57,7 @@ pub async fn prometheus(State(state): State<AppState>, mut parts: axum::http::re
         o.line("edgefleet_devices", &[("device_class", &class), ("status", &status)], n as f64);
     }
     let mut by_release: std::collections::BTreeMap<(String, String, &str), u64> = Default::default();
-    for r in state.running.lock().unwrap_or_else(|p| p.into_inner()).values() {
+    for r in state.reports.lock().unwrap_or_else(|p| p.into_inner()).values() {
         for (m, v) in &r.active {
             *by_release.entry((m.to_string(), v.to_string(), if r.healthy { "ok" } else { "error" })).or_default() += 1;
         }
@@ -75,8 +75,12 @@ pub async fn prometheus(State(state): State<AppState>, mut parts: axum::http::re
         "counter",
         "Device check-ins answered, by result (changed: a new desired state; unchanged: 304)",
     );
-    o.line("edgefleet_checkins_total", &[("result", "changed")], state.checkins[0].load(Ordering::Relaxed) as f64);
-    o.line("edgefleet_checkins_total", &[("result", "unchanged")], state.checkins[1].load(Ordering::Relaxed) as f64);
+    o.line("edgefleet_checkins_total", &[("result", "changed")], state.checkins_changed.load(Ordering::Relaxed) as f64);
+    o.line(
+        "edgefleet_checkins_total",
+        &[("result", "unchanged")],
+        state.checkins_unchanged.load(Ordering::Relaxed) as f64,
+    );
 
     // Rollouts: active ones, and those that ended in the last day.
     o.help("edgefleet_rollout_state", "gauge", "1 for each rollout's current state");

@@ -77,19 +77,17 @@ pub fn target(r: &Rollout, state: &State, device: &DeviceId, labels: &Labels) ->
 
 fn judge(gate: Gate, class: &str, new: &Stats, old: &Stats, min: u64) -> GateResult {
     let rate = |s: &Stats| if s.requests == 0 { 0.0 } else { s.errors as f64 / s.requests as f64 };
-    let (value, threshold, samples) = match gate {
-        Gate::ErrorRate { max_increase } => (Some(rate(new) - rate(old)), max_increase, (new.requests, old.requests)),
-        Gate::P95LatencyRatio { max } => {
-            (new.p95_ms.zip(old.p95_ms).map(|(n, o)| n / o), max, (new.requests, old.requests))
-        }
-        Gate::EnergyRatio { max } => (
+    let threshold = gate.threshold();
+    let (value, samples) = match gate {
+        Gate::ErrorRate { .. } => (Some(rate(new) - rate(old)), (new.requests, old.requests)),
+        Gate::P95LatencyRatio { .. } => (new.p95_ms.zip(old.p95_ms).map(|(n, o)| n / o), (new.requests, old.requests)),
+        Gate::EnergyRatio { .. } => (
             new.joules_per_inference.zip(old.joules_per_inference).map(|(n, o)| n / o),
-            max,
             (new.energy_inferences, old.energy_inferences),
         ),
-        Gate::InstallFailureRatio { max } => {
+        Gate::InstallFailureRatio { .. } => {
             let v = (new.installs > 0).then(|| new.install_failures as f64 / new.installs as f64);
-            (v, max, (new.installs, old.installs))
+            (v, (new.installs, old.installs))
         }
     };
     let verdict = if samples.0 == 0 && samples.1 == 0 && matches!(gate, Gate::EnergyRatio { .. }) {

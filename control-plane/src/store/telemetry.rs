@@ -153,29 +153,28 @@ impl Store {
                 q
             }};
         }
+        /// Both upserts, in chunks, inside `$tx`, with queries of `$db`.
+        macro_rules! write_all {
+            ($tx:expr, $db:ty) => {{
+                for chunk in batch.rollups.chunks(CHUNK) {
+                    let sql = upsert_rollups_sql(self.backend, chunk.len());
+                    bind_rollups!(sqlx::query::<$db>(&sql), chunk).execute(&mut *$tx).await?;
+                }
+                for chunk in batch.series.chunks(CHUNK) {
+                    let sql = upsert_series_sql(self.backend, chunk.len());
+                    bind_series!(sqlx::query::<$db>(&sql), chunk).execute(&mut *$tx).await?;
+                }
+            }};
+        }
         if let Some(native) = &self.sqlite {
             let mut tx = native.begin_with("BEGIN IMMEDIATE").await?;
-            for chunk in batch.rollups.chunks(CHUNK) {
-                let sql = upsert_rollups_sql(self.backend, chunk.len());
-                bind_rollups!(sqlx::query::<sqlx::Sqlite>(&sql), chunk).execute(&mut *tx).await?;
-            }
-            for chunk in batch.series.chunks(CHUNK) {
-                let sql = upsert_series_sql(self.backend, chunk.len());
-                bind_series!(sqlx::query::<sqlx::Sqlite>(&sql), chunk).execute(&mut *tx).await?;
-            }
+            write_all!(tx, sqlx::Sqlite);
             tx.commit().await?;
-            return Ok(());
+        } else {
+            let mut tx = self.write_tx().await?;
+            write_all!(tx, sqlx::Any);
+            tx.commit().await?;
         }
-        let mut tx = self.write_tx().await?;
-        for chunk in batch.rollups.chunks(CHUNK) {
-            let sql = upsert_rollups_sql(self.backend, chunk.len());
-            bind_rollups!(sqlx::query(&sql), chunk).execute(&mut *tx).await?;
-        }
-        for chunk in batch.series.chunks(CHUNK) {
-            let sql = upsert_series_sql(self.backend, chunk.len());
-            bind_series!(sqlx::query(&sql), chunk).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
         Ok(())
     }
 

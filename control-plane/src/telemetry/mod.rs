@@ -25,7 +25,7 @@ use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
 use otlp::{NBUCKETS, Point, Reason, Target, What};
 use series::{Last, Step};
 
-use crate::state::{AppState, Running, now_ms};
+use crate::state::{AppState, Reported, now_ms};
 
 /// Deltas of one (device, model, release, variant, provider, window).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -79,8 +79,6 @@ pub type SeriesMap = HashMap<u64, Last>;
 struct DeviceLive {
     series: SeriesMap,
     class: String,
-    memory_bytes: Option<f64>,
-    power_w: Option<f64>,
 }
 
 /// A token bucket per device: exports per second with a burst.
@@ -206,7 +204,7 @@ impl Ingest {
 
     /// Puts a device's persisted series in place (after a restart), unless an export got there first.
     pub fn load(&self, d: &DeviceId, series: SeriesMap, class: String) {
-        lock(self.shard(d)).devices.entry(d.clone()).or_insert(DeviceLive { series, class, ..Default::default() });
+        lock(self.shard(d)).devices.entry(d.clone()).or_insert(DeviceLive { series, class });
     }
 
     /// Applies an export's checked points. `runs` says whether the device runs a model.
@@ -220,7 +218,6 @@ impl Ingest {
         let mut applied = Applied { refused: decoded.refused, ..Default::default() };
         let mut fresh: BTreeMap<RollupKey, Rollup> = BTreeMap::new();
         let mut energy = 0.0;
-        let mut inferences: BTreeMap<RollupKey, u64> = BTreeMap::new();
         let window = |time_ns: u64| {
             let ms = ((time_ns / 1_000_000) as i64).min(now_ms);
             ms - ms.rem_euclid(self.settings.window_ms.max(1))
@@ -246,12 +243,7 @@ impl Ingest {
                     continue;
                 }
                 if matches!(what, What::Power | What::Memory) {
-                    let v = values.first().copied();
-                    if matches!(what, What::Power) {
-                        live.power_w = v
-                    } else {
-                        live.memory_bytes = v
-                    }
+                    // Checked (finite, not negative) and counted; rollouts and rollups do not use them.
                     applied.accepted += 1;
                     continue;
                 }
@@ -273,10 +265,8 @@ impl Ingest {
                     |target: Target| RollupKey { device: d.clone(), target, window_start: window(time_ns) };
                 match what {
                     What::Inferences { target, ok } => {
-                        let k = rollup_key(target);
                         let n = delta[0].round() as u64;
-                        *inferences.entry(k.clone()).or_default() += n;
-                        let r = fresh.entry(k).or_default();
+                        let r = fresh.entry(rollup_key(target)).or_default();
                         if ok { r.ok += n } else { r.errors += n }
                     }
                     What::Duration { target } => {
@@ -300,11 +290,11 @@ impl Ingest {
                     What::Power | What::Memory => {}
                 }
             }
-            let total: u64 = inferences.values().sum();
+            let total: u64 = fresh.values().map(|r| r.ok + r.errors).sum();
             if energy > 0.0 && total > 0 {
-                for (k, n) in &inferences {
-                    let r = fresh.entry(k.clone()).or_default();
-                    r.energy_j += energy * (*n as f64) / total as f64;
+                for r in fresh.values_mut() {
+                    let n = r.ok + r.errors;
+                    r.energy_j += energy * n as f64 / total as f64;
                     r.energy_inferences += n;
                 }
             }
@@ -392,11 +382,6 @@ impl Ingest {
             lock(self.shard(&d)).dirty.insert(d);
         }
     }
-
-    /// The last power (W) and memory (bytes) a device reported, if any.
-    pub fn gauges(&self, d: &DeviceId) -> (Option<f64>, Option<f64>) {
-        lock(self.shard(d)).devices.get(d).map_or((None, None), |l| (l.power_w, l.memory_bytes))
-    }
 }
 
 /// Writes what is pending; on failure puts it back for the next try. Answers whether it was written.
@@ -450,13 +435,11 @@ pub async fn ensure_loaded(state: &AppState, d: &DeviceId) -> Result<(), crate::
         None => SeriesMap::new(),
     };
     let row = state.store.device(d).await?;
-    if let Some(report) = row.as_ref().and_then(|r| r.report.as_deref()).and_then(|r| serde_json::from_str(r).ok()) {
-        state
-            .running
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(d.clone())
-            .or_insert_with(|| Running::from_report(&report));
+    if let Some(text) = row.as_ref().and_then(|r| r.report.as_deref())
+        && let Ok(report) = serde_json::from_str(text)
+    {
+        let mut reports = state.reports.lock().unwrap_or_else(|p| p.into_inner());
+        reports.entry(d.clone()).or_insert_with(|| Reported::new(&report, text));
     }
     state.ingest.load(d, series, row.map(|r| r.device_class).unwrap_or_default());
     Ok(())

@@ -11,7 +11,7 @@ use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, VariantId};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    AggregationTemporality, HistogramDataPoint, NumberDataPoint, metric::Data, number_data_point,
+    AggregationTemporality, HistogramDataPoint, Metric, NumberDataPoint, metric::Data, number_data_point,
 };
 
 /// Buckets of a re-bucketed histogram: one per bound and one above the last.
@@ -249,28 +249,28 @@ fn histogram(p: &HistogramDataPoint, scale: f64) -> Result<Vec<f64>, (Reason, St
     Ok(v)
 }
 
+/// How many data points a metric carries, whatever its kind.
+fn points(m: &Metric) -> usize {
+    match &m.data {
+        Some(Data::Gauge(g)) => g.data_points.len(),
+        Some(Data::Sum(s)) => s.data_points.len(),
+        Some(Data::Histogram(h)) => h.data_points.len(),
+        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
+        Some(Data::Summary(s)) => s.data_points.len(),
+        None => 0,
+    }
+}
+
 /// Takes an export apart for `device`. `now_ns` is the server's clock.
 pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64) -> Decoded {
     let mut out = Decoded::default();
     let cumulative = AggregationTemporality::Cumulative as i32;
     for rm in &req.resource_metrics {
         let res_attrs = rm.resource.as_ref().map(|r| r.attributes.as_slice()).unwrap_or_default();
-        let count: usize = rm
-            .scope_metrics
-            .iter()
-            .flat_map(|s| &s.metrics)
-            .map(|m| match &m.data {
-                Some(Data::Gauge(g)) => g.data_points.len(),
-                Some(Data::Sum(s)) => s.data_points.len(),
-                Some(Data::Histogram(h)) => h.data_points.len(),
-                Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-                Some(Data::Summary(s)) => s.data_points.len(),
-                None => 0,
-            })
-            .sum();
         if let Some(named) = attr(res_attrs, names::RES_DEVICE_ID)
             && named != device.as_str()
         {
+            let count = rm.scope_metrics.iter().flat_map(|s| &s.metrics).map(points).sum();
             let why = format!("resource names device {named:?}, the certificate {device}");
             out.refused.extend(std::iter::repeat_n((Reason::DeviceMismatch, why), count));
             continue;
@@ -301,9 +301,10 @@ pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64)
                     };
                     for p in &h.data_points {
                         let r = match scale {
-                            None => {
-                                Err((Reason::BadAttributes, format!("duration unit {:?} is not s or ms", metric.unit)))
-                            }
+                            None => Err((
+                                Reason::BadAttributes,
+                                format!("duration unit {:?} is not s, ms or us", metric.unit),
+                            )),
                             Some(scale) => duration_point(h.aggregation_temporality == cumulative, p, scale, now_ns),
                         };
                         push(&mut out, r);
@@ -317,24 +318,9 @@ pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64)
                 (names::INFERENCE_COUNT | names::INSTALL_EVENTS | names::HW_ENERGY | names::INFERENCE_DURATION, _)
                 | (names::HW_POWER | names::PROCESS_MEMORY, _) => {
                     let why = format!("{name} is not of the expected kind (cumulative sum, histogram or gauge)");
-                    let n = match &metric.data {
-                        Some(Data::Gauge(g)) => g.data_points.len(),
-                        Some(Data::Sum(s)) => s.data_points.len(),
-                        Some(Data::Histogram(h)) => h.data_points.len(),
-                        _ => 1,
-                    };
-                    out.refused.extend(std::iter::repeat_n((Reason::NotCumulative, why), n));
+                    out.refused.extend(std::iter::repeat_n((Reason::NotCumulative, why), points(metric).max(1)));
                 }
-                _ => {
-                    out.ignored += match &metric.data {
-                        Some(Data::Gauge(g)) => g.data_points.len(),
-                        Some(Data::Sum(s)) => s.data_points.len(),
-                        Some(Data::Histogram(h)) => h.data_points.len(),
-                        Some(Data::ExponentialHistogram(h)) => h.data_points.len(),
-                        Some(Data::Summary(s)) => s.data_points.len(),
-                        None => 0,
-                    } as u64
-                }
+                _ => out.ignored += points(metric) as u64,
             }
         }
     }
