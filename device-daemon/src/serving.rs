@@ -124,12 +124,35 @@ impl Served {
         }
     }
 
-    /// Runs one request on a free session of this release (waiting for one if all are busy).
+    /// Runs one request on a free session of this release (waiting for one if all are busy), counted in the
+    /// release's health and telemetry.
     pub async fn infer(
         self: &Arc<Self>,
         inputs: BTreeMap<String, HostTensor>,
     ) -> Result<BTreeMap<String, HostTensor>, InferError> {
         let started = Instant::now();
+        let result = self.run(inputs).await;
+        let took = started.elapsed();
+        let ok = matches!(result, Ok(Ok(_)));
+        self.health.record(ok, took);
+        self.instruments.record(ok, took);
+        Ok(result??)
+    }
+
+    /// Runs inputs that are not a request (golden vectors before a swap): answered the same way, counted
+    /// nowhere, so neither the bake watch nor the fleet's latency sees them.
+    pub async fn check(
+        self: &Arc<Self>,
+        inputs: BTreeMap<String, HostTensor>,
+    ) -> Result<BTreeMap<String, HostTensor>, InferError> {
+        Ok(self.run(inputs).await??)
+    }
+
+    /// The session run itself: the outer error is the worker, the inner one ONNX Runtime's.
+    async fn run(
+        self: &Arc<Self>,
+        inputs: BTreeMap<String, HostTensor>,
+    ) -> Result<Result<BTreeMap<String, HostTensor>, RuntimeError>, InferError> {
         let permit = self.pool.permits.acquire().await.map_err(|e| InferError::Worker(e.to_string()))?;
         let mut session = self
             .pool
@@ -154,10 +177,7 @@ impl Served {
         };
         this.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(session);
         drop(permit);
-        let took = started.elapsed();
-        self.health.record(result.is_ok(), took);
-        self.instruments.record(result.is_ok(), took);
-        Ok(result?)
+        Ok(result)
     }
 }
 

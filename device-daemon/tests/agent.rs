@@ -361,6 +361,9 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
     set(200, desired(6, Utc::now() + Duration::hours(1), &good, &key(20)));
     agent.reconcile(&mut state, 0).await.expect("install");
     assert_eq!(serving(&models), 2);
+    // Its golden vectors ran on it, but they are not requests: nothing counted in its health or telemetry.
+    let h = models.get("magika").expect("served").health.snapshot();
+    assert_eq!((h.ok, h.errors), (0, 0), "golden runs counted as requests: {h:?}");
     assert_eq!(state.committed.get(&"magika".parse().expect("m")).map(|i| i.release.get()), Some(2));
     assert!(_dir.path().join("models/magika/a/model.onnx").exists());
     let kinds: Vec<String> = fake
