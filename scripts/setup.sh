@@ -12,6 +12,8 @@
 #   .cache/samples/*.safetensors           sample inputs for golden vectors, built from real files
 #   .cache/venv/                           Python with onnxruntime + onnx (the quantizer), tritonclient and the
 #                                          OpenTelemetry SDK with its OTLP/HTTP exporter
+#   dashboards/web/node_modules, dist/     the web dashboard's npm packages and its build (embedded by the server)
+#   /usr/bin/chromium                      Debian's Chromium, for the dashboard's browser tests (apt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ORT_VERSION=1.31.1
@@ -69,4 +71,23 @@ done
   || "$C/venv/bin/python" scripts/make_slow_model.py "$C/models/magika/model.onnx" "$C/models/magika/model-fails.onnx" fails
 [ -s "$C/samples/magika.safetensors" ] && [ -s "$C/samples/silero_vad.safetensors" ] \
   || "$C/venv/bin/python" scripts/make_samples.py "$C"
+
+# The web dashboard (dashboards/web): npm packages from the lockfile, then a vite build into dist/, which the
+# server embeds when it is compiled. Rebuilt only when a source is newer than the build.
+W=dashboards/web
+if [ ! -d "$W/node_modules" ] || [ "$W/package-lock.json" -nt "$W/node_modules/.package-lock.json" ]; then
+  echo "setup: installing the dashboard's npm packages" >&2
+  (cd "$W" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+if [ ! -s "$W/dist/index.html" ] || [ -n "$(find "$W/src" "$W/index.html" "$W/package-lock.json" "$W/vite.config.ts" -newer "$W/dist/index.html" | head -n1)" ]; then
+  echo "setup: building the web dashboard" >&2
+  (cd "$W" && npm run --silent build >/dev/null)
+fi
+# Debian's Chromium for the dashboard's browser tests (driven by playwright-core; never a downloaded browser).
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing Debian's chromium" >&2
+  SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+    || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
+fi
 echo "setup: ready in $C" >&2

@@ -121,6 +121,19 @@ impl Workdir {
     /// file relative to the cache's `models/magika/`), golden vectors from the cached samples (outputs of
     /// `reference` under the same folder, if given), and signs it with `alice.key`.
     pub fn pack_magika(&self, version: &str, id: &str, file: &str, precision: &str, reference: Option<&str>) {
+        self.pack_magika_with(version, id, file, precision, reference, &[]);
+    }
+
+    /// [`Self::pack_magika`] with more `release pack` arguments (`--description`, ...).
+    pub fn pack_magika_with(
+        &self,
+        version: &str,
+        id: &str,
+        file: &str,
+        precision: &str,
+        reference: Option<&str>,
+        extra: &[&str],
+    ) {
         let variant =
             format!("id={id},file={},precision={precision}", cache(&format!("models/magika/{file}")).display());
         let samples = cache("samples/magika.safetensors").display().to_string();
@@ -141,6 +154,7 @@ impl Workdir {
         if let Some(r) = &reference {
             args.extend(["--reference", r.as_str()]);
         }
+        args.extend(extra);
         args.extend(["-o", out.as_str()]);
         self.edgefleet(&args).ok();
         self.edgefleet(&["release", "sign", &out, "--key", "alice.key"]).ok();

@@ -312,6 +312,26 @@ pub struct ReleaseSummary {
     pub variants: Vec<VariantId>,
     pub published_at: String,
     pub published_by: String,
+    /// Each variant's precision, format, sizes and requirements, from the signed manifest.
+    #[serde(default)]
+    pub variant_details: Vec<VariantInfo>,
+    /// Key ids of the release keys whose signatures the manifest carries.
+    #[serde(default)]
+    pub signed_by: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VariantInfo {
+    pub id: VariantId,
+    pub precision: String,
+    pub format: String,
+    /// The model file as loaded.
+    pub size_bytes: u64,
+    /// What devices download (zstd).
+    pub download_bytes: u64,
+    pub execution_providers: Vec<String>,
+    pub arch: Vec<String>,
+    pub soc: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -366,6 +386,63 @@ pub struct DeviceSummary {
     pub enrolled_at: String,
     pub last_seen: Option<String>,
     pub revoked: bool,
+    /// Seen within the server's online window (three check-in intervals).
+    #[serde(default)]
+    pub online: bool,
+    /// What its active slots serve, from its last report.
+    #[serde(default)]
+    pub running: Vec<Running>,
+    /// The error its last report carried, if any.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Running {
+    pub model: ModelName,
+    pub release: ReleaseVersion,
+}
+
+/// `GET /api/v1/whoami`: the calling token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoAmI {
+    pub name: String,
+    pub role: TokenRole,
+}
+
+/// `GET /api/v1/fleet`: the fleet in numbers, computed by the database (cheap at a million devices).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FleetOverview {
+    /// Enrolled and not revoked.
+    pub devices: u64,
+    pub online: u64,
+    /// Seen once, not within the online window.
+    pub offline: u64,
+    pub never_seen: u64,
+    /// Whose last report carries an error.
+    pub failing: u64,
+    pub revoked: u64,
+    /// A device is online when seen within this many seconds.
+    pub online_window_secs: u64,
+    pub by_class: Vec<ClassCount>,
+    /// Per model and release in the devices' active slots (revoked devices excluded).
+    pub by_release: Vec<ReleaseCount>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClassCount {
+    pub device_class: String,
+    pub devices: u64,
+    pub online: u64,
+    pub never_seen: u64,
+    pub failing: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseCount {
+    pub model: ModelName,
+    pub release: ReleaseVersion,
+    pub devices: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -416,15 +493,43 @@ pub struct ReleaseWindow {
     pub window_start: String,
     pub release: ReleaseVersion,
     pub device_class: String,
+    #[serde(flatten)]
+    pub stats: WindowStats,
+}
+
+/// What devices reported over one window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WindowStats {
     pub requests: u64,
     pub errors: u64,
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
-    /// Absent where no device of the class has a power sensor: never a zero standing in for "unknown".
+    /// Absent where no device has a power sensor: never a zero standing in for "unknown".
     pub joules_per_inference: Option<f64>,
+    /// Average power while serving, in watts: the energy measured over exports that had inferences, divided
+    /// by the window's length; summed over the group's devices (one device: its own). Absent without a sensor.
+    pub watts: Option<f64>,
     pub installs: u64,
     pub install_failures: u64,
+}
+
+/// `GET /api/v1/devices/{id}/telemetry`: one device's windows per model and release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceTelemetry {
+    pub device_id: DeviceId,
+    pub window_secs: u64,
+    pub windows: Vec<DeviceWindow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceWindow {
+    /// RFC 3339.
+    pub window_start: String,
+    pub model: ModelName,
+    pub release: ReleaseVersion,
+    #[serde(flatten)]
+    pub stats: WindowStats,
 }
 
 /// The header a check-in answer carries to hint the next interval, in seconds.

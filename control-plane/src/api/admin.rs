@@ -8,11 +8,12 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use edgefleet_protocol::api::{Assignment, AuditEntry, CreateAssignment, CreateToken, TokenCreated, TokenInfo};
+use edgefleet_protocol::api::{Assignment, AuditEntry, CreateAssignment, CreateToken, TokenCreated, TokenInfo, WhoAmI};
 use serde::Deserialize;
 
 use super::{
-    Admin, ApiError, ApiJson, ApiResult, Authorized, Operator, Source, Viewer, new_token, path_id, token_hash,
+    Admin, ApiError, ApiJson, ApiResult, Authorized, Operator, Principal, Source, Viewer, new_token, path_id,
+    token_hash,
 };
 use crate::state::{AppState, Trust, now_ms, rfc3339};
 
@@ -68,6 +69,16 @@ pub async fn revoke_token(
 pub struct AuditQuery {
     pub limit: Option<i64>,
     pub before: Option<i64>,
+    /// Only entries about this target (a rollout id, a device id, ...).
+    pub target: Option<String>,
+}
+
+/// `GET /api/v1/whoami`: the calling token's name and role (what a dashboard may offer).
+pub async fn whoami(Authorized(who, _): Authorized<Viewer>) -> ApiResult<Json<WhoAmI>> {
+    match who {
+        Principal::Token { name, role, .. } => Ok(Json(WhoAmI { name, role })),
+        Principal::Device(_) => Err(ApiError::forbidden("a device certificate cannot call this route")),
+    }
 }
 
 pub async fn audit(
@@ -75,7 +86,7 @@ pub async fn audit(
     _: Authorized<Viewer>,
     Query(q): Query<AuditQuery>,
 ) -> ApiResult<Json<Vec<AuditEntry>>> {
-    let rows = state.store.list_audit(q.limit.unwrap_or(100).clamp(1, 1000), q.before).await?;
+    let rows = state.store.list_audit(q.limit.unwrap_or(100).clamp(1, 1000), q.before, q.target.as_deref()).await?;
     Ok(Json(
         rows.into_iter()
             .map(|a| AuditEntry {

@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use edgefleet_protocol::api::{
     CHECKIN_INTERVAL_HEADER, CreateEnrollToken, DeviceDetail, DeviceEvent, DevicePage, DeviceReport, DeviceSummary,
-    EnrollRequest, EnrollResponse, EnrollTokenCreated, EventKind, EventsAccepted, HardwareProfile, RenewRequest,
-    Selector, SetLabels, check_label,
+    DeviceTelemetry, DeviceWindow, EnrollRequest, EnrollResponse, EnrollTokenCreated, EventKind, EventsAccepted,
+    FleetOverview, HardwareProfile, RenewRequest, Running, Selector, SetLabels, check_label,
 };
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
 use model_registry::{Envelope, ReleaseManifest};
@@ -23,7 +23,7 @@ use super::{
 };
 use crate::desired::{self, AssignmentSnapshot, CachedDesired, Entry, Release};
 use crate::state::{AppState, Reported, now_ms, rfc3339};
-use crate::store::{DeviceRow, EnrollRefusal};
+use crate::store::{DeviceFilter, DeviceRow, EnrollRefusal};
 
 fn device_id(s: &str) -> ApiResult<DeviceId> {
     s.parse().map_err(|e: edgefleet_protocol::IdError| ApiError::bad_request("invalid_name", e.to_string()))
@@ -403,7 +403,19 @@ pub async fn events(
 
 // === inventory ===
 
-fn summary(d: &DeviceRow) -> DeviceSummary {
+/// A device is online when seen within three check-in intervals.
+fn online_since(state: &AppState) -> (i64, u64) {
+    let window = 3 * state.config.checkin_interval_secs.max(1);
+    (now_ms() - window as i64 * 1000, window)
+}
+
+fn summary(d: &DeviceRow, online_since: i64) -> DeviceSummary {
+    let report: Option<DeviceReport> = d.report.as_deref().and_then(|r| serde_json::from_str(r).ok());
+    let running = report
+        .iter()
+        .flat_map(|r| &r.models)
+        .filter_map(|m| m.active.as_ref().map(|a| Running { model: m.model.clone(), release: a.release }))
+        .collect();
     DeviceSummary {
         id: d.id.clone(),
         labels: d.labels.clone(),
@@ -411,12 +423,18 @@ fn summary(d: &DeviceRow) -> DeviceSummary {
         enrolled_at: rfc3339(d.enrolled_at),
         last_seen: d.last_seen.map(rfc3339),
         revoked: d.revoked,
+        online: !d.revoked && d.last_seen.is_some_and(|t| t >= online_since),
+        running,
+        last_error: report.and_then(|r| r.last_error),
     }
 }
 
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
     pub selector: Option<String>,
+    /// Devices whose id starts with this.
+    pub q: Option<String>,
+    pub class: Option<String>,
     pub after: Option<String>,
     pub limit: Option<i64>,
 }
@@ -430,11 +448,34 @@ pub async fn list(
         q.selector.as_deref().unwrap_or("").parse().map_err(|e: edgefleet_protocol::api::SelectorError| {
             ApiError::bad_request("invalid_selector", e.to_string())
         })?;
+    fn nonempty(s: &Option<String>) -> Option<&str> {
+        s.as_deref().map(str::trim).filter(|s| !s.is_empty())
+    }
+    let filter = DeviceFilter { selector, id_prefix: nonempty(&q.q), device_class: nonempty(&q.class) };
+    if filter.id_prefix.is_some_and(|p| p.len() > 128) || filter.device_class.is_some_and(|c| c.len() > 64) {
+        return Err(ApiError::bad_request("invalid_filter", "q is at most 128 characters, class at most 64"));
+    }
     let after = q.after.as_deref().map(device_id).transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let rows = state.store.list_devices(&selector, after.as_ref(), limit).await?;
+    let rows = state.store.list_devices(&filter, after.as_ref(), limit).await?;
     let next = (rows.len() as i64 == limit).then(|| rows.last().map(|d| d.id.clone())).flatten();
-    Ok(Json(DevicePage { devices: rows.iter().map(summary).collect(), next }))
+    let (since, _) = online_since(&state);
+    Ok(Json(DevicePage { devices: rows.iter().map(|d| summary(d, since)).collect(), next }))
+}
+
+/// `GET /api/v1/fleet`: devices per class, online, failing and per running release.
+pub async fn fleet(State(state): State<AppState>, _: Authorized<Viewer>) -> ApiResult<Json<FleetOverview>> {
+    let (since, window) = online_since(&state);
+    let mut f = state.store.fleet_overview(since).await?;
+    for c in &f.by_class {
+        f.devices += c.devices;
+        f.online += c.online;
+        f.never_seen += c.never_seen;
+        f.failing += c.failing;
+    }
+    f.offline = f.devices - f.online - f.never_seen;
+    f.online_window_secs = window;
+    Ok(Json(f))
 }
 
 pub async fn show(
@@ -446,12 +487,36 @@ pub async fn show(
     let d = state.store.device(&id).await?.ok_or_else(|| ApiError::not_found(format!("device {id}")))?;
     let events = state.store.events(&id, 100).await?.iter().filter_map(|b| serde_json::from_str(b).ok()).collect();
     Ok(Json(DeviceDetail {
-        summary: summary(&d),
+        summary: summary(&d, online_since(&state).0),
         hardware: serde_json::from_str(&d.hardware).unwrap_or_default(),
         report: d.report.as_deref().and_then(|r| serde_json::from_str(r).ok()),
         desired_sequence: (d.desired_seq > 0).then_some(d.desired_seq as u64),
         events,
     }))
+}
+
+/// `GET /api/v1/devices/{id}/telemetry[?since=MS]`: the device's latency, errors, energy and power per window,
+/// model and release; oldest first, at most 10,000 rows.
+pub async fn telemetry(
+    State(state): State<AppState>,
+    _: Authorized<Viewer>,
+    Path(id): Path<String>,
+    Query(q): Query<super::registry::TelemetryQuery>,
+) -> ApiResult<Json<DeviceTelemetry>> {
+    let id = device_id(&id)?;
+    let since = q.since.unwrap_or_else(|| now_ms() - 86_400_000);
+    let window = state.config.telemetry_window_secs;
+    let rows = state.store.device_history(&id, since, 10_000).await?;
+    let windows = rows
+        .into_iter()
+        .map(|(start, model, c)| DeviceWindow {
+            window_start: rfc3339(start),
+            model,
+            release: c.release,
+            stats: super::registry::window_stats(&c, window),
+        })
+        .collect();
+    Ok(Json(DeviceTelemetry { device_id: id, window_secs: window, windows }))
 }
 
 pub async fn set_labels(

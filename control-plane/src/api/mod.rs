@@ -21,6 +21,7 @@ use crate::store::Audit;
 use crate::tls::ClientCert;
 
 mod admin;
+mod dashboard;
 mod devices;
 pub mod error;
 mod metrics;
@@ -289,6 +290,9 @@ pub fn router(state: AppState) -> Router {
         .route("/device/renew", post(devices::renew))
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::show))
+        .route("/devices/{id}/telemetry", get(devices::telemetry))
+        .route("/fleet", get(devices::fleet))
+        .route("/whoami", get(admin::whoami))
         .route("/devices/{id}/labels", put(devices::set_labels))
         .route("/devices/{id}/revoke", post(devices::revoke))
         .route("/tokens", get(admin::list_tokens).post(admin::create_token))
@@ -303,6 +307,8 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(openapi::document))
         .fallback(fallback);
     Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::asset))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::prometheus))

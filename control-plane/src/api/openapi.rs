@@ -76,9 +76,21 @@ pub const ROUTES: &[RouteDoc] = &[
         "GET",
         "/devices",
         Access::Role(Viewer),
-        "Devices, filtered by ?selector=k=v,..., paginated with ?after= and ?limit=",
+        "Devices, filtered by ?selector=k=v,..., ?q=id-prefix and ?class=, paginated with ?after= and ?limit=",
+    ),
+    r(
+        "GET",
+        "/fleet",
+        Access::Role(Viewer),
+        "The fleet in numbers: devices per class, online, never seen, failing, revoked, per running release",
     ),
     r("GET", "/devices/{id}", Access::Role(Viewer), "One device with its hardware, last report and events"),
+    r(
+        "GET",
+        "/devices/{id}/telemetry",
+        Access::Role(Viewer),
+        "One device per window, model and release: requests, errors, p50/p95/p99, J/inference, watts (?since=ms)",
+    ),
     r("PUT", "/devices/{id}/labels", Access::Role(Operator), "Replace a device's labels"),
     r(
         "POST",
@@ -106,7 +118,8 @@ pub const ROUTES: &[RouteDoc] = &[
         Access::Role(Operator),
         "Skip the remaining waves: every selected device gets the release",
     ),
-    r("GET", "/audit", Access::Role(Viewer), "The audit log, newest first (?limit=, ?before=id)"),
+    r("GET", "/audit", Access::Role(Viewer), "The audit log, newest first (?limit=, ?before=id, ?target=)"),
+    r("GET", "/whoami", Access::Role(Viewer), "The calling token's name and role"),
     r("GET", "/openapi.json", Access::Public, "This document"),
 ];
 

@@ -6,16 +6,16 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use edgefleet_protocol::api::{ModelSummary, ModelTelemetry, ReleaseSummary, ReleaseWindow};
+use edgefleet_protocol::api::{ModelSummary, ModelTelemetry, ReleaseSummary, ReleaseWindow, VariantInfo, WindowStats};
 use edgefleet_protocol::{ModelName, ReleaseVersion, Sha256Digest};
 use futures_util::TryStreamExt;
 use model_registry::artifact::ArtifactRef;
-use model_registry::{ByteRange, LastSeen, Verifier};
+use model_registry::{ByteRange, Envelope, LastSeen, ReleaseManifest, Verifier};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::{ApiError, ApiResult, Authorized, Principal, Publisher, Source, Viewer};
 use crate::state::{AppState, now_ms, rfc3339};
-use crate::store::{Publish, ReleaseRow};
+use crate::store::{ClassStats, Publish, ReleaseRow};
 
 fn digest(s: &str) -> ApiResult<Sha256Digest> {
     s.parse().map_err(|e: edgefleet_protocol::IdError| ApiError::bad_request("invalid_digest", e.to_string()))
@@ -143,8 +143,33 @@ pub async fn get_blob(
     Ok((status, resp_headers, Body::from_stream(ReaderStream::new(read.reader))).into_response())
 }
 
+/// Variant details and signers, read from the stored (already verified) manifest.
+fn manifest_details(r: &ReleaseRow) -> (Vec<VariantInfo>, Vec<String>) {
+    let Ok(envelope) = serde_json::from_str::<Envelope>(&r.manifest) else { return Default::default() };
+    let signers = envelope.signatures.iter().map(|s| s.keyid.to_string()).collect();
+    let Ok(m) = envelope.typed::<ReleaseManifest>() else { return (Vec::new(), signers) };
+    let variants = m
+        .variants
+        .iter()
+        .map(|v| VariantInfo {
+            id: v.id.clone(),
+            precision: v.precision.to_string(),
+            format: serde_json::to_value(v.format).ok().and_then(|f| f.as_str().map(String::from)).unwrap_or_default(),
+            size_bytes: v.raw.size,
+            download_bytes: v.zstd.size,
+            execution_providers: v.requirements.execution_providers.clone(),
+            arch: v.requirements.arch.clone(),
+            soc: v.requirements.soc.clone(),
+        })
+        .collect();
+    (variants, signers)
+}
+
 fn summary(r: &ReleaseRow) -> ReleaseSummary {
+    let (variant_details, signed_by) = manifest_details(r);
     ReleaseSummary {
+        variant_details,
+        signed_by,
         model: r.model.clone(),
         version: r.version,
         security_floor: r.security_floor,
@@ -251,24 +276,34 @@ pub async fn telemetry(
     let model = model_name(&model)?;
     let since = q.since.unwrap_or_else(|| now_ms() - 86_400_000);
     let rows = state.store.release_history(&model, since, 10_000).await?;
-    let ms = |q: f64, b: &[u64; crate::telemetry::otlp::NBUCKETS]| crate::telemetry::quantile(b, q).map(|s| s * 1e3);
+    let window = state.config.telemetry_window_secs;
     let windows = rows
         .into_iter()
         .map(|(start, c)| ReleaseWindow {
             window_start: rfc3339(start),
             release: c.release,
+            stats: window_stats(&c, window),
             device_class: c.class,
-            requests: c.stats.requests,
-            errors: c.stats.errors,
-            p50_ms: ms(0.5, &c.buckets),
-            p95_ms: c.stats.p95_ms,
-            p99_ms: ms(0.99, &c.buckets),
-            joules_per_inference: c.stats.joules_per_inference,
-            installs: c.stats.installs,
-            install_failures: c.stats.install_failures,
         })
         .collect();
     Ok(Json(ModelTelemetry { model, window_secs: state.config.telemetry_window_secs, windows }))
+}
+
+/// A group's numbers as the API shows them.
+pub(super) fn window_stats(c: &ClassStats, window_secs: u64) -> WindowStats {
+    let ms = |q: f64| crate::telemetry::quantile(&c.buckets, q).map(|s| s * 1e3);
+    let jpi = c.stats.joules_per_inference;
+    WindowStats {
+        requests: c.stats.requests,
+        errors: c.stats.errors,
+        p50_ms: ms(0.5),
+        p95_ms: c.stats.p95_ms,
+        p99_ms: ms(0.99),
+        joules_per_inference: jpi,
+        watts: jpi.map(|j| j * c.stats.energy_inferences as f64 / window_secs.max(1) as f64),
+        installs: c.stats.installs,
+        install_failures: c.stats.install_failures,
+    }
 }
 
 /// `GET /api/v1/models/{model}/releases/{version}`: the signed manifest, as published.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
-use edgefleet_protocol::api::{Labels, Selector, TokenRole};
+use edgefleet_protocol::api::{ClassCount, FleetOverview, Labels, ReleaseCount, Selector, TokenRole};
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -100,6 +100,15 @@ pub struct ReleaseRow {
     pub manifest: String,
     pub published_at: i64,
     pub published_by: String,
+}
+
+/// Which devices an inventory listing wants.
+#[derive(Debug, Default)]
+pub struct DeviceFilter<'a> {
+    pub selector: Selector,
+    /// Ids starting with this.
+    pub id_prefix: Option<&'a str>,
+    pub device_class: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -366,12 +375,18 @@ impl Store {
         }
     }
 
-    pub async fn list_audit(&self, limit: i64, before: Option<i64>) -> Result<Vec<AuditRow>, StoreError> {
+    pub async fn list_audit(
+        &self,
+        limit: i64,
+        before: Option<i64>,
+        target: Option<&str>,
+    ) -> Result<Vec<AuditRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, source, detail FROM audit_log WHERE id < $1 ORDER BY id DESC \
-             LIMIT $2",
+            "SELECT id, at, actor, action, target, source, detail FROM audit_log WHERE id < $1 \
+             AND ($2 = '' OR target = $2) ORDER BY id DESC LIMIT $3",
         )
         .bind(before.unwrap_or(i64::MAX))
+        .bind(target.unwrap_or_default())
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -635,30 +650,107 @@ impl Store {
         row.as_ref().map(device_row).transpose()
     }
 
-    /// Devices matching `selector`, in id order, after `after`, at most `limit`.
+    /// Devices matching the filter, in id order, after `after`, at most `limit`.
     pub async fn list_devices(
         &self,
-        selector: &Selector,
+        filter: &DeviceFilter<'_>,
         after: Option<&DeviceId>,
         limit: i64,
     ) -> Result<Vec<DeviceRow>, StoreError> {
         let mut sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.id > $1");
         let mut n = 1;
-        for _ in &selector.0 {
+        let mut next = || {
+            n += 1;
+            n
+        };
+        for _ in &filter.selector.0 {
+            let (k, v) = (next(), next());
             sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = d.id AND l.key = ${} AND l.value = ${})",
-                n + 1,
-                n + 2
+                " AND EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = d.id AND l.key = ${k} AND l.value = ${v})"
             ));
-            n += 2;
         }
-        sql.push_str(&format!(" ORDER BY d.id LIMIT ${}", n + 1));
+        if filter.id_prefix.is_some() {
+            let (a, b) = (next(), next());
+            sql.push_str(&format!(" AND substr(d.id, 1, ${a}) = ${b}"));
+        }
+        if filter.device_class.is_some() {
+            sql.push_str(&format!(" AND d.device_class = ${}", next()));
+        }
+        sql.push_str(&format!(" ORDER BY d.id LIMIT ${}", next()));
         let mut q = sqlx::query(&sql).bind(after.map(|a| a.as_str().to_owned()).unwrap_or_default());
-        for (k, v) in &selector.0 {
+        for (k, v) in &filter.selector.0 {
             q = q.bind(k.clone()).bind(v.clone());
+        }
+        if let Some(p) = filter.id_prefix {
+            q = q.bind(p.chars().count() as i64).bind(p.to_owned());
+        }
+        if let Some(c) = filter.device_class {
+            q = q.bind(c.to_owned());
         }
         let rows = q.bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(device_row).collect()
+    }
+
+    /// The fleet in numbers: devices per class (online since `online_since`, never seen, failing), revoked
+    /// devices, and devices per model and release in their active slots, all counted by the database. The
+    /// totals are left for the caller to add up.
+    pub async fn fleet_overview(&self, online_since: i64) -> Result<FleetOverview, StoreError> {
+        let failing = match self.backend {
+            Backend::Sqlite => "json_extract(report, '$.last_error') IS NOT NULL",
+            Backend::Postgres => "(report::jsonb ->> 'last_error') IS NOT NULL",
+        };
+        let classes = sqlx::query(&format!(
+            "SELECT device_class, COUNT(*) AS devices, \
+             CAST(SUM(CASE WHEN last_seen >= $1 THEN 1 ELSE 0 END) AS BIGINT) AS online, \
+             CAST(SUM(CASE WHEN last_seen IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS never_seen, \
+             CAST(SUM(CASE WHEN {failing} THEN 1 ELSE 0 END) AS BIGINT) AS failing \
+             FROM devices WHERE revoked_at IS NULL GROUP BY device_class ORDER BY device_class"
+        ))
+        .bind(online_since)
+        .fetch_all(&self.pool)
+        .await?;
+        let count =
+            |r: &sqlx::any::AnyRow, c: &str| -> Result<u64, StoreError> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
+        let mut out = FleetOverview::default();
+        for r in &classes {
+            out.by_class.push(ClassCount {
+                device_class: r.try_get("device_class")?,
+                devices: count(r, "devices")?,
+                online: count(r, "online")?,
+                never_seen: count(r, "never_seen")?,
+                failing: count(r, "failing")?,
+            });
+        }
+        out.revoked = count(
+            &sqlx::query("SELECT COUNT(*) AS n FROM devices WHERE revoked_at IS NOT NULL")
+                .fetch_one(&self.pool)
+                .await?,
+            "n",
+        )?;
+        let releases = match self.backend {
+            Backend::Sqlite => {
+                "SELECT json_extract(m.value, '$.model') AS model, \
+                 CAST(json_extract(m.value, '$.active.release') AS BIGINT) AS release, COUNT(*) AS devices \
+                 FROM devices d, json_each(d.report, '$.models') m \
+                 WHERE d.revoked_at IS NULL AND d.report IS NOT NULL \
+                 AND json_extract(m.value, '$.active.release') IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
+            }
+            Backend::Postgres => {
+                "SELECT m ->> 'model' AS model, CAST(m -> 'active' ->> 'release' AS BIGINT) AS release, \
+                 COUNT(*) AS devices FROM devices d, jsonb_array_elements(d.report::jsonb -> 'models') m \
+                 WHERE d.revoked_at IS NULL AND d.report IS NOT NULL \
+                 AND (m -> 'active' ->> 'release') IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
+            }
+        };
+        for r in sqlx::query(releases).fetch_all(&self.pool).await? {
+            let model: String = r.try_get("model")?;
+            out.by_release.push(ReleaseCount {
+                model: parse("model", &model)?,
+                release: version("release", r.try_get("release")?)?,
+                devices: count(&r, "devices")?,
+            });
+        }
+        Ok(out)
     }
 
     pub async fn set_labels(&self, id: &DeviceId, labels: &Labels) -> Result<bool, StoreError> {

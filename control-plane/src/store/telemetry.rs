@@ -237,4 +237,26 @@ impl Store {
         let rows = sqlx::query(&sql).bind(model.as_str()).bind(since).bind(limit).fetch_all(&self.pool).await?;
         rows.iter().map(|r| Ok((r.try_get("window_start")?, class_stats(r)?))).collect()
     }
+
+    /// One device's windows per model and release from `since` (ms), oldest first, at most `limit` rows.
+    pub async fn device_history(
+        &self,
+        device: &DeviceId,
+        since: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, ModelName, ClassStats)>, StoreError> {
+        let sql = format!(
+            "SELECT window_start, model, release, MAX(device_class) AS device_class, {} FROM telemetry_rollups \
+             WHERE device_id = $1 AND window_start >= $2 GROUP BY window_start, model, release \
+             ORDER BY window_start, model, release LIMIT $3",
+            sums()
+        );
+        let rows = sqlx::query(&sql).bind(device.as_str()).bind(since).bind(limit).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                let model: String = r.try_get("model")?;
+                Ok((r.try_get("window_start")?, super::parse("model", &model)?, class_stats(r)?))
+            })
+            .collect()
+    }
 }

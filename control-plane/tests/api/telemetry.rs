@@ -282,11 +282,11 @@ async fn cumulative_points_become_rollups_exactly_once(backend: Backend) {
         .json()
         .await
         .expect("json");
-    assert_eq!(history.windows.iter().map(|w| w.requests).sum::<u64>(), 28, "{history:?}");
+    assert_eq!(history.windows.iter().map(|w| w.stats.requests).sum::<u64>(), 28, "{history:?}");
     let w = &history.windows[0];
     assert_eq!((w.release.get(), w.device_class.as_str()), (1, "x86-server"));
-    assert!(w.p50_ms.is_some_and(|p| (5.0..=10.0).contains(&p)), "{w:?}");
-    assert!(w.joules_per_inference.is_some(), "a device with a sensor: {w:?}");
+    assert!(w.stats.p50_ms.is_some_and(|p| (5.0..=10.0).contains(&p)), "{w:?}");
+    assert!(w.stats.joules_per_inference.is_some(), "a device with a sensor: {w:?}");
 
     // Retention drops whole windows older than the horizon, and nothing newer.
     let now_ms = edgefleet_server::state::now_ms();
@@ -439,7 +439,7 @@ async fn a_stock_opentelemetry_sdk_exporter_is_understood(backend: Backend) {
         .json()
         .await
         .expect("json");
-    assert!(!history.windows.is_empty() && history.windows.iter().all(|w| w.joules_per_inference.is_none()));
+    assert!(!history.windows.is_empty() && history.windows.iter().all(|w| w.stats.joules_per_inference.is_none()));
     let c = &app.state.ingest.counters;
     assert!(c.points_ignored.load(std::sync::atomic::Ordering::Relaxed) >= 1, "app.requests is not edgefleet's");
     use edgefleet_server::telemetry::otlp::Reason;

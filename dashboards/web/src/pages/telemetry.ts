@@ -1,0 +1,42 @@
+// Latency (p50, p95, p99) and energy per inference over time, one line per release and device class.
+import { ModelSummary, ModelTelemetry, get } from "../api";
+import { Series, lineChart } from "../chart";
+import { h } from "../dom";
+import type { Ctx, Page } from "../main";
+
+export function telemetryPage(ctx: Ctx, chosen?: string): Page {
+  const picker = h("select", { id: "model-picker", "aria-label": "Model" }) as HTMLSelectElement;
+  picker.addEventListener("change", () => ctx.go(`#/telemetry/${encodeURIComponent(picker.value)}`));
+  const body = h("div", { class: "charts" }, h("p", { class: "loading" }, "Loading…"));
+  const el = h("div", { class: "page" }, h("h1", {}, "Latency & energy"), h("label", {}, "Model ", picker), h("p", { class: "muted" }, "The last 24 hours, per telemetry window, by release and device class."), body);
+
+  async function refresh(): Promise<void> {
+    const models = await get<ModelSummary[]>("/models");
+    if (models.length === 0) {
+      body.replaceChildren(h("p", { class: "empty" }, "No model published yet."));
+      return;
+    }
+    const model = chosen && models.some((m) => m.model === chosen) ? chosen : models[0].model;
+    if (picker.options.length !== models.length) picker.replaceChildren(...models.map((m) => h("option", { value: m.model }, m.model)));
+    picker.value = model;
+    const t = await get<ModelTelemetry>(`/models/${encodeURIComponent(model)}/telemetry?since=${Date.now() - 24 * 3600 * 1000}`);
+    const groups = new Map<string, ModelTelemetry["windows"]>();
+    for (const w of t.windows) {
+      const key = `release ${w.release} on ${w.device_class}`;
+      groups.set(key, [...(groups.get(key) ?? []), w]);
+    }
+    const series = (field: "p50_ms" | "p95_ms" | "p99_ms" | "joules_per_inference"): Series[] =>
+      [...groups].map(([label, ws]) => ({ label, points: new Map(ws.map((w) => [Date.parse(w.window_start) / 1000, w[field]])) }));
+    const noEnergy = [...groups].filter(([, ws]) => ws.every((w) => w.joules_per_inference === null)).map(([k]) => k);
+    const none = "No inference reported for this model in the last 24 hours.";
+    const note = noEnergy.length ? [h("p", { class: "muted", id: "no-sensor" }, `No sensor (no energy figures) for: ${noEnergy.join("; ")}.`)] : [];
+    body.replaceChildren(
+      lineChart("p50 latency (median)", "p50 latency (ms)", series("p50_ms"), none),
+      lineChart("p95 latency", "p95 latency (ms)", series("p95_ms"), none),
+      lineChart("p99 latency", "p99 latency (ms)", series("p99_ms"), none),
+      lineChart("Energy per inference", "energy per inference (J)", series("joules_per_inference"), "No sensor: no device running this model reported energy."),
+      ...note,
+    );
+  }
+  return { el, refresh };
+}
