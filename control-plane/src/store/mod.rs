@@ -671,7 +671,7 @@ impl Store {
         }
         if filter.id_prefix.is_some() {
             let (a, b) = (next(), next());
-            sql.push_str(&format!(" AND substr(d.id, 1, ${a}) = ${b}"));
+            sql.push_str(&format!(" AND substr(d.id, 1, CAST(${a} AS INTEGER)) = ${b}"));
         }
         if filter.device_class.is_some() {
             sql.push_str(&format!(" AND d.device_class = ${}", next()));

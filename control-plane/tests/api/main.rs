@@ -1,5 +1,6 @@
 //! API tests: the real server over real TLS, each test on SQLite and on PostgreSQL.
 
+mod dashboard;
 mod helpers;
 mod rollouts;
 mod telemetry;
