@@ -20,6 +20,8 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let dist = manifest.join("../dashboards/web/dist");
     println!("cargo:rerun-if-changed={}", dist.display());
+    // sqlx::migrate! embeds the migrations at compile time: a new one must rebuild the crate.
+    println!("cargo:rerun-if-changed={}", manifest.join("../migrations").display());
     let mut found = Vec::new();
     files(&dist, &mut found);
     found.sort();

@@ -323,7 +323,7 @@ async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) ->
         }
         None => None,
     };
-    state.store.set_report(id, &text, hardware.as_deref()).await?;
+    state.store.set_report(id, &text, hardware.as_deref(), &reported.active, !reported.healthy).await?;
     if hardware.is_some() {
         // A changed hardware profile can change the variant chosen.
         state.desired.lock().unwrap_or_else(|p| p.into_inner()).remove(id);

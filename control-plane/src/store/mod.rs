@@ -695,17 +695,13 @@ impl Store {
     /// devices, and devices per model and release in their active slots, all counted by the database. The
     /// totals are left for the caller to add up.
     pub async fn fleet_overview(&self, online_since: i64) -> Result<FleetOverview, StoreError> {
-        let failing = match self.backend {
-            Backend::Sqlite => "json_extract(report, '$.last_error') IS NOT NULL",
-            Backend::Postgres => "(report::jsonb ->> 'last_error') IS NOT NULL",
-        };
-        let classes = sqlx::query(&format!(
+        let classes = sqlx::query(
             "SELECT device_class, COUNT(*) AS devices, \
              CAST(SUM(CASE WHEN last_seen >= $1 THEN 1 ELSE 0 END) AS BIGINT) AS online, \
              CAST(SUM(CASE WHEN last_seen IS NULL THEN 1 ELSE 0 END) AS BIGINT) AS never_seen, \
-             CAST(SUM(CASE WHEN {failing} THEN 1 ELSE 0 END) AS BIGINT) AS failing \
-             FROM devices WHERE revoked_at IS NULL GROUP BY device_class ORDER BY device_class"
-        ))
+             CAST(SUM(failing) AS BIGINT) AS failing \
+             FROM devices WHERE revoked_at IS NULL GROUP BY device_class ORDER BY device_class",
+        )
         .bind(online_since)
         .fetch_all(&self.pool)
         .await?;
@@ -727,21 +723,8 @@ impl Store {
                 .await?,
             "n",
         )?;
-        let releases = match self.backend {
-            Backend::Sqlite => {
-                "SELECT json_extract(m.value, '$.model') AS model, \
-                 CAST(json_extract(m.value, '$.active.release') AS BIGINT) AS release, COUNT(*) AS devices \
-                 FROM devices d, json_each(d.report, '$.models') m \
-                 WHERE d.revoked_at IS NULL AND d.report IS NOT NULL \
-                 AND json_extract(m.value, '$.active.release') IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
-            }
-            Backend::Postgres => {
-                "SELECT m ->> 'model' AS model, CAST(m -> 'active' ->> 'release' AS BIGINT) AS release, \
-                 COUNT(*) AS devices FROM devices d, jsonb_array_elements(d.report::jsonb -> 'models') m \
-                 WHERE d.revoked_at IS NULL AND d.report IS NOT NULL \
-                 AND (m -> 'active' ->> 'release') IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2"
-            }
-        };
+        let releases = "SELECT model, release, COUNT(*) AS devices FROM device_running GROUP BY model, release \
+                        ORDER BY model, release";
         for r in sqlx::query(releases).fetch_all(&self.pool).await? {
             let model: String = r.try_get("model")?;
             out.by_release.push(ReleaseCount {
@@ -768,12 +751,16 @@ impl Store {
         Ok(true)
     }
 
+    /// Revokes a device; what it ran no longer counts in the fleet overview.
     pub async fn revoke_device(&self, id: &DeviceId, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.write_tx().await?;
         let r = sqlx::query("UPDATE devices SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now)
             .bind(id.as_str())
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("DELETE FROM device_running WHERE device_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        tx.commit().await?;
         Ok(r.rows_affected() == 1)
     }
 
@@ -817,24 +804,34 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_report(&self, id: &DeviceId, report: &str, hardware: Option<&str>) -> Result<(), StoreError> {
-        match hardware {
-            Some(h) => {
-                sqlx::query("UPDATE devices SET report = $1, hardware = $2 WHERE id = $3")
-                    .bind(report)
-                    .bind(h)
-                    .bind(id.as_str())
-                    .execute(&self.pool)
-                    .await?
-            }
-            None => {
-                sqlx::query("UPDATE devices SET report = $1 WHERE id = $2")
-                    .bind(report)
-                    .bind(id.as_str())
-                    .execute(&self.pool)
-                    .await?
-            }
-        };
+    /// Stores a device's report (and its hardware profile, when it sent one), with what it says runs and
+    /// whether it failed beside it for the fleet overview, in one transaction.
+    pub async fn set_report(
+        &self,
+        id: &DeviceId,
+        report: &str,
+        hardware: Option<&str>,
+        running: &[(ModelName, ReleaseVersion)],
+        failing: bool,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        sqlx::query("UPDATE devices SET report = $1, hardware = COALESCE($2, hardware), failing = $3 WHERE id = $4")
+            .bind(report)
+            .bind(hardware)
+            .bind(failing as i64)
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM device_running WHERE device_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
+        for (model, release) in running {
+            sqlx::query("INSERT INTO device_running (device_id, model, release) VALUES ($1, $2, $3)")
+                .bind(id.as_str())
+                .bind(model.as_str())
+                .bind(release.get() as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
