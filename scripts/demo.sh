@@ -143,8 +143,20 @@ for _ in $(seq 1 100); do metrics | grep -q '^edgefleet_inference_requests_total
 echo "   from $url/metrics, as Prometheus scrapes it (dashboards/grafana has a dashboard for it):"
 metrics | grep -E '^edgefleet_(devices|inference_requests_total|inference_latency_seconds|otlp_points_total)' | sed 's/^/   /'
 
+step "The web dashboard: served by the control plane itself"
+viewer=$("$S" token create --name demo-viewer --role viewer)
+curl -sf --cacert server/tls/server.crt "$url/" | grep -q '<div id="app">' && echo "   $url/ serves the dashboard"
+curl -sf --cacert server/tls/server.crt -H "authorization: Bearer $viewer" "$url/api/v1/fleet" \
+  | python3 -c 'import json,sys; f=json.load(sys.stdin); print("   what its Fleet page shows: %d device(s), %d online, running %s" % (f["devices"], f["online"], ", ".join("%s release %d" % (r["model"], r["release"]) for r in f["by_release"])))'
+echo "   open $url/ and sign in with the viewer token $viewer"
+echo "   (the certificate is the server's own: build/demo/server/tls/server.crt, fingerprint $fingerprint)"
+
 step "The audit log tells the story"
 "$E" audit --limit 14
+if [ "${KEEP:-}" = 1 ]; then
+  echo "KEEP=1: the server and the device keep running for the dashboard; Ctrl-C stops them"
+  wait $server_pid
+fi
 kill $daemon_pid $server_pid 2>/dev/null; wait $daemon_pid $server_pid 2>/dev/null || true
 trap - EXIT
 
