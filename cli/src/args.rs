@@ -143,6 +143,9 @@ pub enum TokensCmd {
         /// viewer, publisher, operator or admin.
         #[arg(long)]
         role: String,
+        /// Lifetime in seconds (default: until revoked).
+        #[arg(long)]
+        expires_in_secs: Option<u64>,
     },
     List,
     Revoke {

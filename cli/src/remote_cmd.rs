@@ -109,8 +109,9 @@ pub fn run(cmd: Command, out: &Out) -> anyhow::Result<()> {
         Command::Tokens(c) => {
             let remote = Remote::from_saved()?;
             match c {
-                TokensCmd::Create { name, role } => {
-                    let v = remote.send_json(Method::POST, "/tokens", &json!({"name": name, "role": role}))?;
+                TokensCmd::Create { name, role, expires_in_secs } => {
+                    let body = json!({"name": name, "role": role, "expires_in_secs": expires_in_secs});
+                    let v = remote.send_json(Method::POST, "/tokens", &body)?;
                     out.emit(
                         format!("{}\n(token {} for {name}, role {role}; shown once)", s(&v, "token"), s(&v, "id")),
                         v,
@@ -118,15 +119,20 @@ pub fn run(cmd: Command, out: &Out) -> anyhow::Result<()> {
                 }
                 TokensCmd::List => {
                     let v = remote.get_json("/tokens")?;
-                    let mut t = format!("{:5} {:24} {:10} {:26} {}\n", "ID", "NAME", "ROLE", "CREATED", "REVOKED");
+                    let mut t = format!(
+                        "{:5} {:24} {:10} {:26} {:26} {}\n",
+                        "ID", "NAME", "ROLE", "CREATED", "EXPIRES", "REVOKED"
+                    );
                     for k in v.as_array().into_iter().flatten() {
+                        let expires = k["expires_at"].as_str().unwrap_or("never");
                         let _ = writeln!(
                             t,
-                            "{:5} {:24} {:10} {:26} {}",
+                            "{:5} {:24} {:10} {:26} {:26} {}",
                             s(k, "id"),
                             s(k, "name"),
                             s(k, "role"),
                             s(k, "created_at"),
+                            expires,
                             s(k, "revoked")
                         );
                     }

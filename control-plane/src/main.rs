@@ -99,7 +99,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let token = edgefleet_server::api::new_token("eft").map_err(|e| anyhow::anyhow!(e.message))?;
             let hash = edgefleet_server::api::token_hash(&token);
             let now = edgefleet_server::state::now_ms();
-            store.create_token(&name, role, &hash, "server-host", now).await?;
+            store.create_token(&name, role, &hash, "server-host", now, None).await?;
             store
                 .audit(
                     edgefleet_server::store::Audit {

@@ -5,7 +5,7 @@
 //!
 //! What it shows: a bad token is refused with a clear message; an empty fleet says so; a device that checked
 //! in appears in the fleet table; a device without a power sensor shows "no sensor", not zero; HTML in a
-//! release description is shown as text and never runs; a rollout whose gate failed shows that gate with its
+//! release description or a token's name is shown as text and never runs; an expired token is refused saying so; a rollout whose gate failed shows that gate with its
 //! numbers; a viewer is offered no pause button, and an operator's pause takes effect on the server; the
 //! server going away and coming back; a revoked token. Screenshots of each page land in
 //! `build/screenshots/dashboard/`.
@@ -53,7 +53,11 @@ fn the_dashboard_in_a_real_browser() {
             .trim()
             .to_owned()
     };
-    let (viewer, operator) = (token("sre-on-call", "viewer"), token("release-captain", "operator"));
+    // A name with HTML in it, shown as text in the page's header.
+    let (viewer, operator) = (token("sre<b>on-call</b>", "viewer"), token("release-captain", "operator"));
+    let shift =
+        w.edgefleet(&["--json", "tokens", "create", "--name", "shift", "--role", "viewer", "--expires-in-secs", "1"]);
+    let expiring = shift.ok().json()["token"].as_str().expect("token").to_owned();
     let shots = repo().join("build/screenshots/dashboard");
     let _ = std::fs::remove_dir_all(&shots);
 
@@ -63,6 +67,7 @@ fn the_dashboard_in_a_real_browser() {
         .env("EDGEFLEET_URL", &server.url)
         .env("EDGEFLEET_VIEWER_TOKEN", &viewer)
         .env("EDGEFLEET_OPERATOR_TOKEN", &operator)
+        .env("EDGEFLEET_EXPIRING_TOKEN", &expiring)
         .env("EDGEFLEET_SCREENSHOTS", &shots)
         .env("CHROMIUM", &chromium)
         .stdin(Stdio::piped());

@@ -19,3 +19,6 @@ FROM devices d, jsonb_array_elements(d.report::jsonb -> 'models') m
 WHERE d.report IS NOT NULL AND d.revoked_at IS NULL AND (m -> 'active' ->> 'release') IS NOT NULL;
 
 UPDATE devices SET failing = 1 WHERE report IS NOT NULL AND (report::jsonb ->> 'last_error') IS NOT NULL;
+
+-- API tokens may expire (ms since the epoch; NULL: never).
+ALTER TABLE api_tokens ADD COLUMN expires_at BIGINT;

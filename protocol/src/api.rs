@@ -358,6 +358,9 @@ pub struct Assignment {
 pub struct CreateToken {
     pub name: String,
     pub role: TokenRole,
+    /// Lifetime in seconds; absent: until revoked.
+    #[serde(default)]
+    pub expires_in_secs: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -376,6 +379,9 @@ pub struct TokenInfo {
     pub role: TokenRole,
     pub created_at: String,
     pub revoked: bool,
+    /// RFC 3339; absent: never.
+    #[serde(default)]
+    pub expires_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -28,9 +28,15 @@ pub async fn create_token(
     if req.name.is_empty() || req.name.len() > 64 || !req.name.chars().all(|c| c.is_ascii_graphic()) {
         return Err(ApiError::bad_request("invalid_name", "token names are 1 to 64 printable characters"));
     }
+    if req.expires_in_secs.is_some_and(|s| s == 0 || s > 10 * 365 * 86_400) {
+        return Err(ApiError::bad_request("invalid_expiry", "expires_in_secs must be 1 to 315360000 (ten years)"));
+    }
     let token = new_token("eft")?;
-    let id = state.store.create_token(&req.name, req.role, &token_hash(&token), &who.actor(), now_ms()).await?;
-    state.audit(&who, &source, "token.create", &req.name, serde_json::json!({"id": id, "role": req.role})).await?;
+    let now = now_ms();
+    let expires = req.expires_in_secs.map(|s| now + s as i64 * 1000);
+    let id = state.store.create_token(&req.name, req.role, &token_hash(&token), &who.actor(), now, expires).await?;
+    let detail = serde_json::json!({"id": id, "role": req.role, "expires_at": expires.map(rfc3339)});
+    state.audit(&who, &source, "token.create", &req.name, detail).await?;
     Ok((StatusCode::CREATED, Json(TokenCreated { id, name: req.name, role: req.role, token })))
 }
 
@@ -44,6 +50,7 @@ pub async fn list_tokens(State(state): State<AppState>, _: Authorized<Admin>) ->
                 role: t.role,
                 created_at: rfc3339(t.created_at),
                 revoked: t.revoked,
+                expires_at: t.expires_at.map(rfc3339),
             })
             .collect(),
     ))

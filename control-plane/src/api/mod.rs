@@ -123,6 +123,9 @@ impl FromRequestParts<AppState> for Principal {
                 .await?
                 .filter(|t| !t.revoked)
                 .ok_or_else(|| ApiError::unauthorized("unknown or revoked API token"))?;
+            if let Some(at) = row.expires_at.filter(|at| *at <= now_ms()) {
+                return Err(ApiError::unauthorized(format!("this API token expired at {}", crate::state::rfc3339(at))));
+            }
             return Ok(Principal::Token { id: row.id, name: row.name, role: row.role });
         }
         let cert = parts.extensions.get::<ConnInfo>().and_then(|c| c.client.clone());

@@ -88,6 +88,7 @@ pub struct TokenRow {
     pub role: TokenRole,
     pub created_at: i64,
     pub revoked: bool,
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -279,16 +280,18 @@ impl Store {
         hash: &str,
         by: &str,
         now: i64,
+        expires_at: Option<i64>,
     ) -> Result<i64, StoreError> {
         let row = sqlx::query(
-            "INSERT INTO api_tokens (name, role, token_hash, created_at, created_by) VALUES ($1, $2, $3, $4, $5) \
-             RETURNING id",
+            "INSERT INTO api_tokens (name, role, token_hash, created_at, created_by, expires_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
         )
         .bind(name)
         .bind(role.as_str())
         .bind(hash)
         .bind(now)
         .bind(by)
+        .bind(expires_at)
         .fetch_one(&self.pool)
         .await?;
         Ok(row.try_get("id")?)
@@ -301,19 +304,22 @@ impl Store {
             role: parse("token role", &r.try_get::<String, _>("role")?)?,
             created_at: r.try_get("created_at")?,
             revoked: r.try_get::<Option<i64>, _>("revoked_at")?.is_some(),
+            expires_at: r.try_get("expires_at")?,
         })
     }
 
     pub async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenRow>, StoreError> {
-        let row = sqlx::query("SELECT id, name, role, created_at, revoked_at FROM api_tokens WHERE token_hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT id, name, role, created_at, revoked_at, expires_at FROM api_tokens WHERE token_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(Self::token_row).transpose()
     }
 
     pub async fn list_tokens(&self) -> Result<Vec<TokenRow>, StoreError> {
-        let rows = sqlx::query("SELECT id, name, role, created_at, revoked_at FROM api_tokens ORDER BY id")
+        let rows = sqlx::query("SELECT id, name, role, created_at, revoked_at, expires_at FROM api_tokens ORDER BY id")
             .fetch_all(&self.pool)
             .await?;
         rows.iter().map(Self::token_row).collect()

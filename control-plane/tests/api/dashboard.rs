@@ -23,6 +23,38 @@ async fn the_dashboard_endpoints(backend: Backend) {
     let me: WhoAmI = get(&app, &viewer, "/whoami").await;
     assert_eq!(me.role, TokenRole::Viewer);
 
+    // A token with a lifetime works until it ends, then is refused saying so.
+    let r = app
+        .client()
+        .post(app.url("/tokens"))
+        .bearer_auth(&app.admin)
+        .json(&serde_json::json!({"name": "shift", "role": "viewer", "expires_in_secs": 1}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 201);
+    let shift = r.json::<serde_json::Value>().await.expect("json")["token"].as_str().expect("token").to_owned();
+    let refusal = async {
+        for _ in 0..100 {
+            let r = app.client().get(app.url("/whoami")).bearer_auth(&shift).send().await.expect("whoami");
+            if r.status() == 401 {
+                return r.text().await.expect("body");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("a token that expired after 1 s was still accepted 5 s later");
+    };
+    assert!(refusal.await.contains("expired at"));
+    let r = app
+        .client()
+        .post(app.url("/tokens"))
+        .bearer_auth(&app.admin)
+        .json(&serde_json::json!({"name": "x", "role": "viewer", "expires_in_secs": 0}))
+        .send()
+        .await
+        .expect("create");
+    assert_eq!(r.status(), 400);
+
     // An empty fleet is all zeros, not an error.
     let f: FleetOverview = get(&app, &viewer, "/fleet").await;
     assert_eq!((f.devices, f.online, f.by_class.len(), f.by_release.len()), (0, 0, 0, 0));

@@ -179,7 +179,7 @@ impl TestApp {
         let (url, state, server_cert, shutdown, background) = Self::start(&config).await;
         state
             .store
-            .create_token("admin", TokenRole::Admin, &edgefleet_server::api::token_hash(&admin), "test", 0)
+            .create_token("admin", TokenRole::Admin, &edgefleet_server::api::token_hash(&admin), "test", 0, None)
             .await
             .expect("admin token");
         Self { url, state, dir, admin, backend, server_cert, shutdown: Some(shutdown), pg_db, config, background }

@@ -2,7 +2,8 @@
 // e2e test `e2e/tests/dashboard.rs`, which starts the real server and daemons and answers this script's
 // requests: a line `need: WHAT` on stdout is answered by a line on stdin once WHAT is done (`done` + JSON).
 //
-// Environment: EDGEFLEET_URL, EDGEFLEET_VIEWER_TOKEN, EDGEFLEET_OPERATOR_TOKEN, EDGEFLEET_SCREENSHOTS (folder),
+// Environment: EDGEFLEET_URL, EDGEFLEET_VIEWER_TOKEN, EDGEFLEET_OPERATOR_TOKEN, EDGEFLEET_EXPIRING_TOKEN (one
+// that lives a second), EDGEFLEET_SCREENSHOTS (folder),
 // EDGEFLEET_UI_TIMEOUT_MS (each wait; default 60000), CHROMIUM (default /usr/bin/chromium).
 import { chromium } from "playwright-core";
 import { createInterface } from "node:readline";
@@ -12,6 +13,7 @@ import { join } from "node:path";
 const url = process.env.EDGEFLEET_URL;
 const viewer = process.env.EDGEFLEET_VIEWER_TOKEN;
 const operator = process.env.EDGEFLEET_OPERATOR_TOKEN;
+const expiring = process.env.EDGEFLEET_EXPIRING_TOKEN;
 const shots = process.env.EDGEFLEET_SCREENSHOTS ?? "screenshots";
 const timeout = Number(process.env.EDGEFLEET_UI_TIMEOUT_MS ?? 60000);
 if (!url || !viewer || !operator) throw new Error("EDGEFLEET_URL, EDGEFLEET_VIEWER_TOKEN and EDGEFLEET_OPERATOR_TOKEN are required");
@@ -71,6 +73,8 @@ try {
   say("sign in as a viewer: an empty fleet says so");
   await signIn(viewer);
   await page.waitForSelector("#whoami");
+  check((await text("#whoami")).includes("sre<b>on-call</b>"), "the token's name is shown as text");
+  check((await page.locator("header b").count()) === 0, "no element was made from the token's name");
   await waitText("#fleet-overview", /No devices yet/);
   check(!page.url().includes(viewer), "the token is not in the URL");
   await shot("02-fleet-empty");
@@ -162,6 +166,10 @@ try {
   await need("revoke-operator");
   await waitText("#signin-error", /no longer accepted/);
   await shot("11-token-revoked");
+
+  say("an expired token is refused, saying so");
+  await signIn(expiring);
+  await waitText("#signin-error", /expired at/);
 
   say("a narrow screen");
   await page.setViewportSize({ width: 390, height: 844 });
