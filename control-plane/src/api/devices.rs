@@ -473,7 +473,7 @@ pub async fn fleet(State(state): State<AppState>, _: Authorized<Viewer>) -> ApiR
         f.never_seen += c.never_seen;
         f.failing += c.failing;
     }
-    f.offline = f.devices - f.online - f.never_seen;
+    f.offline = f.devices.saturating_sub(f.online + f.never_seen);
     f.online_window_secs = window;
     Ok(Json(f))
 }
