@@ -612,8 +612,11 @@ impl Agent {
                     bail!(msg);
                 }
             };
+        // Kept to undo: a document whose download was interrupted is taken again, whole, at the next check-in.
+        let before = (state.last_seen.clone(), state.etag.clone());
         state.last_seen.record(&verified);
         state.etag = etag;
+        let mut interrupted = None;
         for (action, (assignment, release)) in
             plan(state, &verified).into_iter().zip(verified.state.models.iter().zip(&verified.releases))
         {
@@ -634,7 +637,10 @@ impl Agent {
                 }
                 Err((kind, msg)) => {
                     tracing::warn!(%model, %version, error = %msg, "install failed; the previous release keeps serving");
-                    if kind != EventKind::DownloadFailed {
+                    if kind == EventKind::DownloadFailed {
+                        // Transient (the network, not the bytes): try again, after the run loop's backoff.
+                        interrupted = Some(msg.clone());
+                    } else {
                         state.failed.insert(model.clone(), (version, variant.clone()));
                     }
                     events.push(event(kind, &model, version, &variant, msg.clone()));
@@ -645,8 +651,16 @@ impl Agent {
             state.queue_events(events);
             self.layout.save_state(state)?;
         }
+        if interrupted.is_some() {
+            // As if this document had not arrived: otherwise the next check-in is answered 304 (its tag) or the
+            // same document is refused as a replay (its sequence), and the download never resumes.
+            (state.last_seen, state.etag) = before;
+        }
         self.layout.save_state(state)?;
         self.flush_events(state).await?;
+        if let Some(msg) = interrupted {
+            bail!("a download was interrupted; it resumes at the next check-in: {msg}");
+        }
         Ok(Checkin { interval, changed: true })
     }
 

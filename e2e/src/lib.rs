@@ -1,6 +1,8 @@
 //! Helpers for whole-system tests: find (building if needed) the real binaries, run the CLI, and start
 //! `edgefleet-server` as a child process on a free loopback port.
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -361,12 +363,17 @@ impl Drop for Daemon {
 /// The command that runs device `id` of `w` against `server`: its data in `w/<id>/`, its hardware files in
 /// `w/hw/`, v2 on a free port, short long-polls and a one-second bake window.
 pub fn daemon_command(w: &Workdir, server: &ServerProcess, id: &str, token: Option<&str>) -> Command {
+    daemon_command_via(w, server, &server.url, id, token)
+}
+
+/// [`daemon_command`] reaching the server at `url` (through a proxy, say).
+pub fn daemon_command_via(w: &Workdir, server: &ServerProcess, url: &str, id: &str, token: Option<&str>) -> Command {
     let mut cmd = Command::new(bin("edgefleet-daemon"));
     cmd.arg("--hardware-root")
         .arg(w.path("hw"))
         .arg("run")
         .arg("--server")
-        .arg(&server.url)
+        .arg(url)
         .arg("--server-ca")
         .arg(server.data_dir.join("tls/server.crt"))
         .arg("--data-dir")
