@@ -249,6 +249,8 @@ pub struct ServerProcess {
     pub url: String,
     pub fingerprint: String,
     pub data_dir: PathBuf,
+    /// The configuration file it was started with, if any (its database, say).
+    pub config: Option<PathBuf>,
 }
 
 impl ServerProcess {
@@ -277,6 +279,7 @@ impl ServerProcess {
             url: url.unwrap_or_default(),
             fingerprint: fingerprint.unwrap_or_default(),
             data_dir: data_dir.to_owned(),
+            config: env.iter().find(|(k, _)| *k == "EDGEFLEET_CONFIG").map(|(_, v)| v.to_path_buf()),
         }
     }
 
@@ -297,6 +300,19 @@ impl ServerProcess {
             .output()
             .expect("run edgefleet-server");
         Ran { out }
+    }
+
+    /// A new API token with `role`, made by `edgefleet-server token create` on this server's data directory and
+    /// configuration (so in its database, whichever it is).
+    pub fn token(&self, name: &str, role: &str) -> String {
+        let mut cmd = Command::new(bin("edgefleet-server"));
+        cmd.args(["token", "create", "--name", name, "--role", role])
+            .env("EDGEFLEET_DATA_DIR", &self.data_dir)
+            .env("RUST_LOG", "warn");
+        if let Some(c) = &self.config {
+            cmd.env("EDGEFLEET_CONFIG", c);
+        }
+        Ran { out: cmd.output().expect("run edgefleet-server") }.ok().stdout().trim().to_owned()
     }
 
     /// Stops with SIGTERM and answers the exit status.
@@ -438,6 +454,18 @@ pub fn x86_server(w: &Workdir, dir: &str) {
     std::fs::write(w.path(&format!("{dir}/proc/meminfo")), "MemTotal:       16127920 kB\n").expect("meminfo");
 }
 
+/// The server of [`server_and_token`] started again on its data directory and at `listen` (`127.0.0.1:PORT`,
+/// the address it had, so devices find it again).
+pub fn server_again(w: &Workdir, data: &Path, listen: &str) -> ServerProcess {
+    let (root, fleet, toml) = (w.path("root.json"), w.path("fleet.key"), w.path("server.toml"));
+    let mut env: Vec<(&str, &Path)> =
+        vec![("EDGEFLEET_TRUST_ROOT", &root), ("EDGEFLEET_FLEET_KEY", &fleet), ("EDGEFLEET_LISTEN", Path::new(listen))];
+    if toml.exists() {
+        env.push(("EDGEFLEET_CONFIG", &toml));
+    }
+    ServerProcess::start(data, &env)
+}
+
 /// A server on `w`'s root and fleet key (with `config`, a TOML text, if given), the CLI logged in as admin;
 /// answers it and an enrollment token for devices labelled site=lab.
 pub fn server_and_token(w: &Workdir, config: Option<&str>) -> (ServerProcess, String) {
@@ -449,9 +477,8 @@ pub fn server_and_token(w: &Workdir, config: Option<&str>) -> (ServerProcess, St
         env.push(("EDGEFLEET_CONFIG", &toml));
     }
     let server = ServerProcess::start(&data, &env);
-    let admin = ServerProcess::admin(&data, &["token", "create", "--name", "ci", "--role", "admin"]).ok().stdout();
-    w.edgefleet(&["login", "--server", &server.url, "--token", admin.trim(), "--fingerprint", &server.fingerprint])
-        .ok();
+    let admin = server.token("ci", "admin");
+    w.edgefleet(&["login", "--server", &server.url, "--token", &admin, "--fingerprint", &server.fingerprint]).ok();
     let token = w.edgefleet(&["--json", "enroll-token", "create", "--label", "site=lab"]).ok().json();
     (server, token["token"].as_str().expect("token").to_owned())
 }

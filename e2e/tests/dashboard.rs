@@ -16,8 +16,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edgefleet_e2e::{
-    ServerProcess, Workdir, classify, daemon_command, eventually, http, magika_features, repo, server_and_token,
-    spawn_daemon, spawn_with_stdout, x86_server,
+    ServerProcess, Workdir, classify, daemon_command, eventually, http, magika_features, repo, server_again,
+    server_and_token, spawn_daemon, spawn_with_stdout, x86_server,
 };
 
 /// How long the whole browser run may take (each of its waits is bounded on its own, too).
@@ -46,15 +46,8 @@ fn the_dashboard_in_a_real_browser() {
     let (server, enroll) = server_and_token(&w, Some(config));
     let data = server.data_dir.clone();
     let listen = server.url.trim_start_matches("https://").to_owned();
-    let token = |name: &str, role: &str| {
-        ServerProcess::admin(&data, &["token", "create", "--name", name, "--role", role])
-            .ok()
-            .stdout()
-            .trim()
-            .to_owned()
-    };
     // A name with HTML in it, shown as text in the page's header.
-    let (viewer, operator) = (token("sre<b>on-call</b>", "viewer"), token("release-captain", "operator"));
+    let (viewer, operator) = (server.token("sre<b>on-call</b>", "viewer"), server.token("release-captain", "operator"));
     let shift =
         w.edgefleet(&["--json", "tokens", "create", "--name", "shift", "--role", "viewer", "--expires-in-secs", "1"]);
     let expiring = shift.ok().json()["token"].as_str().expect("token").to_owned();
@@ -107,14 +100,7 @@ fn the_dashboard_in_a_real_browser() {
                 serde_json::json!({})
             }
             ("start-server", _) => {
-                let (root, fleet_key, toml) = (w.path("root.json"), w.path("fleet.key"), w.path("server.toml"));
-                let env: [(&str, &Path); 4] = [
-                    ("EDGEFLEET_TRUST_ROOT", &root),
-                    ("EDGEFLEET_FLEET_KEY", &fleet_key),
-                    ("EDGEFLEET_CONFIG", &toml),
-                    ("EDGEFLEET_LISTEN", Path::new(&listen)),
-                ];
-                server = Some(ServerProcess::start(&data, &env));
+                server = Some(server_again(&w, &data, &listen));
                 serde_json::json!({})
             }
             ("revoke-operator", _) => {

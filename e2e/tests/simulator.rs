@@ -6,7 +6,7 @@
 
 use std::process::Command;
 
-use edgefleet_e2e::{ServerProcess, Workdir, bin, server_and_token};
+use edgefleet_e2e::{Workdir, bin, server_and_token};
 
 /// Simulated devices here; `scripts/bench_sim.sh` runs the large fleets.
 const DEVICES: usize = 300;
@@ -16,11 +16,7 @@ fn a_simulated_fleet_is_served_and_its_misbehaviour_refused() {
     let w = Workdir::new();
     w.trust(&["alice"], 1);
     let (server, _) = server_and_token(&w, None);
-    let operator = ServerProcess::admin(&server.data_dir, &["token", "create", "--name", "sim", "--role", "operator"])
-        .ok()
-        .stdout()
-        .trim()
-        .to_owned();
+    let operator = server.token("sim", "operator");
     let out = Command::new(bin("edgefleet-sim"))
         .args(["--server", &server.url, "--server-ca"])
         .arg(server.data_dir.join("tls/server.crt"))
@@ -44,11 +40,7 @@ fn a_simulated_fleet_is_served_and_its_misbehaviour_refused() {
 
     // The server counts every simulated device, and what the refusals were, in its own metrics.
     let client = server.client();
-    let viewer = ServerProcess::admin(&server.data_dir, &["token", "create", "--name", "v", "--role", "viewer"])
-        .ok()
-        .stdout()
-        .trim()
-        .to_owned();
+    let viewer = server.token("v", "viewer");
     let fleet: serde_json::Value = client
         .get(format!("{}/api/v1/fleet", server.url))
         .bearer_auth(&viewer)
