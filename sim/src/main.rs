@@ -487,9 +487,13 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let host = args.server.trim_start_matches("https://").split(['/', ':']).next().unwrap_or_default().to_owned();
-    let loopback = host == "localhost"
-        || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let authority = args.server.trim_start_matches("https://").split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(), // [::1]:8443
+        None => authority.split(':').next().unwrap_or_default(),
+    }
+    .to_owned();
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
     if !loopback {
         bail!("edgefleet-sim only targets loopback servers (got {host:?})");
     }
