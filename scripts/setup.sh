@@ -28,6 +28,12 @@ fetch_wheel() { # name==version, glob
     python3 -m pip download --quiet --no-deps --dest "$C/wheels" "$1"
   fi
 }
+apt_install() { # a Debian package, as root (sudo otherwise); the package lists are refreshed only if needed
+  echo "setup: installing Debian's $1" >&2
+  local sudo=; [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null \
+    || { $sudo apt-get update -q >/dev/null && $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null; }
+}
 extract() { # wheel glob, member, destination
   if [ ! -s "$3" ]; then
     local tmp; tmp=$(mktemp -d)
@@ -84,17 +90,7 @@ if [ ! -s "$W/dist/index.html" ] || [ -n "$(find "$W/src" "$W/index.html" "$W/pa
   (cd "$W" && npm run --silent build >/dev/null)
 fi
 # Debian's Chromium for the dashboard's browser tests (driven by playwright-core; never a downloaded browser).
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "setup: installing Debian's chromium" >&2
-  SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
-    || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }
-fi
+command -v chromium >/dev/null 2>&1 || apt_install chromium
 # PostgreSQL's client, with which the restart e2e test makes its own database on the local server.
-if ! command -v psql >/dev/null 2>&1; then
-  echo "setup: installing Debian's postgresql-client" >&2
-  SUDO=; [ "$(id -u)" -ne 0 ] && SUDO=sudo
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-client >/dev/null \
-    || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql-client >/dev/null; }
-fi
+command -v psql >/dev/null 2>&1 || apt_install postgresql-client
 echo "setup: ready in $C" >&2
