@@ -124,7 +124,9 @@ pub async fn act(
 /// Runs evaluation every `rollout_eval_secs` while this server leads.
 pub async fn run(state: AppState) {
     let every = Duration::from_millis((state.config.rollout_eval_secs * 1000.0).max(50.0) as u64);
-    let mut tick = tokio::time::interval(every);
+    // The first evaluation one period after start, not at once: an immediate first tick, run late by a busy
+    // scheduler, raced whoever evaluates at a moment of their choosing (the API tests do).
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading = None;
     loop {
