@@ -291,17 +291,6 @@ impl ServerProcess {
         reqwest::blocking::Client::builder().add_root_certificate(cert).build().expect("client")
     }
 
-    /// Runs `edgefleet-server` against the same data directory (for `token create`).
-    pub fn admin(data_dir: &Path, args: &[&str]) -> Ran {
-        let out = Command::new(bin("edgefleet-server"))
-            .args(args)
-            .env("EDGEFLEET_DATA_DIR", data_dir)
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run edgefleet-server");
-        Ran { out }
-    }
-
     /// A new API token with `role`, made by `edgefleet-server token create` on this server's data directory and
     /// configuration (so in its database, whichever it is).
     pub fn token(&self, name: &str, role: &str) -> String {

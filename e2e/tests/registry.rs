@@ -35,8 +35,8 @@ fn push_a_signed_release_to_a_real_server_and_operate_it() {
         &[("EDGEFLEET_TRUST_ROOT", &w.path("root.json")), ("EDGEFLEET_FLEET_KEY", &w.path("fleet.key"))],
     );
     assert_eq!(server.fingerprint.len(), 64, "fingerprint {:?}", server.fingerprint);
-    let admin = ServerProcess::admin(&data, &["token", "create", "--name", "ci", "--role", "admin"]).ok().stdout();
-    let admin = admin.trim();
+    let admin = server.token("ci", "admin");
+    let admin = admin.as_str();
 
     // A wrong fingerprint is refused at the TLS layer; the right one logs in.
     let wrong = "0".repeat(64);

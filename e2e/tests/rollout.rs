@@ -73,15 +73,12 @@ fn a_slower_release_is_rolled_back_by_its_latency_gate() {
     };
 
     // The baseline's numbers reach the server before the rollout starts.
-    let admin =
-        edgefleet_e2e::ServerProcess::admin(&server.data_dir, &["token", "create", "--name", "t", "--role", "viewer"])
-            .ok()
-            .stdout();
+    let viewer = server.token("t", "viewer");
     let to_server = server.client();
     let prometheus = || -> String {
         to_server
             .get(format!("{}/metrics", server.url))
-            .bearer_auth(admin.trim())
+            .bearer_auth(&viewer)
             .send()
             .ok()
             .and_then(|r| r.text().ok())

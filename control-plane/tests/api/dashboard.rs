@@ -4,14 +4,8 @@
 
 use edgefleet_protocol::api::{DevicePage, DeviceTelemetry, FleetOverview, ReleaseSummary, TokenRole, WhoAmI};
 
-use crate::helpers::{Backend, TestApp, hardware};
+use crate::helpers::{Backend, TestApp, get, hardware};
 use crate::telemetry::{Served, accepted, magika_release_1, now_ns, report_running};
-
-async fn get<T: serde::de::DeserializeOwned>(app: &TestApp, token: &str, path: &str) -> T {
-    let r = app.client().get(app.url(path)).bearer_auth(token).send().await.expect("get");
-    assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap_or_default());
-    r.json().await.expect("json")
-}
 
 async fn the_dashboard_endpoints(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| {

@@ -353,6 +353,13 @@ pub async fn assert_error(resp: reqwest::Response, status: u16, code: &str) -> S
     v["error"]["message"].as_str().unwrap_or_default().to_owned()
 }
 
+/// `GET /api/v1{path}` with `token`, which must answer 200 with JSON of type `T`.
+pub async fn get<T: serde::de::DeserializeOwned>(app: &TestApp, token: &str, path: &str) -> T {
+    let r = app.client().get(app.url(path)).bearer_auth(token).send().await.expect("get");
+    assert_eq!(r.status(), 200, "{path}: {}", r.text().await.unwrap_or_default());
+    r.json().await.expect("json")
+}
+
 /// Runs a test body on SQLite and on PostgreSQL.
 #[macro_export]
 macro_rules! both_backends {

@@ -272,16 +272,7 @@ async fn cumulative_points_become_rollups_exactly_once(backend: Backend) {
     assert!(!text.contains("dev-1"), "no per-device labels");
 
     // Latency and energy over time, as the dashboard reads them.
-    let history: edgefleet_protocol::api::ModelTelemetry = app
-        .client()
-        .get(app.url("/models/magika/telemetry?since=0"))
-        .bearer_auth(&viewer)
-        .send()
-        .await
-        .expect("history")
-        .json()
-        .await
-        .expect("json");
+    let history: edgefleet_protocol::api::ModelTelemetry = get(&app, &viewer, "/models/magika/telemetry?since=0").await;
     assert_eq!(history.windows.iter().map(|w| w.stats.requests).sum::<u64>(), 28, "{history:?}");
     let w = &history.windows[0];
     assert_eq!((w.release.get(), w.device_class.as_str()), (1, "x86-server"));
@@ -429,16 +420,8 @@ async fn a_stock_opentelemetry_sdk_exporter_is_understood(backend: Backend) {
     let p95 = st.p95_ms.expect("latency");
     assert!((5.0..=10.0).contains(&p95), "8 ms in the SDK's (5, 10] ms bucket lands in ours: p95 {p95} ms");
     // No energy counter sent: energy per inference is absent, never zero.
-    let history: edgefleet_protocol::api::ModelTelemetry = app
-        .client()
-        .get(app.url("/models/magika/telemetry?since=0"))
-        .bearer_auth(&app.admin)
-        .send()
-        .await
-        .expect("history")
-        .json()
-        .await
-        .expect("json");
+    let history: edgefleet_protocol::api::ModelTelemetry =
+        get(&app, &app.admin, "/models/magika/telemetry?since=0").await;
     assert!(!history.windows.is_empty() && history.windows.iter().all(|w| w.stats.joules_per_inference.is_none()));
     let c = &app.state.ingest.counters;
     assert!(c.points_ignored.load(std::sync::atomic::Ordering::Relaxed) >= 1, "app.requests is not edgefleet's");
