@@ -67,6 +67,9 @@ pub enum Command {
     Audit {
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Only the entries about this target (a rollout id, a device id, `magika/2`, ...).
+        #[arg(long)]
+        target: Option<String>,
     },
 }
 
@@ -196,6 +199,9 @@ pub enum TrustCmd {
     Rotate(TrustRotate),
     /// Show a root's roles, keys, expiry and signatures.
     Show { root: PathBuf },
+    /// Hand the next root version to the control plane (admin): it checks the root against its current one,
+    /// keeps it, and every device walks to it at its next check-in.
+    Push { root: PathBuf },
     /// Walk a chain of roots from a trusted one: each must be signed by a threshold of the previous root's keys
     /// and of its own.
     Verify {

@@ -155,8 +155,9 @@ pub fn run(cmd: Command, out: &Out) -> anyhow::Result<()> {
                 v,
             );
         }
-        Command::Audit { limit } => {
-            let v = Remote::from_saved()?.get_json(&format!("/audit?limit={limit}"))?;
+        Command::Audit { limit, target } => {
+            let target = target.map(|t| format!("&target={}", encode(&t))).unwrap_or_default();
+            let v = Remote::from_saved()?.get_json(&format!("/audit?limit={limit}{target}"))?;
             let mut t = String::new();
             for e in v.as_array().into_iter().flatten() {
                 let _ = writeln!(

@@ -98,6 +98,7 @@ fn describe(v: &RolloutView) -> String {
             Verdict::Fail => "FAIL",
             Verdict::TooFewSamples => "too few samples",
             Verdict::Unavailable => "unavailable (no sensor)",
+            Verdict::NotReached => "not reached yet",
         };
         let _ = write!(
             t,

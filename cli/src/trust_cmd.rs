@@ -1,4 +1,4 @@
-//! `edgefleet trust`: create, sign, rotate, show and verify root.json.
+//! `edgefleet trust`: create, sign, rotate, show and verify root.json, and push it to the control plane.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -18,6 +18,7 @@ pub fn run(cmd: TrustCmd, out: &Out) -> anyhow::Result<()> {
         TrustCmd::Sign { root, key } => sign(root, key, out),
         TrustCmd::Rotate(a) => rotate(a, out),
         TrustCmd::Show { root } => show(root, out),
+        TrustCmd::Push { root } => push(root, out),
         TrustCmd::Verify { trusted, chain } => verify(trusted, chain, out),
     }
 }
@@ -164,6 +165,19 @@ fn verify(trusted: PathBuf, chain: Vec<PathBuf>, out: &Out) -> anyhow::Result<()
             chain.len()
         ),
         serde_json::json!({"verified": true, "version": last.version, "from": start.version}),
+    );
+    Ok(())
+}
+
+fn push(path: PathBuf, out: &Out) -> anyhow::Result<()> {
+    let (_, root) = docs::read_root(&path)?;
+    let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+    let version = root.version;
+    let remote = crate::remote::Remote::from_saved()?;
+    remote.send(remote.request(reqwest::Method::POST, "/trust/roots").body(bytes))?;
+    out.emit(
+        format!("root version {version} is the control plane's; devices walk to it at their next check-in"),
+        serde_json::json!({"version": version}),
     );
     Ok(())
 }

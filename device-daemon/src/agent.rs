@@ -35,6 +35,8 @@ use crate::serving::{Drained, ModelTable, Served};
 pub struct Checkin {
     pub interval: u64,
     pub changed: bool,
+    /// The server's latest trust-root version, when it said.
+    pub root_version: Option<u64>,
 }
 
 /// Pure: how long to wait before the next check-in. After a change: at once (more may follow). After a
@@ -548,6 +550,7 @@ impl Agent {
             last_error: state.last_error.clone(),
             hardware_digest: None,
             hardware: Some(self.hardware.clone()),
+            root_version: Some(self.root.version),
         }
     }
 
@@ -593,8 +596,13 @@ impl Agent {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(60);
+        let root_version = resp
+            .headers()
+            .get(edgefleet_protocol::api::ROOT_VERSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
         if resp.status() == 304 {
-            return Ok(Checkin { interval, changed: false });
+            return Ok(Checkin { interval, changed: false, root_version });
         }
         if !resp.status().is_success() {
             bail!("check-in refused ({}): {}", resp.status(), resp.text().await.unwrap_or_default());
@@ -661,7 +669,7 @@ impl Agent {
         if let Some(msg) = interrupted {
             bail!("a download was interrupted; it resumes at the next check-in: {msg}");
         }
-        Ok(Checkin { interval, changed: true })
+        Ok(Checkin { interval, changed: true, root_version })
     }
 
     /// Drives one install's state machine ([`Install`]) to its end, performing each effect it asks for. The
@@ -850,11 +858,14 @@ mod tests {
 
     #[test]
     fn check_in_pacing() {
-        let (quiet, secs) = (Checkin { interval: 60, changed: false }, Duration::from_secs);
+        let (quiet, secs) = (Checkin { interval: 60, changed: false, root_version: None }, Duration::from_secs);
         // A long-poll the server held: poll again at once.
         assert_eq!(next_checkin(quiet, secs(30), secs(30), 7), Duration::ZERO);
         // A change: at once.
-        assert_eq!(next_checkin(Checkin { interval: 60, changed: true }, secs(0), secs(0), 7), Duration::ZERO);
+        assert_eq!(
+            next_checkin(Checkin { interval: 60, changed: true, root_version: None }, secs(0), secs(0), 7),
+            Duration::ZERO
+        );
         // No long-poll, or a server that answered at once: the interval plus at most 10 % jitter, never a tight loop.
         for (wait, held) in [(secs(0), secs(0)), (secs(30), Duration::from_millis(20))] {
             for seed in [0, 1, 5_999, 6_000, u64::MAX] {
@@ -862,6 +873,8 @@ mod tests {
                 assert!(d >= secs(60) && d <= secs(66), "{d:?}");
             }
         }
-        assert!(next_checkin(Checkin { interval: 0, changed: false }, secs(0), secs(0), 0) >= secs(1));
+        assert!(
+            next_checkin(Checkin { interval: 0, changed: false, root_version: None }, secs(0), secs(0), 0) >= secs(1)
+        );
     }
 }

@@ -102,7 +102,7 @@ async fn trusted_root(
             b
         }
     };
-    let mut root = self_signed_root(&bytes, limits).map_err(|r| anyhow::anyhow!("trusted root refused: {r}"))?;
+    let root = self_signed_root(&bytes, limits).map_err(|r| anyhow::anyhow!("trusted root refused: {r}"))?;
     // Walk forward; a server that is down or serves garbage leaves the stored root in place.
     let versions: Option<serde_json::Value> =
         match client.get(format!("{}/api/v1/trust/roots", args.server)).send().await {
@@ -110,16 +110,33 @@ async fn trusted_root(
             _ => None,
         };
     let latest = versions.as_ref().and_then(|v| v["latest"].as_u64()).unwrap_or(root.version);
+    walk_roots(root, latest, &args.server, client, &stored, limits).await
+}
+
+/// Walks from `root` towards version `latest`, one version at a time, each checked against the one before
+/// (`update_root`: a threshold of the old root keys and of the new ones) and stored before the next is taken.
+/// A refused or unreachable version stops the walk where it is: the device keeps the last root it could check.
+async fn walk_roots(
+    mut root: Root,
+    latest: u64,
+    server: &str,
+    client: &reqwest::Client,
+    stored: &std::path::Path,
+    limits: &Limits,
+) -> anyhow::Result<Root> {
     while root.version < latest {
-        let next = client
-            .get(format!("{}/api/v1/trust/roots/{}", args.server, root.version + 1))
-            .send()
-            .await?
-            .bytes()
-            .await?;
+        let next = client.get(format!("{server}/api/v1/trust/roots/{}", root.version + 1)).send().await;
+        let next = match next.and_then(|r| r.error_for_status()) {
+            Ok(r) => r.bytes().await?,
+            Err(e) => {
+                tracing::warn!(error = %e, "fetching root {} failed; staying on version {}", root.version + 1, root.version);
+                break;
+            }
+        };
         match update_root(&root, &next, limits) {
             Ok(r) => {
-                write_file_atomic(&stored, &next)?;
+                write_file_atomic(stored, &next)?;
+                tracing::info!(version = r.version, "trust root updated");
                 root = r;
             }
             Err(refusal) => {
@@ -198,7 +215,7 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         None => None,
     };
     let models = Arc::new(ModelTable::default());
-    let agent = Agent {
+    let mut agent = Agent {
         device: args.device_id.clone(),
         server: args.server.clone(),
         client,
@@ -235,6 +252,17 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         match agent.reconcile(&mut state, args.wait).await {
             Ok(checkin) => {
                 failures = 0;
+                // A rotation: the server is on a newer root than this device.
+                if let Some(latest) = checkin.root_version.filter(|v| *v > agent.root.version) {
+                    let stored = layout.trusted_root();
+                    let walked =
+                        walk_roots(agent.root.clone(), latest, &args.server, &agent.client, &stored, &agent.limits)
+                            .await;
+                    match walked {
+                        Ok(root) => agent.root = root,
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "storing a newer root failed"),
+                    }
+                }
                 let seed = u64::from(std::process::id()) ^ u64::from(chrono::Utc::now().timestamp_subsec_nanos());
                 let pause =
                     crate::agent::next_checkin(checkin, Duration::from_secs(args.wait), started.elapsed(), seed);

@@ -136,6 +136,21 @@ impl Workdir {
         reference: Option<&str>,
         extra: &[&str],
     ) {
+        self.pack_magika_signed(version, id, file, precision, reference, extra, "alice");
+    }
+
+    /// [`Self::pack_magika_with`], signed by `signer` (`<signer>.key`) instead of alice.
+    #[allow(clippy::too_many_arguments)]
+    pub fn pack_magika_signed(
+        &self,
+        version: &str,
+        id: &str,
+        file: &str,
+        precision: &str,
+        reference: Option<&str>,
+        extra: &[&str],
+        signer: &str,
+    ) {
         let variant =
             format!("id={id},file={},precision={precision}", cache(&format!("models/magika/{file}")).display());
         let samples = cache("samples/magika.safetensors").display().to_string();
@@ -159,7 +174,7 @@ impl Workdir {
         args.extend(extra);
         args.extend(["-o", out.as_str()]);
         self.edgefleet(&args).ok();
-        self.edgefleet(&["release", "sign", &out, "--key", "alice.key"]).ok();
+        self.edgefleet(&["release", "sign", &out, "--key", &format!("{signer}.key")]).ok();
     }
 
     pub fn edgefleet(&self, args: &[&str]) -> Ran {
@@ -373,9 +388,21 @@ pub fn daemon_command(w: &Workdir, server: &ServerProcess, id: &str, token: Opti
 
 /// [`daemon_command`] reaching the server at `url` (through a proxy, say).
 pub fn daemon_command_via(w: &Workdir, server: &ServerProcess, url: &str, id: &str, token: Option<&str>) -> Command {
+    daemon_command_on(w, server, url, id, token, "hw")
+}
+
+/// [`daemon_command_via`] with its hardware files in `w/<hw>/` (see [`Fixture`]).
+pub fn daemon_command_on(
+    w: &Workdir,
+    server: &ServerProcess,
+    url: &str,
+    id: &str,
+    token: Option<&str>,
+    hw: &str,
+) -> Command {
     let mut cmd = Command::new(bin("edgefleet-daemon"));
     cmd.arg("--hardware-root")
-        .arg(w.path("hw"))
+        .arg(w.path(hw))
         .arg("run")
         .arg("--server")
         .arg(url)
@@ -432,15 +459,151 @@ pub fn classify(client: &reqwest::blocking::Client, daemon: &Daemon) -> Option<(
     Some((v["model_version"].as_str()?.to_owned(), magika_labels()[best].clone()))
 }
 
-/// An x86 server's hardware files (HARDWARE-FACTS §6) under `w/<dir>/`.
+/// A device's hardware, as the files it shows under `/` (contents from `shared/HARDWARE-FACTS.md`, which cites
+/// where each comes from). `device-daemon/tests/hardware.rs` checks detection on these and more; here they make
+/// real daemons believe they are these devices. ONNX Runtime here is the CPU-only build, so an accelerator's
+/// execution provider is tried, found missing and fallen back from, as on a device whose driver is absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fixture {
+    /// Snapdragon 8 Gen 2 (SM8550) phone: Hexagon v73 behind /dev/fastrpc-cdsp; battery `power_now`.
+    HexagonPhone,
+    /// Jetson AGX Orin (JetPack 6): TensorRT and CUDA; INA3221 rails.
+    JetsonOrin,
+    /// Core Ultra (Meteor Lake) laptop: NPU at /dev/accel/accel0; RAPL package energy.
+    IntelNpuLaptop,
+    /// Raspberry Pi 5: XNNPACK; no power sensor at all.
+    RaspberryPi5,
+    /// An x86 server (a VM: AVX-512, no RAPL exposed).
+    X86Server,
+}
+
+const CPUINFO_ARM: &str = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\n";
+
+impl Fixture {
+    pub const ALL: [Fixture; 5] = [
+        Fixture::HexagonPhone,
+        Fixture::JetsonOrin,
+        Fixture::IntelNpuLaptop,
+        Fixture::RaspberryPi5,
+        Fixture::X86Server,
+    ];
+
+    /// The device class the daemon detects.
+    pub fn class(self) -> &'static str {
+        match self {
+            Fixture::HexagonPhone => "qualcomm-hexagon",
+            Fixture::JetsonOrin => "nvidia-jetson",
+            Fixture::IntelNpuLaptop => "intel-npu",
+            Fixture::RaspberryPi5 => "raspberry-pi",
+            Fixture::X86Server => "x86-server",
+        }
+    }
+
+    /// The files, by path under `/`.
+    pub fn files(self) -> Vec<(&'static str, String)> {
+        let f = |p: &'static str, c: &str| (p, c.to_owned());
+        match self {
+            Fixture::HexagonPhone => vec![
+                f("sys/devices/soc0/family", "Snapdragon\n"),
+                f("sys/devices/soc0/soc_id", "519\n"),
+                f("sys/devices/soc0/machine", "SM8550\n"),
+                f("proc/device-tree/compatible", "qcom,sm8550-qrd\0qcom,sm8550\0"),
+                f("dev/fastrpc-cdsp", ""),
+                f("proc/cpuinfo", CPUINFO_ARM),
+                f("proc/meminfo", "MemTotal:        7999136 kB\n"),
+                f("sys/class/power_supply/battery/type", "Battery\n"),
+                f("sys/class/power_supply/battery/power_now", "-2150000\n"),
+            ],
+            Fixture::JetsonOrin => vec![
+                f(
+                    "etc/nv_tegra_release",
+                    "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n",
+                ),
+                f("proc/device-tree/compatible", "nvidia,p3737-0000+p3701-0000\0nvidia,p3701-0000\0nvidia,tegra234\0"),
+                f("proc/device-tree/model", "NVIDIA Jetson AGX Orin Developer Kit\0"),
+                f("sys/devices/soc0/family", "Tegra\n"),
+                f("sys/devices/soc0/soc_id", "35\n"),
+                f("proc/cpuinfo", CPUINFO_ARM),
+                f("proc/meminfo", "MemTotal:       32568144 kB\n"),
+                // AGX Orin's 0x40 rails; no rail measures the whole module, so the daemon sums them.
+                f("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/in1_label", "VDD_GPU_SOC\n"),
+                f("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/in1_input", "843\n"),
+                f("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/curr1_input", "6170\n"),
+                f("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/in3_label", "VIN_SYS_5V0\n"),
+                f("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/in3_input", "4968\n"),
+                f("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/curr3_input", "953\n"),
+            ],
+            Fixture::IntelNpuLaptop => vec![
+                f("dev/accel/accel0", ""),
+                f("sys/class/accel/accel0/device/vendor", "0x8086\n"),
+                f("sys/class/accel/accel0/device/device", "0x7d1d\n"),
+                f(
+                    "proc/cpuinfo",
+                    "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) Ultra 7 155H\nflags\t\t: fpu sse sse2 avx avx2 fma avx_vnni\n",
+                ),
+                f("proc/meminfo", "MemTotal:       16127920 kB\n"),
+                f("sys/class/powercap/intel-rapl:0/name", "package-0\n"),
+                f("sys/class/powercap/intel-rapl:0/energy_uj", "48213345678\n"),
+                f("sys/class/powercap/intel-rapl:0/max_energy_range_uj", "262143328850\n"),
+            ],
+            Fixture::RaspberryPi5 => vec![
+                f("proc/device-tree/compatible", "raspberrypi,5-model-b\0brcm,bcm2712\0"),
+                f("proc/device-tree/model", "Raspberry Pi 5 Model B Rev 1.0\0"),
+                f("proc/cpuinfo", CPUINFO_ARM),
+                f("proc/meminfo", "MemTotal:        7999136 kB\n"),
+                f("sys/class/hwmon/hwmon0/name", "cpu_thermal\n"),
+                f("sys/class/hwmon/hwmon0/temp1_input", "52350\n"),
+            ],
+            Fixture::X86Server => vec![
+                f(
+                    "proc/cpuinfo",
+                    "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n",
+                ),
+                f("proc/meminfo", "MemTotal:       16127920 kB\n"),
+            ],
+        }
+    }
+
+    /// Writes the files under `w/<dir>/`.
+    pub fn write(self, w: &Workdir, dir: &str) {
+        for (path, content) in self.files() {
+            let p = w.path(dir).join(path);
+            std::fs::create_dir_all(p.parent().expect("parent")).expect("hardware fixture");
+            std::fs::write(&p, content).expect("hardware fixture");
+        }
+    }
+}
+
+/// An x86 server's hardware files under `w/<dir>/`.
 pub fn x86_server(w: &Workdir, dir: &str) {
-    std::fs::create_dir_all(w.path(&format!("{dir}/proc"))).expect("hw");
-    std::fs::write(
-        w.path(&format!("{dir}/proc/cpuinfo")),
-        "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n",
-    )
-    .expect("cpuinfo");
-    std::fs::write(w.path(&format!("{dir}/proc/meminfo")), "MemTotal:       16127920 kB\n").expect("meminfo");
+    Fixture::X86Server.write(w, dir);
+}
+
+/// A RAPL counter that counts, as a real one does while the package draws power: adds `watts` × the time
+/// since its last step to `energy_uj` under `w/<dir>/` every 100 ms until `stop`. (The fixture's file is
+/// otherwise constant, and a constant counter reads as 0 W.)
+pub fn rapl_ticking(
+    w: &Workdir,
+    dir: &str,
+    watts: f64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let file = w.path(dir).join("sys/class/powercap/intel-rapl:0/energy_uj");
+    std::thread::spawn(move || {
+        let mut last = Instant::now();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(100));
+            let Ok(text) = std::fs::read_to_string(&file) else { return };
+            let now = Instant::now();
+            let uj = text.trim().parse::<u64>().unwrap_or(0) + (watts * 1e6 * (now - last).as_secs_f64()) as u64;
+            last = now;
+            // Written whole through a rename, as the kernel never shows a half-written number.
+            let tmp = file.with_extension("tmp");
+            if std::fs::write(&tmp, format!("{uj}\n")).and_then(|()| std::fs::rename(&tmp, &file)).is_err() {
+                return;
+            }
+        }
+    })
 }
 
 /// The server of [`server_and_token`] started again on its data directory and at `listen` (`127.0.0.1:PORT`,

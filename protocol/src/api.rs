@@ -227,6 +227,9 @@ pub struct DeviceReport {
     pub hardware_digest: Option<String>,
     #[serde(default)]
     pub hardware: Option<HardwareProfile>,
+    /// The version of the trust root the device verifies with.
+    #[serde(default)]
+    pub root_version: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -540,3 +543,6 @@ pub struct DeviceWindow {
 
 /// The header a check-in answer carries to hint the next interval, in seconds.
 pub const CHECKIN_INTERVAL_HEADER: &str = "x-edgefleet-checkin-interval";
+/// On every check-in answer: the server's latest trust-root version. A device behind it walks the chain
+/// (`GET /api/v1/trust/roots/{n}`), so a rotation reaches running devices without a restart.
+pub const ROOT_VERSION_HEADER: &str = "x-edgefleet-root-version";

@@ -111,6 +111,9 @@ pub enum Verdict {
     TooFewSamples,
     /// The class has no such measurement at all (no power sensor): never judged, never made up.
     Unavailable,
+    /// No device of the class has reported the new release yet (the waves so far hold none of them): not
+    /// judged, and it does not hold the wave — the wave that reaches the class will.
+    NotReached,
 }
 
 /// One gate's judgement on one device class, with the numbers.

@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use edgefleet_protocol::api::{
     CHECKIN_INTERVAL_HEADER, CreateEnrollToken, DeviceDetail, DeviceEvent, DevicePage, DeviceReport, DeviceSummary,
     DeviceTelemetry, DeviceWindow, EnrollRequest, EnrollResponse, EnrollTokenCreated, EventKind, EventsAccepted,
-    FleetOverview, HardwareProfile, RenewRequest, Running, Selector, SetLabels, check_label,
+    FleetOverview, HardwareProfile, ROOT_VERSION_HEADER, RenewRequest, Running, Selector, SetLabels, check_label,
 };
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
 use model_registry::{Envelope, ReleaseManifest};
@@ -348,6 +348,8 @@ pub async fn checkin(
     let deadline = tokio::time::Instant::now() + wait;
     let mut changes = state.generation.subscribe();
     let interval = HeaderValue::from(state.config.checkin_interval_secs);
+    let root_at_start = state.trust().root.version;
+    let root_header = |v: u64| (ROOT_VERSION_HEADER, HeaderValue::from(v));
     loop {
         let current = desired_for(&state, &id).await?;
         let etag = current.etag();
@@ -357,7 +359,7 @@ pub async fn checkin(
             return Ok((
                 StatusCode::OK,
                 [(header::ETAG, etag), (header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-                [(CHECKIN_INTERVAL_HEADER, interval)],
+                [(CHECKIN_INTERVAL_HEADER, interval), root_header(state.trust().root.version)],
                 current.body,
             )
                 .into_response());
@@ -366,14 +368,16 @@ pub async fn checkin(
             tokio::time::Instant::now() + Duration::from_millis((current.refresh_at - now_ms()).max(0) as u64);
         tokio::select! {
             changed = changes.changed(), if tokio::time::Instant::now() < deadline => {
-                if changed.is_err() { break; }
+                // A new trust root leaves the document as it was: answer now, so the device walks to it.
+                if changed.is_err() || state.trust().root.version != root_at_start { break; }
             }
             _ = tokio::time::sleep_until(refresh), if refresh < deadline => {}
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
     state.checkins_unchanged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok((StatusCode::NOT_MODIFIED, [(CHECKIN_INTERVAL_HEADER, interval)]).into_response())
+    Ok((StatusCode::NOT_MODIFIED, [(CHECKIN_INTERVAL_HEADER, interval), root_header(state.trust().root.version)])
+        .into_response())
 }
 
 /// `POST /api/v1/device/events`: a batch of events, each with its own idempotency id.

@@ -4,8 +4,8 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use edgefleet_protocol::ModelName;
 use edgefleet_protocol::rollout::{Action, CreateRollout, Rollout, RolloutView, State as RolloutState};
+use edgefleet_protocol::{ModelName, ReleaseVersion};
 use serde::Deserialize;
 
 use super::{ApiError, ApiJson, ApiResult, Authorized, Operator, Source, Viewer, new_token};
@@ -26,6 +26,20 @@ pub fn view(row: RolloutRow) -> RolloutView {
     }
 }
 
+/// The release the newest assignment or rollout of `model` leaves devices on: an assignment's release; a
+/// finished rollout's new release; the baseline of one rolled back, aborted or still moving. (A baseline
+/// taken from the assignment alone sent a fleet two releases back when the rollout after a finished one was
+/// rolled back.)
+async fn current_release(state: &AppState, model: &ModelName) -> ApiResult<Option<ReleaseVersion>> {
+    let assigned =
+        state.store.assignments().await?.into_iter().filter(|a| a.model == *model).map(|a| (a.created_at, a.version));
+    let rolled = state.store.rollouts().await?.into_iter().filter(|r| r.rollout.model == *model).map(|r| {
+        let v = if r.state == RolloutState::Done { r.rollout.release } else { r.rollout.baseline };
+        (r.created_at, v)
+    });
+    Ok(assigned.chain(rolled).max_by_key(|(at, _)| *at).map(|(_, v)| v))
+}
+
 pub async fn create(
     State(state): State<AppState>,
     Authorized(who, _): Authorized<Operator>,
@@ -38,16 +52,12 @@ pub async fn create(
     }
     let baseline = match req.baseline {
         Some(b) => b,
-        None => {
-            state.store.assignments().await?.into_iter().rfind(|a| a.model == req.model).map(|a| a.version).ok_or_else(
-                || {
-                    ApiError::bad_request(
-                        "no_baseline",
-                        format!("{} has no assignment to take a baseline from: name one", req.model),
-                    )
-                },
-            )?
-        }
+        None => current_release(&state, &req.model).await?.ok_or_else(|| {
+            ApiError::bad_request(
+                "no_baseline",
+                format!("{} has no assignment to take a baseline from: name one", req.model),
+            )
+        })?,
     };
     if baseline == req.release {
         return Err(ApiError::bad_request("invalid_rollout", "the baseline and the new release are the same"));

@@ -90,17 +90,27 @@ fn judge(gate: Gate, class: &str, new: &Stats, old: &Stats, min: u64) -> GateRes
             (v, (new.installs, old.installs))
         }
     };
-    let verdict = if samples.0 == 0 && samples.1 == 0 && matches!(gate, Gate::EnergyRatio { .. }) {
+    let judged = |value: Option<f64>| match value {
+        None => Verdict::Unavailable,
+        Some(v) if v.is_finite() && v <= threshold => Verdict::Pass,
+        Some(_) => Verdict::Fail,
+    };
+    let reached = new.requests > 0 || new.installs > 0 || new.install_failures > 0;
+    let verdict = if !reached {
+        // The waves so far hold no device of this class (or none has said a word): the wave that reaches the
+        // class judges it. Holding here would hold every wave short of 100 % forever on a mixed fleet.
+        Verdict::NotReached
+    } else if samples.0 == 0 && samples.1 == 0 && matches!(gate, Gate::EnergyRatio { .. }) {
         Verdict::Unavailable
-    } else if samples.0 < min || (samples.1 < min && !matches!(gate, Gate::InstallFailureRatio { .. })) {
-        // Installs of the new release are judged on their own: the baseline's installs are long done.
+    } else if let Gate::InstallFailureRatio { .. } = gate {
+        // Installs of the new release are judged on their own (the baseline's are long done), from the first:
+        // each is one device's whole verdict on the release, and a class has only as many as it has devices in
+        // the wave — `min_samples`, a count of requests, would hold a small class forever.
+        if samples.0 == 0 { Verdict::TooFewSamples } else { judged(value) }
+    } else if samples.0 < min || samples.1 < min {
         Verdict::TooFewSamples
     } else {
-        match value {
-            None => Verdict::Unavailable,
-            Some(v) if v.is_finite() && v <= threshold => Verdict::Pass,
-            Some(_) => Verdict::Fail,
-        }
+        judged(value)
     };
     GateResult {
         gate,
@@ -145,8 +155,11 @@ pub fn evaluate(r: &Rollout, state: &State, seen: &Observations, withdrawn: bool
                 }
             } else {
                 let baked = r.waves.get(*wave).is_none_or(|w| now - since >= (w.bake_secs as i64).saturating_mul(1000));
-                // A wave advances once baked and once every gate could judge: too few samples holds it.
-                let judged = gates.iter().all(|g| matches!(g.verdict, Verdict::Pass | Verdict::Unavailable));
+                // A wave advances once baked and once every gate of every class it reached could judge: too
+                // few samples holds it.
+                let judged = gates
+                    .iter()
+                    .all(|g| matches!(g.verdict, Verdict::Pass | Verdict::Unavailable | Verdict::NotReached));
                 if baked && judged {
                     if wave + 1 < r.waves.len() { State::Running { wave: wave + 1, since: now } } else { State::Done }
                 } else {
@@ -291,6 +304,9 @@ mod tests {
             1,
             "rolled back: install failure ratio on raspberry-pi-5 is 0.100",
         );
+        // Install failures are judged from the first install, whatever min_samples: one device of one.
+        let first = Stats { installs: 1, install_failures: 1, ..healthy() };
+        check(RollBack, seen("raspberry-pi-5", first, healthy()), false, 1, "rolled back: install failure ratio");
         // Too few samples: a terrible ratio is not judged, and the wave is held even when baked.
         check(
             Pause,
@@ -307,6 +323,22 @@ mod tests {
             10,
             "running wave 1",
         );
+        // A class the waves have not reached (baseline numbers only) is not judged and does not hold the wave;
+        // a reached class with too few samples still does.
+        let mut mixed = ok();
+        mixed.insert("raspberry-pi-5".into(), (Stats::default(), healthy()));
+        check(Pause, mixed.clone(), false, 10, "running wave 1");
+        mixed.insert("jetson-orin".into(), (stats(5, 0, 10.0, None), healthy()));
+        check(Pause, mixed, false, 10, "running wave 0 since 0");
+        let r = rollout(OnFailure::Pause);
+        let e = evaluate(
+            &r,
+            &State::Running { wave: 0, since: 0 },
+            &seen("raspberry-pi-5", Stats::default(), healthy()),
+            false,
+            0,
+        );
+        assert!(e.gates.iter().all(|g| g.verdict == Verdict::NotReached), "{:#?}", e.gates);
         // A release withdrawn mid-rollout: aborted, whatever the gates say.
         check(Pause, ok(), true, 10, "aborted: release 2 was withdrawn");
         // One class failing is enough, whatever the others do.

@@ -182,7 +182,7 @@ export interface GateResult {
   threshold: number;
   samples_new: number;
   samples_baseline: number;
-  verdict: "pass" | "fail" | "too_few_samples" | "unavailable";
+  verdict: "pass" | "fail" | "too_few_samples" | "unavailable" | "not_reached";
 }
 export type RolloutState =
   | { state: "running"; wave: number; since: number }

@@ -29,6 +29,7 @@ const VERDICT: Record<GateResult["verdict"], [string, string]> = {
   fail: ["FAIL", "bad"],
   too_few_samples: ["too few samples", "muted"],
   unavailable: ["no sensor", "muted"],
+  not_reached: ["not reached yet", "muted"],
 };
 
 export function rolloutsPage(_ctx: Ctx): Page {
