@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The edgefleet demo, on real models with real ONNX Runtime: keys and a trust root, magika and silero-vad packed
-# into signed releases with fp32 and int8 variants, verified, golden-checked, then attacked and refused, and the
-# root rotated to revoke a release key. Everything it makes is under build/demo/ (ignored by git).
+# The edgefleet demo, the whole lifecycle on real models with real ONNX Runtime: keys and a trust root, magika
+# and silero-vad packed into signed releases with a variant per kind of hardware, verified, golden-checked,
+# attacked and refused; a control plane on SQLite; three devices (a Snapdragon phone, a Jetson, a Raspberry Pi:
+# real daemons on fixture files of those devices) that enroll, install the variant for their hardware and
+# serve; release 2 rolled out in waves gated on the devices' own latency and energy; the root rotated to revoke
+# a release key, reaching the running devices. Everything it makes is under build/demo/ (ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -33,11 +36,16 @@ step "Trust root: release manifests need BOTH alice and bob (threshold 2)"
 "$E" trust sign root.json --key root.key
 "$E" trust show root.json
 
-step "Pack magika (file-type detection): fp32 and int8 variants, golden vectors from real files"
-"$E" release pack --model magika --version 1 --description "magika standard_v3_3" \
-  --variant "id=cpu-fp32,file=$C/models/magika/model.onnx,precision=fp32,providers=CPUExecutionProvider" \
-  --variant "id=cpu-int8,file=$C/models/magika/model-int8.onnx,precision=int8,providers=CPUExecutionProvider,arch=x86_64+aarch64" \
-  --samples "$C/samples/magika.safetensors" -o magika-1
+step "Pack magika (file-type detection): a variant per kind of hardware, best first, golden vectors from real files"
+pack_magika() { # version, description
+  "$E" release pack --model magika --version "$1" --description "$2" \
+    --variant "id=hexagon-int8,file=$C/models/magika/model-int8.onnx,precision=int8,providers=QNNExecutionProvider" \
+    --variant "id=tensorrt-fp32,file=$C/models/magika/model.onnx,precision=fp32,providers=TensorrtExecutionProvider" \
+    --variant "id=cpu-int8,file=$C/models/magika/model-int8.onnx,precision=int8,arch=x86_64+aarch64" \
+    --variant "id=cpu-fp32,file=$C/models/magika/model.onnx,precision=fp32" \
+    --reference "$C/models/magika/model.onnx" --samples "$C/samples/magika.safetensors" -o "magika-$1"
+}
+pack_magika 1 "magika standard_v3_3"
 
 step "Pack silero-vad (voice activity): the recurrent state is left out of the int8 check, the probability is held to 0.01"
 "$E" release pack --model silero-vad --version 1 --description "silero-vad 16 kHz; int8 checks output only" \
@@ -90,6 +98,7 @@ echo "   release 1 was signed by alice and bob; under root v2 bob no longer coun
 refused "$E" release verify magika-1 --root root.json --chain root-2.json
 "$E" release sign magika-1 --key carol.key
 "$E" release verify magika-1 --root root.json --chain root-2.json
+echo "   (root v2 stays on this desk for now: the control plane starts on root v1, and gets v2 at the end)"
 
 step "Control plane: edgefleet-server on SQLite in build/demo/server (self-signed TLS, device CA made at first start)"
 export EDGEFLEET_DATA_DIR="$PWD/server" EDGEFLEET_TRUST_ROOT="$PWD/root.json" EDGEFLEET_FLEET_KEY="$PWD/fleet.key"
@@ -112,36 +121,105 @@ refused "$E" release push edited
 "$E" models
 "$E" releases magika
 
-step "Operate: a one-time enrollment token for EU devices, an assignment"
-token=$("$E" --json enroll-token create --label region=eu | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-echo "   enrollment token ${token:0:16}... (one-time, labels region=eu)"
+step "Operate: magika release 1 assigned to the EU devices (each device enrolls below with a one-time token)"
 "$E" assign magika 1 --selector region=eu
 
-step "A device: edgefleet-daemon on this very machine (hardware read from /), enrolls, installs, serves"
-"$DAEMON" hardware | sed 's/^/   /'
-RUST_LOG=warn "$DAEMON" run --server "$url" --server-ca server/tls/server.crt --data-dir device \
-  --trust-root root.json --device-id demo-edge-1 --enroll-token "$token" --ort-lib "$EDGEFLEET_ORT_LIB" \
-  --listen 127.0.0.1:0 --wait 2 --bake-secs 2 --metrics-interval-secs 2 > daemon.log 2>&1 &
-daemon_pid=$!
-trap 'kill $server_pid $daemon_pid 2>/dev/null || true' EXIT
-for _ in $(seq 1 100); do grep -q "serving v2 on" daemon.log 2>/dev/null && break; sleep 0.1; done
-v2=$(sed -n 's/^edgefleet-daemon serving v2 on //p' daemon.log)
-for _ in $(seq 1 300); do curl -sf "$v2/v2/models/magika/ready" >/dev/null 2>&1 && break; sleep 0.2; done
-echo "   v2 API at $v2; magika metadata:"
-curl -s "$v2/v2/models/magika" | python3 -c 'import json,sys; e=json.load(sys.stdin)["edgefleet"]; print("   release %s, variant %s, slot %s, provider %s" % (e["release"], e["variant"], e["slot"], e["provider"]))'
-echo "   inference requests, as an app on the device would send them:"
-python3 "$REPO/scripts/magika_infer.py" "$v2" "$C/models/magika/config.min.json" \
-  ../../scripts/make_samples.py ../../Cargo.toml ../../README.md root.json
-# The release is committed once it survived its bake window.
-for _ in $(seq 1 100); do grep -q '"magika"' device/state.json 2>/dev/null && break; sleep 0.1; done
-"$DAEMON" status --data-dir device | sed 's/^/   /'
+step "Three devices: real edgefleet-daemons, each on the files a real device shows (fixtures/hardware/)"
+fixtures=(hexagon-phone jetson-agx-orin raspberry-pi-5)
+urls=()
+pids=()
+trap 'kill $server_pid ${pids[*]} 2>/dev/null || true' EXIT
+for f in "${fixtures[@]}"; do
+  cp -r "$REPO/fixtures/hardware/$f" "hw-$f"
+  labels=(--label region=eu)
+  [ "$f" = hexagon-phone ] && labels+=(--label ring=canary)
+  token=$("$E" --json enroll-token create "${labels[@]}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+  class=$("$DAEMON" --hardware-root "hw-$f" hardware --json | python3 -c 'import json,sys; p=json.load(sys.stdin)["profile"]; print("%s (%s; power: %s)" % (p["device_class"], ", ".join(p["execution_providers"]), p["power"]))')
+  echo "   $f: $class; one-time token ${token:0:12}... labels ${labels[*]//--label /}"
+  RUST_LOG=warn "$DAEMON" --hardware-root "hw-$f" run --server "$url" --server-ca server/tls/server.crt \
+    --data-dir "device-$f" --trust-root root.json --device-id "$f" --enroll-token "$token" \
+    --ort-lib "$EDGEFLEET_ORT_LIB" --listen 127.0.0.1:0 --wait 2 --bake-secs 2 --metrics-interval-secs 2 \
+    > "daemon-$f.log" 2>&1 &
+  pids+=($!)
+done
+for f in "${fixtures[@]}"; do
+  for _ in $(seq 1 100); do grep -q "serving v2 on" "daemon-$f.log" 2>/dev/null && break; sleep 0.1; done
+  urls+=("$(sed -n 's/^edgefleet-daemon serving v2 on //p' "daemon-$f.log")")
+done
+all_urls=$(IFS=,; echo "${urls[*]}")
+serving() { # release: waits until every device serves it
+  for u in "${urls[@]}"; do
+    for _ in $(seq 1 300); do
+      curl -sf "$u/v2/models/magika" 2>/dev/null | grep -q "\"release\":$1[,}]" && break; sleep 0.2
+    done
+  done
+}
+serving 1
+echo "   each device runs the variant for its hardware (this machine's ONNX Runtime is the CPU build, so an"
+echo "   accelerator's provider is tried, found missing and fallen back from — and the device says so):"
+for i in "${!fixtures[@]}"; do
+  curl -s "${urls[$i]}/v2/models/magika" | python3 -c 'import json,sys; e=json.load(sys.stdin)["edgefleet"]; print("   %-16s release %s, variant %-14s on %s%s" % (sys.argv[1], e["release"], e["variant"], e["provider"], ("; " + "; ".join(e["fallbacks"])) if e["fallbacks"] else ""))' "${fixtures[$i]}"
+done
+echo "   inference requests, as an app on each device would send them:"
+python3 "$REPO/scripts/magika_infer.py" "$all_urls" "$C/models/magika/config.min.json" ../../scripts/make_samples.py ../../README.md
 "$E" devices list
 
-step "Telemetry: the device's OpenTelemetry metrics reached the control plane (what rollout gates judge)"
-metrics() { curl -s --cacert server/tls/server.crt -H "authorization: Bearer $admin" "$url/metrics"; }
-for _ in $(seq 1 100); do metrics | grep -q '^edgefleet_inference_requests_total{model="magika"' && break; sleep 0.2; done
-echo "   from $url/metrics, as Prometheus scrapes it (dashboards/grafana has a dashboard for it):"
-metrics | grep -E '^edgefleet_(devices|inference_requests_total|inference_latency_seconds|otlp_points_total)' | sed 's/^/   /'
+step "Release 2, rolled out in waves: the canary phone, then half, then all — each wave gated on what devices report"
+pack_magika 2 "magika standard_v3_3, release 2"
+# alice and bob count under root v1; carol counts from v2 on, so release 2 stays valid across the rotation.
+"$E" release sign magika-2 --key alice.key --key bob.key --key carol.key
+"$E" release push magika-2
+echo "   a steady load on the three devices (their OpenTelemetry metrics are what the gates judge):"
+python3 "$REPO/scripts/magika_infer.py" "$all_urls" "$C/models/magika/config.min.json" \
+  ../../scripts/make_samples.py ../../README.md ../../Cargo.toml --for-secs 150 &
+load_pid=$!
+sleep 12 # release 1's own numbers first: the baseline each class is compared with
+rollout=$("$E" --json rollout create magika 2 --selector region=eu \
+  --wave ring=canary:5s --wave 50:5s --wave 100:5s \
+  --gate error-rate=0.02 --gate p95-ratio=3 --gate energy-ratio=3 --gate install-failures=0.1 \
+  --min-samples 20 --on-failure rollback | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+last=""
+for _ in $(seq 1 600); do
+  now=$("$E" --json rollout status "$rollout" | python3 -c 'import json,sys; s=json.load(sys.stdin); st=s["state"]; print(st["state"] + (" wave %d" % (st["wave"] + 1) if "wave" in st else "") + (", %g %% of devices" % s["share_percent"]))')
+  [ "$now" != "$last" ] && echo "   $(date +%T) $rollout: $now" && last=$now
+  case "$now" in running*|paused*) sleep 0.5 ;; *) break ;; esac
+done
+"$E" rollout status "$rollout" | sed 's/^/   /'
+case "$last" in done*) ;; *) echo "!! the rollout did not finish" >&2; exit 1 ;; esac
+serving 2
+kill $load_pid 2>/dev/null; wait $load_pid 2>/dev/null || true
+python3 "$REPO/scripts/magika_infer.py" "$all_urls" "$C/models/magika/config.min.json" ../../scripts/make_samples.py
+
+step "Telemetry: the devices' OpenTelemetry metrics, per release and class (what the gates judged)"
+api() { curl -sf --cacert server/tls/server.crt -H "authorization: Bearer $admin" "$url$1"; }
+api /api/v1/models/magika/telemetry | python3 -c '
+import json, sys
+rows = {}
+for w in json.load(sys.stdin)["windows"]:
+    r = rows.setdefault((w["release"], w["device_class"]), {"requests": 0, "p95": [], "j": []})
+    r["requests"] += w["requests"]
+    if w["p95_ms"] is not None: r["p95"].append(w["p95_ms"])
+    if w["joules_per_inference"] is not None: r["j"].append(w["joules_per_inference"])
+for (release, cls), r in sorted(rows.items()):
+    p95 = "p95 %.1f ms" % max(r["p95"]) if r["p95"] else "no latency"
+    j = "%.3f J/inference" % (sum(r["j"]) / len(r["j"])) if r["j"] else "no power sensor: no energy figure"
+    print("   release %d on %-17s %5d requests, %s, %s" % (release, cls, r["requests"], p95, j))'
+echo "   and at $url/metrics, as Prometheus scrapes it (dashboards/grafana has a dashboard for it):"
+api /metrics | grep -E '^edgefleet_(devices|inference_requests_total)' | sed 's/^/   /'
+
+step "Root rotation reaches the running fleet: root v2 (bob revoked, carol added) handed to the control plane"
+"$E" trust push root-2.json
+for f in "${fixtures[@]}"; do
+  for _ in $(seq 1 100); do
+    [ "$("$E" --json devices show "$f" | python3 -c 'import json,sys; print(json.load(sys.stdin)["report"].get("root_version"))')" = 2 ] && break
+    sleep 0.2
+  done
+  echo "   $f verifies with root version $(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["signed"]["version"])' "device-$f/trust/root.json") (no restart)"
+done
+echo "   a release only bob signed is refused now:"
+pack_magika 3 "signed by bob alone" >/dev/null
+"$E" release sign magika-3 --key bob.key
+refused "$E" release push magika-3
 
 step "The web dashboard: served by the control plane itself"
 viewer=$("$S" token create --name demo-viewer --role viewer)
@@ -152,12 +230,13 @@ echo "   open $url/ and sign in with the viewer token $viewer"
 echo "   (the certificate is the server's own: build/demo/server/tls/server.crt, fingerprint $fingerprint)"
 
 step "The audit log tells the story"
-"$E" audit --limit 14
+"$E" audit --limit 20
 if [ "${KEEP:-}" = 1 ]; then
-  echo "KEEP=1: the server and the device keep running for the dashboard; Ctrl-C stops them"
+  echo "KEEP=1: the server and the devices keep running for the dashboard; Ctrl-C stops them"
   wait $server_pid
 fi
-kill $daemon_pid $server_pid 2>/dev/null; wait $daemon_pid $server_pid 2>/dev/null || true
+step "A clean stop: devices and server get SIGTERM"
+kill "${pids[@]}" $server_pid 2>/dev/null; wait "${pids[@]}" $server_pid 2>/dev/null || true
 trap - EXIT
 
 step "Done. Everything is in build/demo/ (the server's data in build/demo/server)"

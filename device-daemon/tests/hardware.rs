@@ -267,3 +267,20 @@ fn the_binary_prints_the_profile() {
     assert_eq!(v["profile"]["device_class"], "x86-server");
     assert_eq!(v["class"], "x86-server");
 }
+
+#[test]
+fn the_shared_fixture_trees_detect_as_their_class() {
+    // `fixtures/hardware/`, which the e2e tests and the demo give real daemons as their hardware root.
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/hardware");
+    for (name, class, power) in [
+        ("hexagon-phone", DeviceClass::QualcommHexagon, "power_supply"),
+        ("jetson-agx-orin", DeviceClass::NvidiaJetson, "ina3221"),
+        ("intel-npu-laptop", DeviceClass::IntelNpu, "rapl"),
+        ("raspberry-pi-5", DeviceClass::RaspberryPi, "unavailable"),
+        ("x86-server", DeviceClass::X86Server, "unavailable"),
+    ] {
+        let d = detect(&dir.join(name));
+        assert_eq!(d.class, class, "{name}: {:#?}", d.evidence);
+        assert_eq!(d.profile.power, power, "{name}");
+    }
+}

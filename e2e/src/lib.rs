@@ -459,8 +459,8 @@ pub fn classify(client: &reqwest::blocking::Client, daemon: &Daemon) -> Option<(
     Some((v["model_version"].as_str()?.to_owned(), magika_labels()[best].clone()))
 }
 
-/// A device's hardware, as the files it shows under `/` (contents from `shared/HARDWARE-FACTS.md`, which cites
-/// where each comes from). `device-daemon/tests/hardware.rs` checks detection on these and more; here they make
+/// A device's hardware, as the files it shows under `/` (`fixtures/hardware/`, from `shared/HARDWARE-FACTS.md`,
+/// which cites where each comes from). `device-daemon/tests/hardware.rs` checks detection on these and more; here they make
 /// real daemons believe they are these devices. ONNX Runtime here is the CPU-only build, so an accelerator's
 /// execution provider is tried, found missing and fallen back from, as on a device whose driver is absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -476,8 +476,6 @@ pub enum Fixture {
     /// An x86 server (a VM: AVX-512, no RAPL exposed).
     X86Server,
 }
-
-const CPUINFO_ARM: &str = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\n";
 
 impl Fixture {
     pub const ALL: [Fixture; 5] = [
@@ -499,78 +497,31 @@ impl Fixture {
         }
     }
 
-    /// The files, by path under `/`.
-    pub fn files(self) -> Vec<(&'static str, String)> {
-        let f = |p: &'static str, c: &str| (p, c.to_owned());
+    /// Its directory under `fixtures/hardware/`.
+    pub fn name(self) -> &'static str {
         match self {
-            Fixture::HexagonPhone => vec![
-                f("sys/devices/soc0/family", "Snapdragon\n"),
-                f("sys/devices/soc0/soc_id", "519\n"),
-                f("sys/devices/soc0/machine", "SM8550\n"),
-                f("proc/device-tree/compatible", "qcom,sm8550-qrd\0qcom,sm8550\0"),
-                f("dev/fastrpc-cdsp", ""),
-                f("proc/cpuinfo", CPUINFO_ARM),
-                f("proc/meminfo", "MemTotal:        7999136 kB\n"),
-                f("sys/class/power_supply/battery/type", "Battery\n"),
-                f("sys/class/power_supply/battery/power_now", "-2150000\n"),
-            ],
-            Fixture::JetsonOrin => vec![
-                f(
-                    "etc/nv_tegra_release",
-                    "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64\n",
-                ),
-                f("proc/device-tree/compatible", "nvidia,p3737-0000+p3701-0000\0nvidia,p3701-0000\0nvidia,tegra234\0"),
-                f("proc/device-tree/model", "NVIDIA Jetson AGX Orin Developer Kit\0"),
-                f("sys/devices/soc0/family", "Tegra\n"),
-                f("sys/devices/soc0/soc_id", "35\n"),
-                f("proc/cpuinfo", CPUINFO_ARM),
-                f("proc/meminfo", "MemTotal:       32568144 kB\n"),
-                // AGX Orin's 0x40 rails; no rail measures the whole module, so the daemon sums them.
-                f("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/in1_label", "VDD_GPU_SOC\n"),
-                f("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/in1_input", "843\n"),
-                f("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/curr1_input", "6170\n"),
-                f("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/in3_label", "VIN_SYS_5V0\n"),
-                f("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/in3_input", "4968\n"),
-                f("sys/bus/i2c/drivers/ina3221/1-0040/hwmon/hwmon3/curr3_input", "953\n"),
-            ],
-            Fixture::IntelNpuLaptop => vec![
-                f("dev/accel/accel0", ""),
-                f("sys/class/accel/accel0/device/vendor", "0x8086\n"),
-                f("sys/class/accel/accel0/device/device", "0x7d1d\n"),
-                f(
-                    "proc/cpuinfo",
-                    "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Core(TM) Ultra 7 155H\nflags\t\t: fpu sse sse2 avx avx2 fma avx_vnni\n",
-                ),
-                f("proc/meminfo", "MemTotal:       16127920 kB\n"),
-                f("sys/class/powercap/intel-rapl:0/name", "package-0\n"),
-                f("sys/class/powercap/intel-rapl:0/energy_uj", "48213345678\n"),
-                f("sys/class/powercap/intel-rapl:0/max_energy_range_uj", "262143328850\n"),
-            ],
-            Fixture::RaspberryPi5 => vec![
-                f("proc/device-tree/compatible", "raspberrypi,5-model-b\0brcm,bcm2712\0"),
-                f("proc/device-tree/model", "Raspberry Pi 5 Model B Rev 1.0\0"),
-                f("proc/cpuinfo", CPUINFO_ARM),
-                f("proc/meminfo", "MemTotal:        7999136 kB\n"),
-                f("sys/class/hwmon/hwmon0/name", "cpu_thermal\n"),
-                f("sys/class/hwmon/hwmon0/temp1_input", "52350\n"),
-            ],
-            Fixture::X86Server => vec![
-                f(
-                    "proc/cpuinfo",
-                    "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n",
-                ),
-                f("proc/meminfo", "MemTotal:       16127920 kB\n"),
-            ],
+            Fixture::HexagonPhone => "hexagon-phone",
+            Fixture::JetsonOrin => "jetson-agx-orin",
+            Fixture::IntelNpuLaptop => "intel-npu-laptop",
+            Fixture::RaspberryPi5 => "raspberry-pi-5",
+            Fixture::X86Server => "x86-server",
         }
     }
 
-    /// Writes the files under `w/<dir>/`.
+    /// Copies the fixture's files (`fixtures/hardware/<name>/`) to `w/<dir>/`, where a test may change them.
     pub fn write(self, w: &Workdir, dir: &str) {
-        for (path, content) in self.files() {
-            let p = w.path(dir).join(path);
-            std::fs::create_dir_all(p.parent().expect("parent")).expect("hardware fixture");
-            std::fs::write(&p, content).expect("hardware fixture");
+        fn copy(from: &Path, to: &Path) {
+            std::fs::create_dir_all(to).expect("hardware fixture");
+            for e in std::fs::read_dir(from).expect("hardware fixture").flatten() {
+                let (src, dst) = (e.path(), to.join(e.file_name()));
+                if src.is_dir() {
+                    copy(&src, &dst);
+                } else {
+                    std::fs::copy(&src, &dst).expect("hardware fixture");
+                }
+            }
         }
+        copy(&repo().join("fixtures/hardware").join(self.name()), &w.path(dir));
     }
 }
 

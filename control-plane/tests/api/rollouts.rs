@@ -104,7 +104,6 @@ async fn rollouts_move_devices_in_waves_and_gates_roll_back(backend: Backend) {
     let moved = edgefleet_server::rollout::engine::evaluate_all(&app.state, edgefleet_server::state::now_ms())
         .await
         .expect("evaluate");
-    assert_eq!(moved, 1);
     let shown: RolloutView = app
         .client()
         .get(app.url(&format!("/rollouts/{id}")))
@@ -115,6 +114,8 @@ async fn rollouts_move_devices_in_waves_and_gates_roll_back(backend: Backend) {
         .json()
         .await
         .expect("view");
+    // With what the evaluation saw, should this fail again (it has, rarely: see .config/nextest.toml).
+    assert_eq!(moved, 1, "{:?}; gates {:#?}", shown.state, shown.gate_results);
     assert_eq!(shown.state.name(), "rolled_back", "{:?}", shown.state);
     let p95 = shown.gate_results.iter().find(|g| g.gate.name() == "p95 latency ratio").expect("p95 gate");
     assert_eq!(p95.class, "x86-server");
