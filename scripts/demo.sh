@@ -133,9 +133,10 @@ for f in "${fixtures[@]}"; do
   cp -r "$REPO/fixtures/hardware/$f" "hw-$f"
   labels=(--label region=eu)
   [ "$f" = hexagon-phone ] && labels+=(--label ring=canary)
+  shown=$(printf '%s ' "${labels[@]}" | sed 's/--label //g')
   token=$("$E" --json enroll-token create "${labels[@]}" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
   class=$("$DAEMON" --hardware-root "hw-$f" hardware --json | python3 -c 'import json,sys; p=json.load(sys.stdin)["profile"]; print("%s (%s; power: %s)" % (p["device_class"], ", ".join(p["execution_providers"]), p["power"]))')
-  echo "   $f: $class; one-time token ${token:0:12}... labels ${labels[*]//--label /}"
+  echo "   $f: $class; one-time token ${token:0:12}... labels $shown"
   RUST_LOG=warn "$DAEMON" --hardware-root "hw-$f" run --server "$url" --server-ca server/tls/server.crt \
     --data-dir "device-$f" --trust-root root.json --device-id "$f" --enroll-token "$token" \
     --ort-lib "$EDGEFLEET_ORT_LIB" --listen 127.0.0.1:0 --wait 2 --bake-secs 2 --metrics-interval-secs 2 \

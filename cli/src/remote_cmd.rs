@@ -168,7 +168,7 @@ pub fn run(cmd: Command, out: &Out) -> anyhow::Result<()> {
                     s(e, "action"),
                     s(e, "target"),
                     s(e, "source"),
-                    e["detail"]
+                    brief(&e["detail"])
                 );
             }
             out.emit(t.trim_end(), v);
@@ -265,4 +265,13 @@ pub fn push(release: &Path, out: &Out) -> anyhow::Result<()> {
         json!({"published": v, "uploaded": uploaded, "skipped": skipped}),
     );
     Ok(())
+}
+
+/// An audit entry's detail for a terminal line: as it is when short; otherwise cut (`--json` has it whole).
+fn brief(detail: &serde_json::Value) -> String {
+    let text = detail.to_string();
+    match text.char_indices().nth(160) {
+        Some((i, _)) => format!("{}… (--json for all of it)", &text[..i]),
+        None => text,
+    }
 }

@@ -251,7 +251,11 @@ impl Layout {
 }
 
 /// A device's HTTPS client: the server's certificate as trust anchor, the device's certificate once enrolled.
-pub fn http_client(server_ca: &Path, identity: Option<(&Path, &Path)>) -> anyhow::Result<reqwest::Client> {
+pub fn http_client(
+    server_ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    read_timeout: Duration,
+) -> anyhow::Result<reqwest::Client> {
     let pem = std::fs::read(server_ca).with_context(|| format!("reading {}", server_ca.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pemfile::certs(&mut pem.as_slice()) {
@@ -272,9 +276,9 @@ pub fn http_client(server_ca: &Path, identity: Option<(&Path, &Path)>) -> anyhow
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
         .connect_timeout(Duration::from_secs(10))
-        // No total timeout (a large model on a slow link may take long); a connection silent for 90 s is
-        // dropped, and the download resumes from its partial file on the next pass.
-        .read_timeout(Duration::from_secs(90))
+        // No total timeout (a large model on a slow link may take long); a connection silent for
+        // `read_timeout` is dropped, and the download resumes from its partial file on the next pass.
+        .read_timeout(read_timeout)
         .build()?)
 }
 
@@ -282,7 +286,7 @@ pub fn http_client(server_ca: &Path, identity: Option<(&Path, &Path)>) -> anyhow
 pub async fn enroll(
     layout: &Layout,
     server: &str,
-    server_ca: &Path,
+    anonymous: &reqwest::Client,
     token: &str,
     device: &DeviceId,
     hardware: &HardwareProfile,
@@ -294,7 +298,7 @@ pub async fn enroll(
     std::fs::create_dir_all(&dir)?;
     let key = rcgen::KeyPair::generate()?;
     let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?.pem()?;
-    let resp = http_client(server_ca, None)?
+    let resp = anonymous
         .post(format!("{server}/api/v1/enroll"))
         .json(&serde_json::json!({"token": token, "device_id": device, "csr_pem": csr, "hardware": hardware}))
         .send()

@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// Longest check-in long-poll, seconds.
     #[arg(long, env = "EDGEFLEET_WAIT", default_value_t = 30)]
     pub wait: u64,
+    /// A connection to the server silent this long, seconds, is dropped: a stalled download resumes from its
+    /// partial file on the next pass. Must exceed --wait (a long-poll is silent until it answers).
+    #[arg(long, env = "EDGEFLEET_READ_TIMEOUT_SECS", default_value_t = 90)]
+    pub read_timeout_secs: u64,
     /// Bake window after a swap, seconds: the new release is watched and rolled back if too many requests fail.
     #[arg(long, env = "EDGEFLEET_BAKE_SECS", default_value_t = 30)]
     pub bake_secs: u64,
@@ -186,14 +190,21 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
     let layout = Layout { root: args.data_dir.clone() };
     std::fs::create_dir_all(&layout.root)?;
     let limits = Limits::default();
-    let anonymous = http_client(&args.server_ca, None)?;
+    anyhow::ensure!(
+        args.read_timeout_secs > args.wait,
+        "--read-timeout-secs ({}) must exceed --wait ({}): a long-poll is silent until it answers",
+        args.read_timeout_secs,
+        args.wait
+    );
+    let read_timeout = Duration::from_secs(args.read_timeout_secs);
+    let anonymous = http_client(&args.server_ca, None, read_timeout)?;
     let root = trusted_root(&layout, &args, &limits, &anonymous).await?;
     if !layout.cert().exists() {
         let token = args.enroll_token.as_deref().context("not enrolled yet: give --enroll-token")?;
-        enroll(&layout, &args.server, &args.server_ca, token, &args.device_id, &detection.profile).await?;
+        enroll(&layout, &args.server, &anonymous, token, &args.device_id, &detection.profile).await?;
         tracing::info!(device = %args.device_id, "enrolled");
     }
-    let client = http_client(&args.server_ca, Some((&layout.cert(), &layout.key())))?;
+    let client = http_client(&args.server_ca, Some((&layout.cert(), &layout.key())), read_timeout)?;
     // Before any model loads, so every release's instruments report to it.
     let endpoint = match args.metrics_endpoint.as_deref() {
         Some("off") => None,
@@ -252,14 +263,19 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         match agent.reconcile(&mut state, args.wait).await {
             Ok(checkin) => {
                 failures = 0;
-                // A rotation: the server is on a newer root than this device.
+                // A rotation: the server is on a newer root than this device. Walked to it, the device checks in
+                // again at once, so its report (and any document the new root changes) follows without delay.
                 if let Some(latest) = checkin.root_version.filter(|v| *v > agent.root.version) {
                     let stored = layout.trusted_root();
                     let walked =
                         walk_roots(agent.root.clone(), latest, &args.server, &agent.client, &stored, &agent.limits)
                             .await;
                     match walked {
-                        Ok(root) => agent.root = root,
+                        Ok(root) if root.version > agent.root.version => {
+                            agent.root = root;
+                            continue;
+                        }
+                        Ok(_) => {}
                         Err(e) => tracing::warn!(error = %format!("{e:#}"), "storing a newer root failed"),
                     }
                 }

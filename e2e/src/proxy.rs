@@ -1,7 +1,8 @@
 //! A small fault-injecting TCP proxy for tests, on loopback: it forwards bytes between a client and an
-//! upstream, and for the first `faulty` connections it cuts (closes both ways) or corrupts (flips one byte of)
-//! the upstream→client stream after `after` bytes. Under TLS a cut is a truncated download and a flipped byte
-//! fails the record's integrity check; either way the client must retry and must never use what it got.
+//! upstream, and for the first `faulty` connections it cuts (closes both ways), corrupts (flips one byte of) or
+//! stalls (sends nothing more, holding the connection open) the upstream→client stream after `after` bytes.
+//! Under TLS a cut is a truncated download and a flipped byte fails the record's integrity check; a stall is
+//! only noticed by a client's read timeout. Either way the client must retry and must never use what it got.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -14,6 +15,8 @@ pub enum Fault {
     Cut,
     /// Flip one byte at offset `after` of the upstream→client stream, then keep forwarding.
     Corrupt,
+    /// Forward `after` bytes, then nothing more, holding the connection open until the client gives up.
+    Stall,
 }
 
 /// What the proxy did, for assertions.
@@ -80,9 +83,12 @@ impl Drop for FaultProxy {
 fn pipe(client: TcpStream, server: TcpStream, fault: Option<Fault>, after: u64, counts: Arc<ProxyCounts>) {
     let (mut c_read, mut s_write) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
     // client → upstream: as it is.
+    let client_gone = Arc::new(AtomicBool::new(false));
+    let gone = client_gone.clone();
     std::thread::spawn(move || {
         let _ = std::io::copy(&mut c_read, &mut s_write);
         let _ = s_write.shutdown(Shutdown::Write);
+        gone.store(true, Ordering::Relaxed);
     });
     // upstream → client: counted, and where the fault strikes.
     std::thread::spawn(move || {
@@ -109,6 +115,16 @@ fn pipe(client: TcpStream, server: TcpStream, fault: Option<Fault>, after: u64, 
                         return;
                     }
                     Fault::Corrupt => chunk[at] ^= 0x55,
+                    Fault::Stall => {
+                        let _ = client.write_all(&chunk[..at]);
+                        counts.bytes_down.fetch_add(at as u64, Ordering::Relaxed);
+                        // Silent until the client hangs up (its side of the pipe ends), then gone.
+                        while !client_gone.load(Ordering::Relaxed) {
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                        }
+                        let _ = server.shutdown(Shutdown::Both);
+                        return;
+                    }
                 }
             }
             if client.write_all(chunk).is_err() {

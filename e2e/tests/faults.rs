@@ -1,5 +1,7 @@
 //! Network faults between a real daemon and a real server, through the test's own fault-injecting TCP proxy
-//! (`edgefleet_e2e::proxy`): connections cut mid-download, and a byte flipped on the wire. The daemon retries,
+//! (`edgefleet_e2e::proxy`): connections cut mid-download, a byte flipped on the wire, and connections that
+//! stall mid-download (nothing more sent, held open: only the daemon's read timeout, here 5 s, notices). The
+//! daemon retries,
 //! resumes its download with Range from the bytes it already verified-as-received (it does not start over),
 //! and serves the genuine model; nothing corrupt is ever used.
 
@@ -15,7 +17,7 @@ const FAULTY: u64 = 4;
 const AFTER: u64 = 600_000;
 
 #[test]
-fn downloads_survive_cut_and_corrupted_connections() {
+fn downloads_survive_cut_corrupted_and_stalled_connections() {
     let w = Workdir::new();
     w.trust(&["alice"], 1);
     w.pack_magika("1", "cpu", "model.onnx", "fp32", None);
@@ -29,7 +31,7 @@ fn downloads_survive_cut_and_corrupted_connections() {
     let payload = variant["zstd"]["size"].as_u64().expect("size") + variant["golden"]["size"].as_u64().expect("size");
     let upstream = server.url.trim_start_matches("https://").to_owned();
     let client = http();
-    for (i, fault) in [Fault::Cut, Fault::Corrupt].into_iter().enumerate() {
+    for (i, fault) in [Fault::Cut, Fault::Corrupt, Fault::Stall].into_iter().enumerate() {
         let token = if i == 0 {
             first_token.clone()
         } else {
@@ -38,18 +40,20 @@ fn downloads_survive_cut_and_corrupted_connections() {
         };
         let proxy = FaultProxy::start(&upstream, fault, AFTER, FAULTY);
         let id = format!("edge-{fault:?}").to_lowercase();
-        let daemon = spawn_daemon(daemon_command_via(&w, &server, &proxy.url(), &id, Some(&token)));
+        let mut cmd = daemon_command_via(&w, &server, &proxy.url(), &id, Some(&token));
+        cmd.args(["--read-timeout-secs", "5"]);
+        let daemon = spawn_daemon(cmd);
         let served = eventually(&format!("{fault:?}: release 1 serving"), Duration::from_secs(120), || {
             classify(&client, &daemon).filter(|(v, _)| v == "1")
         });
         assert_eq!(served.1, "python", "{fault:?}: the genuine model answers");
         assert!(proxy.faults() >= 2, "{fault:?}: the proxy struck {} times", proxy.faults());
-        // Resumed, not restarted: what came down through cut connections is the payload plus little, not a
-        // fresh copy per failure. (After a flipped byte the proxy keeps sending into socket buffers until the
-        // client hangs up, so its byte count says nothing there.)
+        // Resumed, not restarted: what came down through cut or stalled connections is the payload plus little,
+        // not a fresh copy per failure. (After a flipped byte the proxy keeps sending into socket buffers until
+        // the client hangs up, so its byte count says nothing there.)
         let down = proxy.counts.bytes_down.load(std::sync::atomic::Ordering::Relaxed);
         assert!(
-            fault != Fault::Cut || down < payload + AFTER,
+            fault == Fault::Corrupt || down < payload + AFTER,
             "{fault:?}: {down} bytes came down for {payload} bytes of blobs after {} faults",
             proxy.faults()
         );
