@@ -203,3 +203,41 @@ fn spec_for_withdrawal() -> serde_json::Value {
 }
 
 crate::both_backends!(rollouts_move_devices_in_waves_and_gates_roll_back);
+
+/// Without a named baseline, a rollout starts from what the newest assignment or rollout of the model left the
+/// devices on: after a finished rollout of release 2, rolling release 3 back must return them to 2, not to the
+/// release the assignment named.
+async fn the_default_baseline_follows_finished_rollouts(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.rollout_eval_secs = 3600.0).await;
+    magika_release_1(&app).await;
+    let publisher = app.token(TokenRole::Publisher).await;
+    for v in [2, 3] {
+        let m = upload_release(&app, &publisher, "magika", v).await;
+        assert_eq!(publish(&app, &publisher, signed(&m, &[key(10), key(11)])).await.status(), 201);
+    }
+    let operator = app.token(TokenRole::Operator).await;
+    let start = |release: u64| {
+        let body = serde_json::json!({"model": "magika", "release": release, "selector": "",
+            "waves": [{"percent": 100, "bake_secs": 3600}], "gates": [], "min_samples": 1, "on_failure": "pause"});
+        let req = app.client().post(app.url("/rollouts")).bearer_auth(&operator).json(&body).send();
+        async move {
+            let r = req.await.expect("post");
+            assert_eq!(r.status(), 201);
+            r.json::<RolloutView>().await.expect("view")
+        }
+    };
+    let act = |id: String, what: &'static str| {
+        let req = app.client().post(app.url(&format!("/rollouts/{id}/{what}"))).bearer_auth(&operator).send();
+        async move { assert_eq!(req.await.expect("post").status(), 200) }
+    };
+    let second = start(2).await;
+    assert_eq!(second.rollout.baseline.get(), 1, "from the assignment");
+    act(second.rollout.id.clone(), "promote").await;
+    let third = start(3).await;
+    assert_eq!(third.rollout.baseline.get(), 2, "from the finished rollout, not the assignment");
+    act(third.rollout.id.clone(), "abort").await;
+    let again = start(3).await;
+    assert_eq!(again.rollout.baseline.get(), 2, "an aborted rollout left devices on its baseline");
+}
+
+crate::both_backends!(the_default_baseline_follows_finished_rollouts);
