@@ -585,3 +585,44 @@ pub fn server_and_token(w: &Workdir, config: Option<&str>) -> (ServerProcess, St
     let token = w.edgefleet(&["--json", "enroll-token", "create", "--label", "site=lab"]).ok().json();
     (server, token["token"].as_str().expect("token").to_owned())
 }
+
+/// A steady magika load on daemons' v2 APIs from a thread: one request at a time, round robin, `pause` between
+/// requests, bounded by `max` requests and `within`. [`Load::finish`] stops it and answers (answered, failed).
+#[derive(Debug)]
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, u64)>,
+}
+
+impl Load {
+    pub fn start(urls: Vec<String>, pause: Duration, max: usize, within: Duration) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let halt = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let client = http();
+            let body = serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32",
+                "data": magika_features(PYTHON_SOURCE)}]});
+            let deadline = Instant::now() + within;
+            let (mut answered, mut failed) = (0, 0);
+            for i in 0..max {
+                if halt.load(std::sync::atomic::Ordering::Relaxed) || Instant::now() > deadline {
+                    break;
+                }
+                let url = format!("{}/v2/models/magika/infer", urls[i % urls.len()]);
+                match client.post(url).json(&body).send() {
+                    Ok(r) if r.status() == 200 => answered += 1,
+                    _ => failed += 1,
+                }
+                std::thread::sleep(pause);
+            }
+            (answered, failed)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the load; answers (answered, failed).
+    pub fn finish(self) -> (u64, u64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().expect("load thread")
+    }
+}

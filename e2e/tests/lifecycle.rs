@@ -12,11 +12,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use edgefleet_e2e::{
-    Daemon, Fixture, ServerProcess, Workdir, cache, classify, daemon_command_on, eventually, http, rapl_ticking,
+    Daemon, Fixture, Load, ServerProcess, Workdir, cache, classify, daemon_command_on, eventually, http, rapl_ticking,
     server_and_token, spawn_daemon,
 };
 use serde_json::Value;
@@ -239,29 +239,9 @@ fn five_kinds_of_device_get_their_variant_through_waves_and_a_bad_variant_is_hal
     // A steady load on every device, bounded in count and time; the laptop's RAPL counter counts meanwhile.
     let stop = Arc::new(AtomicBool::new(false));
     let rapl = rapl_ticking(&w, &format!("hw-{}", Fixture::IntelNpuLaptop.class()), 12.0, stop.clone());
-    let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let urls: Vec<String> = daemons.iter().map(|(_, d)| d.url.clone()).collect();
-    let load = {
-        let (stop, answered, failed) = (stop.clone(), answered.clone(), failed.clone());
-        std::thread::spawn(move || {
-            let client = http();
-            let body = serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32",
-                "data": edgefleet_e2e::magika_features(edgefleet_e2e::PYTHON_SOURCE)}]});
-            let deadline = Instant::now() + Duration::from_secs(400);
-            for i in 0..200_000usize {
-                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-                    break;
-                }
-                let url = format!("{}/v2/models/magika/infer", urls[i % urls.len()]);
-                match client.post(url).json(&body).send() {
-                    Ok(r) if r.status() == 200 => answered.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-                // About 100 requests a second in all: enough samples, and room for five daemons on two cores.
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        })
-    };
+    // About 100 requests a second in all: enough samples, and room for five daemons on two cores.
+    let urls = daemons.iter().map(|(_, d)| d.url.clone()).collect();
+    let load = Load::start(urls, Duration::from_millis(10), 200_000, Duration::from_secs(400));
 
     // Release 1's numbers reach the server from every class before release 2 starts.
     eventually("release 1 reported by every class", Duration::from_secs(120), || {
@@ -383,11 +363,11 @@ fn five_kinds_of_device_get_their_variant_through_waves_and_a_bad_variant_is_hal
         }
     }
 
+    let (answered, failed) = load.finish();
     stop.store(true, Ordering::Relaxed);
-    load.join().expect("load thread");
     rapl.join().expect("RAPL thread");
-    assert!(answered.load(Ordering::Relaxed) > 0);
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed across the swaps");
+    assert!(answered > 0);
+    assert_eq!(failed, 0, "requests failed across the swaps");
     drop(daemons);
     assert!(server.stop().success());
 }

@@ -5,11 +5,11 @@
 //! the numbers the devices reported, the rollout rolls back, both devices serve release 1 again, and the audit
 //! log says why.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use edgefleet_e2e::{Workdir, classify, daemon_command, eventually, http, server_and_token, spawn_daemon, x86_server};
+use edgefleet_e2e::{
+    Load, Workdir, classify, daemon_command, eventually, http, server_and_token, spawn_daemon, x86_server,
+};
 
 #[test]
 fn a_slower_release_is_rolled_back_by_its_latency_gate() {
@@ -49,28 +49,8 @@ fn a_slower_release_is_rolled_back_by_its_latency_gate() {
     }
 
     // A steady load on both devices, one request at a time, bounded in count and time.
-    let stop = Arc::new(AtomicBool::new(false));
-    let (answered, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let urls: Vec<String> = daemons.iter().map(|d| d.url.clone()).collect();
-    let load = {
-        let (stop, answered, failed) = (stop.clone(), answered.clone(), failed.clone());
-        std::thread::spawn(move || {
-            let client = http();
-            let body = serde_json::json!({"inputs": [{"name": "bytes", "shape": [1, 2048], "datatype": "INT32",
-                "data": edgefleet_e2e::magika_features(edgefleet_e2e::PYTHON_SOURCE)}]});
-            let deadline = Instant::now() + Duration::from_secs(240);
-            for i in 0..40_000usize {
-                if stop.load(Ordering::Relaxed) || Instant::now() > deadline {
-                    break;
-                }
-                let url = format!("{}/v2/models/magika/infer", urls[i % urls.len()]);
-                match client.post(url).json(&body).send() {
-                    Ok(r) if r.status() == 200 => answered.fetch_add(1, Ordering::Relaxed),
-                    _ => failed.fetch_add(1, Ordering::Relaxed),
-                };
-            }
-        })
-    };
+    let load =
+        Load::start(daemons.iter().map(|d| d.url.clone()).collect(), Duration::ZERO, 40_000, Duration::from_secs(240));
 
     // The baseline's numbers reach the server before the rollout starts.
     let viewer = server.token("t", "viewer");
@@ -138,8 +118,7 @@ fn a_slower_release_is_rolled_back_by_its_latency_gate() {
     for d in &daemons {
         eventually("back on release 1", Duration::from_secs(90), || classify(&client, d).filter(|(v, _)| v == "1"));
     }
-    stop.store(true, Ordering::Relaxed);
-    load.join().expect("load thread");
+    let (answered, failed) = load.finish();
     // Both devices had swapped release 2 in (the wave is 100 %), and no request failed across both swaps.
     for id in ["edge-a", "edge-b"] {
         eventually("the swap to release 2 reported", Duration::from_secs(30), || {
@@ -147,8 +126,8 @@ fn a_slower_release_is_rolled_back_by_its_latency_gate() {
             d["events"].as_array()?.iter().any(|e| e["kind"] == "swapped" && e["release"] == 2).then_some(())
         });
     }
-    assert!(answered.load(Ordering::Relaxed) > 0);
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "requests failed during the swaps");
+    assert!(answered > 0);
+    assert_eq!(failed, 0, "requests failed during the swaps");
 
     // The audit log tells the story, with the numbers.
     let audit = w.edgefleet(&["--json", "audit", "--limit", "200"]).ok().json();
