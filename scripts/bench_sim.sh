@@ -5,6 +5,8 @@
 #
 #   DEVICES=10000 SECS=60 scripts/bench_sim.sh
 #   DEVICES=1000000 SECS=600 CONCURRENCY=256 scripts/bench_sim.sh     # issue 7's full-scale row
+#   CONVERGE=1 DEVICES=10000 scripts/bench_sim.sh   # every device long-polls; a new magika release (packed from
+#                                                   # .cache/, scripts/setup.sh) is assigned; time to 99 % received
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICES=${DEVICES:-10000}
@@ -31,6 +33,22 @@ server_pid=$!
 trap 'kill $server_pid 2>/dev/null || true' EXIT
 for _ in $(seq 1 200); do grep -q fingerprint server.log 2>/dev/null && break; sleep 0.1; done
 url=$(sed -n 's/^edgefleet-server listening on //p' server.log)
+if [ -n "${CONVERGE:-}" ]; then
+  # A release nobody has yet (its version the time of day, so every run assigns something new).
+  v=$(date +%s)
+  C="$(cd ../.. && pwd)/.cache"
+  export EDGEFLEET_CLI_CONFIG="$D/login.json"
+  "$E" login --server "$url" --token "$("$S" token create --name "bench-pub-$v" --role publisher)" \
+    --fingerprint "$(sed -n 's/.*fingerprint //p' server.log)" >/dev/null
+  "$E" release pack --model magika --version "$v" --variant "id=cpu,file=$C/models/magika/model.onnx,precision=fp32" \
+    --samples "$C/samples/magika.safetensors" -o "magika-$v" >/dev/null
+  "$E" release sign "magika-$v" --key alice.key >/dev/null
+  "$E" release push "magika-$v" >/dev/null
+  "$SIM" --server "$url" --server-ca "$EDGEFLEET_DATA_DIR/tls/server.crt" --token "$operator" \
+    --devices "$DEVICES" --concurrency "$CONCURRENCY" --duration-secs "$SECS" --identities "identities-$DEVICES.jsonl" \
+    --converge-to "magika:$v"
+  exit
+fi
 "$SIM" --server "$url" --server-ca "$EDGEFLEET_DATA_DIR/tls/server.crt" --token "$operator" \
   --devices "$DEVICES" --concurrency "$CONCURRENCY" --duration-secs "$SECS" --identities "identities-$DEVICES.jsonl" \
   --session-checkins 100 --otlp-every 20 --event-every 100 --malformed-rate 0.001 --bad-cert-attempts 20 --flood-devices 2

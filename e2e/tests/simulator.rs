@@ -57,3 +57,41 @@ fn a_simulated_fleet_is_served_and_its_misbehaviour_refused() {
     assert!(text.lines().any(|l| l.starts_with("edgefleet_otlp_") && l.contains("rate_limited")), "{text}");
     assert!(server.stop().success());
 }
+
+/// Convergence: every simulated device holds a long-poll with its document's ETag; a release assigned to the
+/// fleet reaches every one of them as a new signed document, and the run says how long that took.
+#[test]
+fn a_simulated_fleet_converges_on_an_assignment() {
+    let w = Workdir::new();
+    w.trust(&["alice"], 1);
+    w.pack_magika("1", "cpu", "model.onnx", "fp32", None);
+    let (server, _) = server_and_token(&w, None);
+    w.edgefleet(&["release", "push", "magika-1"]).ok();
+    let operator = server.token("sim", "operator");
+    let identities = w.path("identities.jsonl");
+    let converge = |secs: &str, wait: &str| -> (bool, serde_json::Value) {
+        let out = Command::new(bin("edgefleet-sim"))
+            .args(["--server", &server.url, "--server-ca"])
+            .arg(server.data_dir.join("tls/server.crt"))
+            .args(["--token", &operator, "--devices", "200", "--concurrency", "16", "--duration-secs", secs])
+            .args(["--converge-to", "magika:1", "--converge-wait-secs", wait, "--json", "--identities"])
+            .arg(&identities)
+            .output()
+            .expect("run edgefleet-sim");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let summary = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("no JSON summary ({e}): {stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+        (out.status.success(), summary)
+    };
+    let (ok, s) = converge("60", "5");
+    assert!(ok, "{s}");
+    assert_eq!(s["converged"], 200, "{s}");
+    assert_eq!(s["outcomes"]["converge: new document received"], 200, "{s}");
+    assert!(s["to_99_percent_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{s}");
+    // The same fleet again: the release is assigned already, so no document changes and nobody converges — the
+    // run says so and fails, rather than timing what did not happen.
+    let (ok, s) = converge("8", "2");
+    assert!(!ok, "{s}");
+    assert_eq!(s["converged"], 0, "{s}");
+    assert!(server.stop().success());
+}

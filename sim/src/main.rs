@@ -87,6 +87,15 @@ struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Instead of the load run, measure convergence: every device holds a long-poll check-in (`?wait=`) with
+    /// its document's ETag, as a daemon does; once all do, the simulator (as the operator) assigns
+    /// `MODEL:VERSION` (a published release) to the whole fleet and times how long each device takes to receive
+    /// its new signed document. Bounded by --duration-secs.
+    #[arg(long, value_name = "MODEL:VERSION")]
+    converge_to: Option<String>,
+    /// With --converge-to: the long-poll each check-in asks for, seconds.
+    #[arg(long, default_value_t = 10)]
+    converge_wait_secs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -518,6 +527,9 @@ async fn main() -> anyhow::Result<()> {
         requests: AtomicU64::new(0),
         deadline,
     });
+    if let Some(target) = &args.converge_to {
+        return converge(run, target, enroll_secs, tally).await;
+    }
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let flooders = run.args.flood_devices.min(run.fleet.len().saturating_sub(1));
@@ -557,6 +569,143 @@ async fn main() -> anyhow::Result<()> {
     }
     let secs = started.elapsed().as_secs_f64();
     summarize(&args, run.fleet.len(), enroll_secs, secs, tally)
+}
+
+/// One device of a convergence run: takes its current document, then long-polls with its ETag until a new
+/// document comes after `t0` is set; answers how long after `t0` that was (`None`: not within the run).
+async fn follow(
+    run: &Run,
+    device: &Identity,
+    handshakes: &tokio::sync::Semaphore,
+    ready: &AtomicUsize,
+    mut t0: tokio::sync::watch::Receiver<Option<Instant>>,
+    t: &mut Tally,
+) -> anyhow::Result<Option<Duration>> {
+    let a = &run.args;
+    let body = report(&a.model);
+    let url = format!("{}/api/v1/device/checkin", a.server);
+    let (client, mut etag) = {
+        // The first check-ins a few at a time, as the load run's sessions: the handshakes are the costly part.
+        let _permit = handshakes.acquire().await?;
+        let client = tls(&run.roots, Some((&device.cert_pem, &device.key_pem)))?;
+        let r = client.post(&url).json(&body).send().await?;
+        if r.status() != 200 {
+            bail!("first check-in of {}: {}", device.id, r.status());
+        }
+        let etag = r.headers().get("etag").and_then(|v| v.to_str().ok()).map(String::from);
+        let _ = r.bytes().await;
+        (client, etag)
+    };
+    ready.fetch_add(1, Ordering::Relaxed);
+    while Instant::now() < run.deadline {
+        let mut req = client.post(format!("{url}?wait={}", a.converge_wait_secs)).json(&body);
+        if let Some(e) = &etag {
+            req = req.header("if-none-match", e);
+        }
+        match req.send().await {
+            Ok(r) if r.status() == 200 => {
+                let at = Instant::now();
+                etag = r.headers().get("etag").and_then(|v| v.to_str().ok()).map(String::from);
+                let _ = r.bytes().await;
+                if let Some(start) = *t0.borrow_and_update() {
+                    t.count("converge: new document received");
+                    return Ok(Some(at.saturating_duration_since(start)));
+                }
+            }
+            Ok(r) if r.status() == 304 => t.count("converge: long-poll answered 304"),
+            Ok(r) => {
+                t.count(format!("UNEXPECTED {}", refusal("check-in", r).await));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                t.count(format!("check-in transport error: {}", short(&e)));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    t.count("UNEXPECTED converge: no new document within the run");
+    Ok(None)
+}
+
+/// The convergence run (see `--converge-to`).
+async fn converge(run: Arc<Run>, target: &str, enroll_secs: f64, mut tally: Tally) -> anyhow::Result<()> {
+    let (model, version) = target.split_once(':').context("--converge-to MODEL:VERSION")?;
+    let version: u64 = version.parse().context("--converge-to MODEL:VERSION: a version number")?;
+    let n = run.fleet.len();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(run.args.concurrency.max(1)));
+    let ready = Arc::new(AtomicUsize::new(0));
+    let (t0_tx, t0_rx) = tokio::sync::watch::channel(None);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let (run, handshakes, ready, t0) = (run.clone(), handshakes.clone(), ready.clone(), t0_rx.clone());
+        tasks.spawn(async move {
+            let mut t = Tally::default();
+            let took = follow(&run, &run.fleet[i], &handshakes, &ready, t0, &mut t).await;
+            (took, t)
+        });
+    }
+    // Everyone holds a long-poll (a moment after their first check-in), then the operator assigns.
+    while ready.load(Ordering::Relaxed) < n && Instant::now() < run.deadline && !tasks.is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let admin = tls(&run.roots, None)?;
+    let t0 = Instant::now();
+    t0_tx.send_replace(Some(t0));
+    let r = admin
+        .post(format!("{}/api/v1/assignments", run.args.server))
+        .bearer_auth(&run.args.token)
+        .json(&serde_json::json!({"model": model, "version": version}))
+        .send()
+        .await?;
+    if !r.status().is_success() {
+        bail!("assigning {model} {version}: {} {}", r.status(), r.text().await.unwrap_or_default());
+    }
+    let assigned_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut took_us = Vec::with_capacity(n);
+    while let Some(done) = tasks.join_next().await {
+        let (took, t) = done?;
+        tally.merge(t);
+        match took {
+            Ok(Some(d)) => took_us.push(d.as_micros().min(u32::MAX as u128) as u32),
+            Ok(None) => {}
+            Err(e) => tally.count(format!("UNEXPECTED converge: {e:#}")),
+        }
+    }
+    took_us.sort_unstable();
+    // Time until a share of the whole fleet (not of those that made it) had its new document.
+    let to_share = |q: f64| {
+        let k = ((n as f64 * q).ceil() as usize).max(1);
+        took_us.get(k - 1).map_or(f64::NAN, |us| f64::from(*us) / 1000.0)
+    };
+    let bad: u64 = tally.outcomes.iter().filter(|(k, _)| unexpected(k)).map(|(_, v)| v).sum();
+    let summary = serde_json::json!({"devices": n, "enroll_secs": enroll_secs, "assigned_ms": assigned_ms,
+        "converged": took_us.len(), "to_50_percent_ms": to_share(0.5), "to_99_percent_ms": to_share(0.99),
+        "to_100_percent_ms": to_share(1.0), "outcomes": tally.outcomes, "unexpected": bad});
+    if run.args.json {
+        println!("{summary}");
+    } else {
+        println!(
+            "edgefleet-sim: {n} devices long-polling {} (enrolled in {enroll_secs:.1} s); {model} {version} assigned \
+             (the API answered in {assigned_ms:.0} ms)",
+            run.args.server
+        );
+        println!(
+            "  converged {} of {n}: 50 % in {:.0} ms, 99 % in {:.0} ms, all in {:.0} ms",
+            took_us.len(),
+            to_share(0.5),
+            to_share(0.99),
+            to_share(1.0)
+        );
+        for (k, v) in &tally.outcomes {
+            println!("    {v:>10}  {k}");
+        }
+        println!("  unexpected: {bad}");
+    }
+    if bad > 0 {
+        bail!("{bad} unexpected outcomes");
+    }
+    Ok(())
 }
 
 fn summarize(args: &Args, devices: usize, enroll_secs: f64, secs: f64, mut tally: Tally) -> anyhow::Result<()> {
