@@ -37,7 +37,7 @@ if [ -n "${CONVERGE:-}" ]; then
   # A release nobody has yet (its version the time of day, so every run assigns something new).
   v=$(date +%s)
   C="$(cd ../.. && pwd)/.cache"
-  export EDGEFLEET_CLI_CONFIG="$D/login.json"
+  export EDGEFLEET_CLI_CONFIG="$D/login.json" EDGEFLEET_ORT_LIB="$C/lib/libonnxruntime.so.1.31.1"
   "$E" login --server "$url" --token "$("$S" token create --name "bench-pub-$v" --role publisher)" \
     --fingerprint "$(sed -n 's/.*fingerprint //p' server.log)" >/dev/null
   "$E" release pack --model magika --version "$v" --variant "id=cpu,file=$C/models/magika/model.onnx,precision=fp32" \
