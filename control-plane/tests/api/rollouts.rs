@@ -92,7 +92,11 @@ async fn rollouts_move_devices_in_waves_and_gates_roll_back(backend: Backend) {
     assert_eq!(resumed.state.name(), "running");
 
     // Telemetry: release 1 answers in 5-10 ms, release 2 in 50-100 ms on the same class: the p95 gate fails.
-    let (start, t) = (now_ns() - 60_000_000_000, now_ns() - 1_000_000_000);
+    // Stamped now, after the rollout began, as a device's points are. (Stamped a second earlier, they fell before
+    // the rollout's creation; when that second crossed a 60 s window boundary, the new release's points landed
+    // in the window before the one the rollout started in, which the gates rightly do not count: the rare
+    // failure this test had, ~1 in 60 evaluations.)
+    let (start, t) = (now_ns() - 60_000_000_000, now_ns());
     for d in &devices {
         let release = if on_new.iter().any(|n| n.id == d.id) { 2 } else { 1 };
         let bucket = if release == 2 { 9 } else { 6 };
