@@ -99,6 +99,21 @@ impl Inner {
         self.trust.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// Whether release `version` of `model` is in the registry (`None`: it is not) and still signed by a
+    /// threshold of the current root's release keys (a root rotation may have revoked a key that signed it).
+    pub async fn release_trusted(
+        &self,
+        model: &ModelName,
+        version: ReleaseVersion,
+    ) -> Result<Option<bool>, crate::store::StoreError> {
+        let Some(row) = self.store.get_release(model, version).await? else { return Ok(None) };
+        let Ok(envelope) = serde_json::from_str::<model_registry::Envelope>(&row.manifest) else {
+            return Ok(Some(false));
+        };
+        let trust = self.trust();
+        Ok(Some(envelope.count(&trust.root.keys, &trust.root.roles.release).met()))
+    }
+
     /// Something desired states depend on changed: every cached document is recomputed on its next check-in,
     /// and long-polls wake.
     pub fn invalidate(&self) {

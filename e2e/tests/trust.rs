@@ -1,10 +1,10 @@
 //! Root rotation and release-key revocation reaching a running fleet, over real processes: a server, a
 //! daemon, the CLI. Root v1 trusts alice and bob (one signature suffices); release 1 is alice's, release 2
 //! bob's. While the device runs bob's release 2 in a rollout, the root is rotated to v2 — bob revoked, carol
-//! added — and pushed to the control plane. Without a restart the device walks to root v2, the rollout of
+//! added. A second device provisioned with root v2 before the control plane has it refuses bob's release
+//! itself. Pushed to the control plane, the root reaches the first device without a restart, the rollout of
 //! bob's release is aborted as withdrawn and the device goes back to release 1; a new release of bob's is
-//! refused by the server, and bob's release 2 assigned anyway is refused by the device itself, which keeps
-//! serving; carol's release 3 is taken.
+//! refused by the server, and so is assigning bob's old one; carol's release 3 is taken by both devices.
 
 use std::time::Duration;
 
@@ -62,9 +62,25 @@ fn a_rotated_root_reaches_running_devices_and_a_revoked_key_is_refused() {
         "root-2.json",
     ])
     .ok();
-    // Unsigned, the server refuses it; signed, it takes it.
+    // Unsigned, the server refuses it.
     w.edgefleet(&["trust", "push", "root-2.json"]).fails_with("root_refused");
     w.edgefleet(&["trust", "sign", "root-2.json", "--key", "root.key"]).ok();
+
+    // A second device, provisioned with root v2 before the control plane has it: the server (still on v1)
+    // offers it bob's release 2, and the device itself refuses the document — what protects a fleet from a
+    // control plane that is behind, or compromised. It serves nothing, and says why.
+    std::fs::create_dir_all(w.path("edge-2/trust")).expect("mkdir");
+    std::fs::copy(w.path("root-2.json"), w.path("edge-2/trust/root.json")).expect("provision root v2");
+    let second = w.edgefleet(&["--json", "enroll-token", "create", "--label", "site=lab"]).ok().json();
+    let second = start_daemon(&w, &server, "edge-2", second["token"].as_str());
+    let refused = eventually("the v2 device refuses bob's release", Duration::from_secs(60), || {
+        let e = device(&w, "edge-2")["report"]["last_error"].as_str().unwrap_or_default().to_owned();
+        e.contains("refused").then_some(e)
+    });
+    assert!(refused.contains("valid release key(s) of the trusted root"), "{refused}");
+    assert!(classify(&client, &second).is_none(), "the v2 device serves nothing it does not trust");
+
+    // Signed, the server takes it.
     w.edgefleet(&["trust", "push", "root-2.json"]).ok();
 
     // The running device walks to v2 (it says so in its report, and keeps the file), and the rollout of a
@@ -87,28 +103,27 @@ fn a_rotated_root_reaches_running_devices_and_a_revoked_key_is_refused() {
     w.pack_magika_signed("3", "cpu", "model.onnx", "fp32", None, &[], "bob");
     w.edgefleet(&["release", "push", "magika-3"]).fails_with("is not one of this role's keys");
 
-    // Bob's release 2 is still in the registry from before the rotation; assigned anyway, it reaches the
-    // device, which checks it against its own root and refuses the document, and keeps serving release 1.
-    w.edgefleet(&["assign", "magika", "2", "--selector", "site=lab"]).ok();
-    let refused = eventually("the device refuses bob's release", Duration::from_secs(60), || {
-        let d = device(&w, "edge-1");
-        let e = d["report"]["last_error"].as_str().unwrap_or_default().to_owned();
-        (e.contains("refused")).then_some(e)
+    // Bob's release 2 is still in the registry from before the rotation, but the server will not hand it out.
+    w.edgefleet(&["assign", "magika", "2", "--selector", "site=lab"]).fails_with("release_untrusted");
+    // The v2 device, refused nothing now, runs alice's release 1.
+    eventually("the v2 device on release 1", Duration::from_secs(90), || {
+        classify(&client, &second).filter(|(v, _)| v == "1")
     });
-    assert!(refused.contains("valid release key(s) of the trusted root"), "{refused}");
-    assert_eq!(classify(&client, &daemon).map(|(v, _)| v).as_deref(), Some("1"), "release 1 keeps serving");
 
     // Carol's key counts under v2: her release 3 is taken by the server and the device.
     w.edgefleet(&["release", "sign", "magika-3", "--key", "carol.key"]).ok();
     w.edgefleet(&["release", "push", "magika-3"]).ok();
     w.edgefleet(&["assign", "magika", "3", "--selector", "site=lab"]).ok();
     eventually("release 3 serving", Duration::from_secs(90), on("3"));
+    eventually("release 3 serving on the v2 device", Duration::from_secs(90), || {
+        classify(&client, &second).filter(|(v, _)| v == "3")
+    });
 
     // The audit log has the rotation and the abort.
     let audit = w.edgefleet(&["--json", "audit", "--limit", "100"]).ok().json();
     let entries = audit.as_array().cloned().unwrap_or_default();
     assert!(entries.iter().any(|e| e["action"] == "trust.root.add" && e["target"] == "2"), "{audit}");
     assert!(entries.iter().any(|e| e["action"] == "rollout.aborted" && e["target"] == rollout.as_str()), "{audit}");
-    drop(daemon);
+    drop((daemon, second));
     assert!(server.stop().success());
 }

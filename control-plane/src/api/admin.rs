@@ -176,9 +176,7 @@ pub async fn create_assignment(
     source: Source,
     ApiJson(req): ApiJson<CreateAssignment>,
 ) -> ApiResult<(StatusCode, Json<Assignment>)> {
-    if state.store.get_release(&req.model, req.version).await?.is_none() {
-        return Err(ApiError::not_found(format!("release {} of {}", req.version, req.model)));
-    }
+    super::trusted_release(&state, &req.model, req.version).await?;
     let now = now_ms();
     let id = state.store.add_assignment(&req.model, req.version, &req.selector, &who.actor(), now).await?;
     state.invalidate();

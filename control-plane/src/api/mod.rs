@@ -322,3 +322,25 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(close_after_refusal))
         .with_state(state)
 }
+
+/// A release that may be given to devices: in the registry (404 otherwise) and still signed by a threshold of
+/// the current root's release keys (422 `release_untrusted` otherwise: every device would refuse it).
+pub async fn trusted_release(
+    state: &AppState,
+    model: &edgefleet_protocol::ModelName,
+    version: edgefleet_protocol::ReleaseVersion,
+) -> ApiResult<()> {
+    match state.release_trusted(model, version).await? {
+        None => Err(ApiError::not_found(format!("release {version} of {model}"))),
+        Some(false) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "release_untrusted",
+            format!(
+                "release {version} of {model} is not signed by a threshold of root version {}'s release keys (a \
+                 signing key was revoked): devices would refuse it; publish a release signed by current keys",
+                state.trust().root.version
+            ),
+        )),
+        Some(true) => Ok(()),
+    }
+}

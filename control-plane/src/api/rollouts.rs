@@ -47,9 +47,7 @@ pub async fn create(
     ApiJson(req): ApiJson<CreateRollout>,
 ) -> ApiResult<(StatusCode, Json<RolloutView>)> {
     req.validate().map_err(|m| ApiError::bad_request("invalid_rollout", m))?;
-    if state.store.get_release(&req.model, req.release).await?.is_none() {
-        return Err(ApiError::not_found(format!("release {} of {}", req.release, req.model)));
-    }
+    super::trusted_release(&state, &req.model, req.release).await?;
     let baseline = match req.baseline {
         Some(b) => b,
         None => current_release(&state, &req.model).await?.ok_or_else(|| {

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use edgefleet_protocol::rollout::{Action, Verdict};
-use model_registry::Envelope;
 
 use super::{Observations, Rollout, State, Stats, apply, describe, evaluate};
 use crate::state::{AppState, now_ms};
@@ -34,10 +33,7 @@ pub fn observations(r: &Rollout, rows: &[ClassStats]) -> Observations {
 /// Whether the new release was withdrawn: gone from the registry, or no longer signed by a threshold of the
 /// current root's release keys (a key revoked by a root rotation).
 async fn withdrawn(state: &AppState, r: &Rollout) -> Result<bool, StoreError> {
-    let Some(row) = state.store.get_release(&r.model, r.release).await? else { return Ok(true) };
-    let Ok(envelope) = serde_json::from_str::<Envelope>(&row.manifest) else { return Ok(true) };
-    let trust = state.trust();
-    Ok(!envelope.count(&trust.root.keys, &trust.root.roles.release).met())
+    Ok(state.release_trusted(&r.model, r.release).await? != Some(true))
 }
 
 fn audit_detail(row: &RolloutRow, to: &State, gates: &[super::GateResult]) -> serde_json::Value {

@@ -196,6 +196,12 @@ async fn rollouts_move_devices_in_waves_and_gates_roll_back(backend: Backend) {
     let row = app.state.store.rollout(&third.rollout.id).await.expect("read").expect("rollout");
     assert_eq!(row.state.name(), "aborted", "{:?}", row.state);
     assert!(format!("{:?}", row.state).contains("withdrawn"), "{:?}", row.state);
+    // And the server will not hand it out again: a new assignment or rollout of it is refused with the reason.
+    let assign = app.client().post(app.url("/assignments")).bearer_auth(&operator);
+    let r = assign.json(&serde_json::json!({"model": "magika", "version": 2})).send().await.expect("assign");
+    let msg = assert_error(r, 422, "release_untrusted").await;
+    assert!(msg.contains("root version 2"), "{msg}");
+    assert_error(create(&operator, spec_for_withdrawal()).await.expect("post"), 422, "release_untrusted").await;
 }
 
 fn spec_for_withdrawal() -> serde_json::Value {
