@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 DEVICES=${DEVICES:-10000}
 SECS=${SECS:-60}
 CONCURRENCY=${CONCURRENCY:-64}
+# The request budget must not end the run before SECS do (the simulator's default is 10,000,000).
+MAX_REQUESTS=${MAX_REQUESTS:-100000000}
 cargo build --release --quiet --bin edgefleet --bin edgefleet-server --bin edgefleet-sim
 E="$PWD/target/release/edgefleet"
 S="$PWD/target/release/edgefleet-server"
@@ -51,4 +53,5 @@ if [ -n "${CONVERGE:-}" ]; then
 fi
 "$SIM" --server "$url" --server-ca "$EDGEFLEET_DATA_DIR/tls/server.crt" --token "$operator" \
   --devices "$DEVICES" --concurrency "$CONCURRENCY" --duration-secs "$SECS" --identities "identities-$DEVICES.jsonl" \
+  --max-requests "$MAX_REQUESTS" \
   --session-checkins 100 --otlp-every 20 --event-every 100 --malformed-rate 0.001 --bad-cert-attempts 20 --flood-devices 2

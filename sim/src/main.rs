@@ -644,7 +644,9 @@ async fn converge(run: Arc<Run>, target: &str, enroll_secs: f64, mut tally: Tall
             (took, t)
         });
     }
-    // Everyone holds a long-poll (a moment after their first check-in), then the operator assigns.
+    // Everyone holds a long-poll (a moment after their first check-in), then the operator assigns. The pause only
+    // shapes the measurement (all held, as in a settled fleet); a device not yet holding its long-poll when the
+    // release is assigned gets the new document on its next check-in, timed from the same instant.
     while ready.load(Ordering::Relaxed) < n && Instant::now() < run.deadline && !tasks.is_empty() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
