@@ -177,6 +177,22 @@ impl Workdir {
         self.edgefleet(&["release", "sign", &out, "--key", &format!("{signer}.key")]).ok();
     }
 
+    /// `edgefleet rollout create magika ARGS...`; answers the rollout's id.
+    pub fn rollout(&self, args: &[&str]) -> String {
+        let mut all = vec!["--json", "rollout", "create", "magika"];
+        all.extend(args);
+        self.edgefleet(&all).ok().json()["id"].as_str().expect("rollout id").to_owned()
+    }
+
+    /// A one-time enrollment token for devices labelled `labels` (`k=v` each).
+    pub fn enroll_token(&self, labels: &[&str]) -> String {
+        let mut args = vec!["--json", "enroll-token", "create"];
+        for l in labels {
+            args.extend(["--label", l]);
+        }
+        self.edgefleet(&args).ok().json()["token"].as_str().expect("token").to_owned()
+    }
+
     pub fn edgefleet(&self, args: &[&str]) -> Ran {
         let out = Command::new(bin("edgefleet"))
             .args(args)

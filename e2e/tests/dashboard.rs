@@ -178,13 +178,13 @@ fn fleet(
     eventually("release 1's requests reported", Duration::from_secs(60), || (reported(1) >= 60).then_some(()));
 
     let start = |release: &str, waves: &[&str]| -> String {
-        let mut args = vec!["--json", "rollout", "create", "magika", release, "--selector", "site=lab"];
+        let mut args = vec![release, "--selector", "site=lab"];
         for wave in waves {
             args.extend(["--wave", wave]);
         }
         args.extend(["--gate", "p95-ratio=1.5", "--gate", "error-rate=0.05", "--min-samples", "30"]);
         args.extend(["--on-failure", "rollback"]);
-        w.edgefleet(&args).ok().json()["id"].as_str().expect("rollout id").to_owned()
+        w.rollout(&args)
     };
     let failed = start("2", &["100:10m"]);
     // A steady load, one request at a time, until the gate has judged (bounded in count and time).

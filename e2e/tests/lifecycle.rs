@@ -155,12 +155,6 @@ fn reported(server: &ServerProcess, viewer: &str) -> BTreeMap<(u64, String), (u6
     out
 }
 
-fn rollout(w: &Workdir, args: &[&str]) -> String {
-    let mut all = vec!["--json", "rollout", "create", "magika"];
-    all.extend(args);
-    w.edgefleet(&all).ok().json()["id"].as_str().expect("rollout id").to_owned()
-}
-
 /// Waits for rollout `id` to reach `state`; fails at once if it ends otherwise, and shows where it stood.
 fn rollout_ends(w: &Workdir, id: &str, state: &str, within: Duration) -> Value {
     let deadline = Instant::now() + within;
@@ -203,11 +197,8 @@ fn five_kinds_of_device_get_their_variant_through_waves_and_a_bad_variant_is_hal
     let daemons: Vec<(Fixture, Daemon)> = Fixture::ALL
         .into_iter()
         .map(|f| {
-            let mut labels = vec!["--json", "enroll-token", "create", "--label", "site=lab"];
-            if f == Fixture::HexagonPhone {
-                labels.extend(["--label", "ring=canary"]);
-            }
-            let token = w.edgefleet(&labels).ok().json()["token"].as_str().expect("token").to_owned();
+            let canary = if f == Fixture::HexagonPhone { &["site=lab", "ring=canary"][..] } else { &["site=lab"] };
+            let token = w.enroll_token(canary);
             let id = device_id(f);
             let mut cmd = daemon_command_on(&w, &server, &server.url, &id, Some(&token), &format!("hw-{}", f.class()));
             // The device's own health watch stays on, with room for two shared cores under load.
@@ -249,32 +240,29 @@ fn five_kinds_of_device_get_their_variant_through_waves_and_a_bad_variant_is_hal
         Fixture::ALL.iter().all(|f| r.get(&(1, f.class().to_owned())).is_some_and(|e| e.0 >= 30)).then_some(())
     });
 
-    let id = rollout(
-        &w,
-        &[
-            "2",
-            "--selector",
-            "site=lab",
-            "--wave",
-            "ring=canary:2s",
-            "--wave",
-            "50:2s",
-            "--wave",
-            "100:2s",
-            "--gate",
-            "error-rate=0.05",
-            "--gate",
-            "p95-ratio=10",
-            "--gate",
-            "energy-ratio=10",
-            "--gate",
-            "install-failures=0.2",
-            "--min-samples",
-            "20",
-            "--on-failure",
-            "rollback",
-        ],
-    );
+    let id = w.rollout(&[
+        "2",
+        "--selector",
+        "site=lab",
+        "--wave",
+        "ring=canary:2s",
+        "--wave",
+        "50:2s",
+        "--wave",
+        "100:2s",
+        "--gate",
+        "error-rate=0.05",
+        "--gate",
+        "p95-ratio=10",
+        "--gate",
+        "energy-ratio=10",
+        "--gate",
+        "install-failures=0.2",
+        "--min-samples",
+        "20",
+        "--on-failure",
+        "rollback",
+    ]);
     rollout_ends(&w, &id, "done", Duration::from_secs(240));
     for (f, d) in &daemons {
         let want = VARIANTS.iter().find(|v| v.4 == *f).expect("variant").0;
@@ -325,20 +313,17 @@ fn five_kinds_of_device_get_their_variant_through_waves_and_a_bad_variant_is_hal
     // install-failure gate on that class rolls the rollout back; every device serves release 2 again.
     pack_broken_for_pi(&w);
     w.edgefleet(&["release", "push", "magika-3"]).ok();
-    let bad = rollout(
-        &w,
-        &[
-            "3",
-            "--selector",
-            "site=lab",
-            "--wave",
-            "100:10m",
-            "--gate",
-            "install-failures=0.2",
-            "--on-failure",
-            "rollback",
-        ],
-    );
+    let bad = w.rollout(&[
+        "3",
+        "--selector",
+        "site=lab",
+        "--wave",
+        "100:10m",
+        "--gate",
+        "install-failures=0.2",
+        "--on-failure",
+        "rollback",
+    ]);
     let s = rollout_ends(&w, &bad, "rolled_back", Duration::from_secs(120));
     let reason = s["state"]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("install failure ratio on raspberry-pi"), "{s}");

@@ -25,9 +25,7 @@ fn rollout_resumes_after_a_restart(database_url: Option<String>) {
     w.edgefleet(&["release", "push", "magika-1"]).ok();
     w.edgefleet(&["release", "push", "magika-2"]).ok();
     w.edgefleet(&["assign", "magika", "1", "--selector", "site=lab"]).ok();
-    let canary_token =
-        w.edgefleet(&["--json", "enroll-token", "create", "--label", "site=lab", "--label", "canary=true"]);
-    let canary_token = canary_token.ok().json()["token"].as_str().expect("token").to_owned();
+    let canary_token = w.enroll_token(&["site=lab", "canary=true"]);
     let canary = spawn_daemon(daemon_command(&w, &server, "edge-canary", Some(&canary_token)));
     let other = spawn_daemon(daemon_command(&w, &server, "edge-other", Some(&token)));
     let client = http();
@@ -37,11 +35,7 @@ fn rollout_resumes_after_a_restart(database_url: Option<String>) {
     on(&canary, "1", "the canary on release 1");
     on(&other, "1", "the other device on release 1");
 
-    let created = w.edgefleet(&[
-        "--json",
-        "rollout",
-        "create",
-        "magika",
+    let id = w.rollout(&[
         "2",
         "--selector",
         "site=lab",
@@ -56,7 +50,6 @@ fn rollout_resumes_after_a_restart(database_url: Option<String>) {
         "--on-failure",
         "pause",
     ]);
-    let id = created.ok().json()["id"].as_str().expect("rollout id").to_owned();
     on(&canary, "2", "the canary on release 2");
     let status = |w: &Workdir| w.edgefleet(&["--json", "rollout", "status", &id]).ok().json();
     let before = status(&w);

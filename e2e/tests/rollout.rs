@@ -31,12 +31,7 @@ fn a_slower_release_is_rolled_back_by_its_latency_gate() {
         .enumerate()
         .map(|(i, id)| {
             // Enrollment tokens are one-time: the second device gets one of its own.
-            let token = if i == 0 {
-                token.clone()
-            } else {
-                let t = w.edgefleet(&["--json", "enroll-token", "create", "--label", "site=lab"]).ok().json();
-                t["token"].as_str().expect("token").to_owned()
-            };
+            let token = if i == 0 { token.clone() } else { w.enroll_token(&["site=lab"]) };
             let mut cmd = daemon_command(&w, &server, id, Some(&token));
             cmd.args(["--metrics-interval-secs", "1"]);
             cmd.args(["--bake-max-latency-ratio", "1000"]);
@@ -74,29 +69,21 @@ fn a_slower_release_is_rolled_back_by_its_latency_gate() {
         (ok_count(&prometheus(), "1") >= 60).then_some(())
     });
 
-    let created = w
-        .edgefleet(&[
-            "--json",
-            "rollout",
-            "create",
-            "magika",
-            "2",
-            "--selector",
-            "site=lab",
-            "--wave",
-            "100:10m",
-            "--gate",
-            "p95-ratio=1.5",
-            "--gate",
-            "error-rate=0.05",
-            "--min-samples",
-            "30",
-            "--on-failure",
-            "rollback",
-        ])
-        .ok()
-        .json();
-    let id = created["id"].as_str().expect("rollout id").to_owned();
+    let id = w.rollout(&[
+        "2",
+        "--selector",
+        "site=lab",
+        "--wave",
+        "100:10m",
+        "--gate",
+        "p95-ratio=1.5",
+        "--gate",
+        "error-rate=0.05",
+        "--min-samples",
+        "30",
+        "--on-failure",
+        "rollback",
+    ]);
 
     // The gate fires on what the devices report, and the rollout rolls back.
     let rolled_back = eventually("the latency gate rolls the rollout back", Duration::from_secs(150), || {

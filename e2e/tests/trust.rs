@@ -38,13 +38,7 @@ fn a_rotated_root_reaches_running_devices_and_a_revoked_key_is_refused() {
     });
 
     // Bob's release 2, rolled out to everyone, with an hour's bake: it stays running until something stops it.
-    let rollout = w
-        .edgefleet(&["--json", "rollout", "create", "magika", "2", "--selector", "site=lab", "--wave", "100:1h"])
-        .ok()
-        .json()["id"]
-        .as_str()
-        .expect("rollout id")
-        .to_owned();
+    let rollout = w.rollout(&["2", "--selector", "site=lab", "--wave", "100:1h"]);
     eventually("release 2 serving", Duration::from_secs(90), on("2"));
 
     // Root v2: bob's key revoked, carol's added; signed by the root key (of v1 and of v2) and pushed.
@@ -71,8 +65,7 @@ fn a_rotated_root_reaches_running_devices_and_a_revoked_key_is_refused() {
     // control plane that is behind, or compromised. It serves nothing, and says why.
     std::fs::create_dir_all(w.path("edge-2/trust")).expect("mkdir");
     std::fs::copy(w.path("root-2.json"), w.path("edge-2/trust/root.json")).expect("provision root v2");
-    let second = w.edgefleet(&["--json", "enroll-token", "create", "--label", "site=lab"]).ok().json();
-    let second = start_daemon(&w, &server, "edge-2", second["token"].as_str());
+    let second = start_daemon(&w, &server, "edge-2", Some(&w.enroll_token(&["site=lab"])));
     let refused = eventually("the v2 device refuses bob's release", Duration::from_secs(60), || {
         let e = device(&w, "edge-2")["report"]["last_error"].as_str().unwrap_or_default().to_owned();
         e.contains("refused").then_some(e)
