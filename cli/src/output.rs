@@ -41,4 +41,14 @@ impl Out {
         );
         bar
     }
+
+    /// A spinner for work of unknown length (running a model), hidden with `--json`.
+    pub fn spinner(&self, what: &str) -> ProgressBar {
+        if self.json {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new_spinner().with_message(what.to_owned());
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        bar
+    }
 }

@@ -63,6 +63,7 @@ fn manifest(version: u64) -> ReleaseManifest {
             golden: art,
             inputs: vec![],
             outputs: vec![],
+            llm: None,
         }],
     }
 }

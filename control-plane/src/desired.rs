@@ -14,7 +14,9 @@ use chrono::{DateTime, Duration, Utc};
 use edgefleet_protocol::api::{HardwareProfile, Labels, Selector};
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, VariantId};
 use model_registry::root::DocType;
-use model_registry::{DesiredState, Envelope, KeyPair, ModelAssignment, ReleaseManifest, Requirements, Sha256Digest};
+use model_registry::{
+    DesiredState, Envelope, KeyPair, ModelAssignment, ModelFormat, ReleaseManifest, Requirements, Sha256Digest,
+};
 
 use crate::rollout::{Rollout, State};
 
@@ -86,10 +88,15 @@ pub struct Plan {
     pub unfit: Vec<(ModelName, ReleaseVersion)>,
 }
 
-/// Whether a device with `hw` can run a variant with `req`.
-pub fn fits(req: &Requirements, hw: &HardwareProfile) -> bool {
+/// Whether a device with `hw` can run a variant with `req` in `format`: for ONNX its providers are ONNX Runtime
+/// execution providers, for GGUF llama.cpp backends.
+pub fn fits(req: &Requirements, format: ModelFormat, hw: &HardwareProfile) -> bool {
     let any = |wanted: &[String], have: &[String]| wanted.is_empty() || wanted.iter().any(|w| have.contains(w));
-    any(&req.execution_providers, &hw.execution_providers)
+    let offered = match format {
+        ModelFormat::Onnx => &hw.execution_providers,
+        ModelFormat::Gguf => &hw.llm_backends,
+    };
+    any(&req.execution_providers, offered)
         && any(&req.arch, std::slice::from_ref(&hw.arch))
         && any(&req.soc, &hw.soc)
         && req.min_memory_bytes.is_none_or(|m| hw.memory_bytes >= m)
@@ -107,7 +114,7 @@ pub fn plan(snapshot: &AssignmentSnapshot, device: &DeviceId, labels: &Labels, h
     let mut out = Plan::default();
     for (model, e) in newest {
         let Release { manifest, envelope } = e.release_for(device, labels);
-        match manifest.variants.iter().find(|v| fits(&v.requirements, hw)) {
+        match manifest.variants.iter().find(|v| fits(&v.requirements, v.format, hw)) {
             Some(v) => out.models.push(Chosen {
                 model: model.clone(),
                 version: manifest.version,
@@ -178,6 +185,7 @@ mod tests {
             device_class: class.into(),
             arch: arch.into(),
             execution_providers: eps.iter().map(|s| s.to_string()).collect(),
+            llm_backends: vec!["CPU".into()],
             memory_bytes: mem,
             soc: vec![],
             power: "unavailable".into(),
@@ -208,7 +216,7 @@ mod tests {
             (&big, &jetson, false),
             (&Requirements::default(), &pi, true),
         ] {
-            assert_eq!(fits(r, device), expected, "{r:?} on {}", device.device_class);
+            assert_eq!(fits(r, ModelFormat::Onnx, device), expected, "{r:?} on {}", device.device_class);
         }
     }
 }

@@ -18,12 +18,14 @@ use anyhow::{Context, bail};
 use edgefleet_protocol::api::{
     DeviceEvent, DeviceReport, EnrollResponse, EventKind, HardwareProfile, ModelStatus, SlotStatus,
 };
+use edgefleet_protocol::llm_golden::LlmGolden;
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, VariantId};
+use edgefleet_runtime::llm::{EngineConfig, LlmOptions};
 use edgefleet_runtime::{Options, Runtime};
 use model_registry::artifact::{ArtifactRef, StreamCheck, decompress_verified};
 use model_registry::fsutil::{sync_dir, write_atomic, write_file_atomic};
 use model_registry::golden::GoldenVectors;
-use model_registry::{LastSeen, Limits, Root, Variant, VerifiedDesiredState, Verifier};
+use model_registry::{LastSeen, Limits, LlmSpec, ModelFormat, Root, Variant, VerifiedDesiredState, Verifier};
 use serde::{Deserialize, Serialize};
 
 use crate::health::{Bake, Window};
@@ -85,6 +87,9 @@ pub struct Installed {
     pub variant: VariantId,
     pub slot: Slot,
     pub raw: ArtifactRef,
+    /// For a language model, what its manifest said it needs (the slot holds `model.gguf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmSpec>,
 }
 
 /// What the device keeps on disk between runs (`state.json`).
@@ -388,7 +393,8 @@ pub async fn download(
     }
 }
 
-/// Decompresses a verified download into `slot_dir/model.onnx` (temporary file, fsync, rename, fsync dir).
+/// Decompresses a verified download into the slot (`model.onnx` or `model.gguf`; temporary file, fsync, rename,
+/// fsync dir).
 pub fn stage(
     zstd_file: &Path,
     variant: &Variant,
@@ -402,7 +408,7 @@ pub fn stage(
             std::fs::remove_file(entry.path())?;
         }
     }
-    let dest = slot_dir.join("model.onnx");
+    let dest = slot_dir.join(variant.format.file_name());
     write_atomic(&dest, |f| -> anyhow::Result<()> {
         let src = std::io::BufReader::with_capacity(256 << 10, std::fs::File::open(zstd_file)?);
         let at = (pause == Some(PausePoint::Decompress)).then_some(variant.raw.size / 2);
@@ -411,6 +417,38 @@ pub fn stage(
     })?;
     sync_dir(slot_dir)?;
     Ok(dest)
+}
+
+/// A variant's golden file: tensors for an ONNX model, prompts and the reference's answers for a language model.
+#[derive(Debug)]
+pub enum Golden {
+    Tensors(GoldenVectors),
+    Llm(LlmGolden),
+}
+
+impl Golden {
+    pub fn parse(format: ModelFormat, bytes: &[u8]) -> anyhow::Result<Self> {
+        Ok(match format {
+            ModelFormat::Onnx => Golden::Tensors(GoldenVectors::from_bytes(bytes)?),
+            ModelFormat::Gguf => Golden::Llm(LlmGolden::from_bytes(bytes)?),
+        })
+    }
+
+    /// Runs the golden check on a freshly loaded release; `Err` names what was out of tolerance.
+    pub async fn check(&self, served: &Arc<Served>) -> anyhow::Result<()> {
+        match self {
+            Golden::Tensors(g) => golden_check(served, g).await,
+            Golden::Llm(g) => {
+                let engine = served.llm().context("a golden prompt file for a model that is not a language model")?;
+                let report = g.check(&edgefleet_runtime::llm::golden::measure(engine, g).await?);
+                if !report.passed() {
+                    bail!("golden check failed: {report}");
+                }
+                tracing::info!(model = %served.model, release = %served.release, %report, "golden check passed");
+                Ok(())
+            }
+        }
+    }
 }
 
 /// Runs a variant's golden vectors on a freshly loaded session; `Err` names what was out of tolerance.
@@ -426,6 +464,43 @@ pub async fn golden_check(served: &Arc<Served>, golden: &GoldenVectors) -> anyho
     Ok(())
 }
 
+/// How this device serves language models.
+#[derive(Debug, Clone)]
+pub struct LlmSettings {
+    /// llama.cpp backends to try, best first (from the hardware profile).
+    pub options: LlmOptions,
+    /// Sequences decoded together, requests that may wait, tokens per step, decoding threads.
+    pub sequences: u32,
+    pub queue: usize,
+    pub batch: u32,
+    pub threads: Option<i32>,
+}
+
+impl LlmSettings {
+    pub fn engine(&self, context_length: u32) -> EngineConfig {
+        EngineConfig {
+            context_length,
+            sequences: self.sequences.max(1),
+            queue: self.queue,
+            batch: self.batch,
+            threads: self.threads,
+        }
+    }
+}
+
+impl Default for LlmSettings {
+    fn default() -> Self {
+        let e = EngineConfig::default();
+        Self {
+            options: LlmOptions::default(),
+            sequences: e.sequences,
+            queue: e.queue,
+            batch: e.batch,
+            threads: e.threads,
+        }
+    }
+}
+
 /// Everything one reconcile pass needs.
 #[derive(Debug)]
 pub struct Agent {
@@ -438,6 +513,8 @@ pub struct Agent {
     pub ort_lib: PathBuf,
     pub options: Options,
     pub sessions: usize,
+    /// How language models are loaded and served.
+    pub llm: LlmSettings,
     pub models: Arc<ModelTable>,
     pub hardware: HardwareProfile,
     pub limits: Limits,
@@ -502,16 +579,30 @@ impl Agent {
         Ok(Runtime::shared(Some(&self.ort_lib))?)
     }
 
-    /// Loads the model in `slot` (on a blocking thread: loading takes long and must not hold up requests).
+    /// Loads the model in `slot` (on a blocking thread: loading takes long and must not hold up requests): an
+    /// ONNX model's sessions, or, with `llm`, a language model and its engine.
     async fn load(
         &self,
         model: &ModelName,
         release: ReleaseVersion,
         variant: &VariantId,
         slot: Slot,
+        llm: Option<&LlmSpec>,
     ) -> anyhow::Result<Served> {
+        if let Some(spec) = llm {
+            let path = self.layout.slot(model, slot).join(ModelFormat::Gguf.file_name());
+            let (options, model, variant) = (self.llm.options.clone(), model.clone(), variant.clone());
+            let config = self.llm.engine(spec.context_length);
+            let spec = spec.clone();
+            let served = tokio::task::spawn_blocking(move || {
+                let template = (spec.chat_template.as_deref(), spec.chat_template_sha256.as_ref());
+                Served::load_llm(&path, &options, config, template, model, release, variant, slot.as_str())
+            })
+            .await??;
+            return Ok(served);
+        }
         let runtime = self.runtime()?;
-        let path = self.layout.slot(model, slot).join("model.onnx");
+        let path = self.layout.slot(model, slot).join(ModelFormat::Onnx.file_name());
         let (options, sessions, model, variant) = (self.options.clone(), self.sessions, model.clone(), variant.clone());
         let served = tokio::task::spawn_blocking(move || {
             Served::load(runtime, &path, &options, sessions, model, release, variant, slot.as_str())
@@ -524,7 +615,7 @@ impl Agent {
     pub async fn restore(&self, state: &DeviceState) -> Vec<String> {
         let mut problems = Vec::new();
         for (model, i) in &state.committed {
-            match self.load(model, i.release, &i.variant, i.slot).await {
+            match self.load(model, i.release, &i.variant, i.slot, i.llm.as_ref()).await {
                 Ok(s) => {
                     self.models.install(s);
                 }
@@ -689,7 +780,10 @@ impl Agent {
     ) -> Result<Installed, (EventKind, String)> {
         let current = self.models.get(model.as_str());
         let old = current.as_ref().map_or(0, |s| s.memory);
-        let need = v.raw.size * self.sessions.max(1) as u64;
+        let need = match &v.llm {
+            Some(l) => l.memory_bytes + l.kv_cache_bytes * u64::from(self.llm.sequences.max(1) - 1),
+            None => v.raw.size * self.sessions.max(1) as u64,
+        };
         let fit = fit(self.memory_budget, self.models.memory_except(model), old, need);
         drop(current);
         let resume_from = std::fs::metadata(self.layout.partial(&v.zstd)).map_or(0, |m| m.len());
@@ -720,7 +814,13 @@ impl Agent {
                     for f in [&work.zst, &work.golden_file].into_iter().flatten() {
                         let _ = std::fs::remove_file(f);
                     }
-                    return result.clone().map(|()| Installed { release, variant: v.id.clone(), slot, raw: v.raw });
+                    return result.clone().map(|()| Installed {
+                        release,
+                        variant: v.id.clone(),
+                        slot,
+                        raw: v.raw,
+                        llm: v.llm.clone(),
+                    });
                 }
                 effect => self.perform(effect, &mut work).await,
             };
@@ -762,7 +862,7 @@ impl Agent {
                     .map_err(anyhow::Error::from)
                     .and_then(|r| r);
                 match staged {
-                    // The staged file is the slot's model.onnx, which `load` opens.
+                    // The staged file is the slot's model file, which `load` opens.
                     Ok(_) => {
                         pause_if(self.pause, PausePoint::Renamed).await;
                         Outcome::Done
@@ -777,7 +877,7 @@ impl Agent {
                 } else {
                     w.before = self.models.get(w.model.as_str());
                 }
-                match self.load(w.model, w.release, &w.variant.id, w.slot).await {
+                match self.load(w.model, w.release, &w.variant.id, w.slot, w.variant.llm.as_ref()).await {
                     Ok(s) => {
                         w.loaded = Some(Arc::new(s));
                         Outcome::Done
@@ -792,11 +892,11 @@ impl Agent {
                     .map(std::fs::read)
                     .unwrap_or_else(|| Err(std::io::ErrorKind::NotFound.into()))
                     .map_err(anyhow::Error::from)
-                    .and_then(|b| GoldenVectors::from_bytes(&b).map_err(anyhow::Error::from))
+                    .and_then(|b| Golden::parse(w.variant.format, &b))
                     .context("golden vectors");
                 let served = w.loaded.clone();
                 match (golden, served) {
-                    (Ok(g), Some(s)) => match golden_check(&s, &g).await {
+                    (Ok(g), Some(s)) => match g.check(&s).await {
                         Ok(()) => Outcome::Done,
                         Err(e) => failed(EventKind::GoldenFailed)(e),
                     },
@@ -840,7 +940,10 @@ impl Agent {
                         None => self.models.drain(w.model).await,
                     };
                     w.loaded = None;
-                    match self.load(w.model, previous.release, &previous.variant, previous.slot).await {
+                    match self
+                        .load(w.model, previous.release, &previous.variant, previous.slot, previous.llm.as_ref())
+                        .await
+                    {
                         Ok(s) => {
                             gate.install(Arc::new(s));
                             Outcome::Done

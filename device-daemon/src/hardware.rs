@@ -50,6 +50,19 @@ impl DeviceClass {
         }
     }
 
+    /// llama.cpp backends to try for language models, best first; the CPU is always last. Adreno GPUs through
+    /// OpenCL, Jetsons through CUDA, Apple through Metal, other GPUs through Vulkan; on a Pi the CPU.
+    pub fn llm_backends(self) -> &'static [&'static str] {
+        match self {
+            DeviceClass::QualcommHexagon => &["OpenCL", "Vulkan", "CPU"],
+            DeviceClass::NvidiaJetson => &["CUDA", "Vulkan", "CPU"],
+            DeviceClass::IntelNpu | DeviceClass::RockchipRk3588 | DeviceClass::GenericX86 => &["Vulkan", "CPU"],
+            DeviceClass::AppleSilicon => &["Metal", "CPU"],
+            DeviceClass::RaspberryPi | DeviceClass::GenericArm => &["CPU"],
+            DeviceClass::X86Server => &["CUDA", "Vulkan", "CPU"],
+        }
+    }
+
     /// Execution providers to try, best first (HARDWARE-FACTS §9). CPU is always last.
     pub fn providers(self) -> &'static [&'static str] {
         match self {
@@ -303,6 +316,7 @@ pub fn detect(root: &Path) -> Detection {
             device_class: class.as_str().to_owned(),
             arch: arch.to_owned(),
             execution_providers: class.providers().iter().map(|p| (*p).to_owned()).collect(),
+            llm_backends: class.llm_backends().iter().map(|p| (*p).to_owned()).collect(),
             memory_bytes: memory.unwrap_or(0),
             soc,
             power,

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod hardware;
 pub mod health;
 pub mod machine;
+pub mod openai;
 pub mod power;
 pub mod run;
 pub mod serving;

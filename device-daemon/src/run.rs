@@ -11,11 +11,13 @@ use std::time::Duration;
 use anyhow::Context;
 use edgefleet_protocol::DeviceId;
 use edgefleet_runtime::Options;
+use edgefleet_runtime::llm::LlmOptions;
 use model_registry::fsutil::write_file_atomic;
 use model_registry::verify::{self_signed_root, update_root};
 use model_registry::{Limits, Root};
 
 use crate::agent::{Agent, Layout, enroll, http_client};
+use crate::openai::OpenAiState;
 use crate::serving::ModelTable;
 use crate::v2::{V2State, router};
 
@@ -48,6 +50,19 @@ pub struct RunArgs {
     /// Threads per session.
     #[arg(long, env = "EDGEFLEET_THREADS", default_value_t = 1)]
     pub threads: usize,
+    /// Language models: sequences decoded together in one batch (each holds the release's context length of
+    /// KV cache, counted in the memory budget).
+    #[arg(long, env = "EDGEFLEET_LLM_SEQUENCES", default_value_t = 4)]
+    pub llm_sequences: u32,
+    /// Language models: requests that may wait for a sequence; past that the answer is 429 with Retry-After.
+    #[arg(long, env = "EDGEFLEET_LLM_QUEUE", default_value_t = 16)]
+    pub llm_queue: usize,
+    /// Language models: tokens decoded per step (prompt chunks and generated tokens together).
+    #[arg(long, env = "EDGEFLEET_LLM_BATCH", default_value_t = 256)]
+    pub llm_batch: u32,
+    /// Language models: decoding threads (default: every core).
+    #[arg(long, env = "EDGEFLEET_LLM_THREADS")]
+    pub llm_threads: Option<i32>,
     /// Longest check-in long-poll, seconds.
     #[arg(long, env = "EDGEFLEET_WAIT", default_value_t = 30)]
     pub wait: u64,
@@ -68,7 +83,8 @@ pub struct RunArgs {
     /// Requests needed (on each release compared) before error rate or latency is judged.
     #[arg(long, env = "EDGEFLEET_BAKE_MIN_REQUESTS", default_value_t = 20)]
     pub bake_min_requests: u64,
-    /// Memory all loaded models may take together, MiB (each counted as model bytes × sessions). When the
+    /// Memory all loaded models may take together, MiB (each counted as model bytes × sessions; a language
+    /// model as its weights and the KV cache of its sequences). When the
     /// release being replaced and the new one do not both fit, the swap drains: requests wait, none fail.
     #[arg(long, env = "EDGEFLEET_MEMORY_BUDGET_MB")]
     pub memory_budget_mb: Option<u64>,
@@ -238,6 +254,13 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
             intra_threads: Some(args.threads),
         },
         sessions: args.sessions,
+        llm: crate::agent::LlmSettings {
+            options: LlmOptions { backends: detection.profile.llm_backends.clone() },
+            sequences: args.llm_sequences,
+            queue: args.llm_queue,
+            batch: args.llm_batch,
+            threads: args.llm_threads,
+        },
         models: models.clone(),
         hardware: detection.profile.clone(),
         limits,
@@ -256,7 +279,8 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         tracing::warn!(%problem, "restoring a committed model failed");
         state.last_error = Some(problem);
     }
-    serve_v2(&args.listen, router(V2State { models }, 64 << 20)).await?;
+    let app = router(V2State { models: models.clone() }, 64 << 20).merge(crate::openai::router(OpenAiState { models }));
+    serve_v2(&args.listen, app).await?;
     let mut failures = 0u32;
     loop {
         let started = std::time::Instant::now();

@@ -1,5 +1,6 @@
 //! Serving: per model, one handle (`ArcSwapOption<Served>`) to a loaded release — a pool of ONNX Runtime
-//! sessions plus the signature from the manifest — swapped atomically. A request takes the handle once and
+//! sessions plus the signature from the manifest, or a llama.cpp engine for a language model — swapped
+//! atomically. A request takes the handle once and
 //! finishes on that release even if a swap happens meanwhile; the old pool is freed when its last request
 //! ends. A swap therefore never fails a request.
 //!
@@ -13,10 +14,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
-use edgefleet_protocol::{ModelName, ReleaseVersion, VariantId};
+use edgefleet_protocol::tensor::{HostTensor, TensorSpec};
+use edgefleet_protocol::{ModelName, ReleaseVersion, Sha256Digest, VariantId};
+use edgefleet_runtime::llm::{Engine, EngineConfig, LlmError, LlmModel, LlmOptions};
 use edgefleet_runtime::{Model, Options, Runtime, RuntimeError};
-use model_registry::golden::HostTensor;
-use model_registry::manifest::TensorSpec;
 use serde::Serialize;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, Semaphore};
 
@@ -32,16 +33,26 @@ pub struct Served {
     pub slot: String,
     pub provider: String,
     pub fallbacks: Vec<String>,
+    /// The tensors an ONNX model takes and gives (empty for a language model).
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
-    pool: SessionPool,
+    work: Work,
     /// Requests answered and failed by this release and their latency, for the health watch.
     pub health: Health,
     /// The same, as OpenTelemetry metrics (no-ops unless telemetry was started).
     instruments: crate::telemetry::InferenceInstruments,
+    /// A language model's own numbers (time to first token, per output token, tokens).
+    pub llm_instruments: Option<crate::telemetry::LlmInstruments>,
     /// What the memory budget counts for this release: model file bytes × sessions (ONNX Runtime keeps the
-    /// weights once per session).
+    /// weights once per session); for a language model its weights and the KV cache of all its sequences.
     pub memory: u64,
+}
+
+/// What answers a release's requests.
+#[derive(Debug)]
+enum Work {
+    Sessions(SessionPool),
+    Llm(Engine),
 }
 
 /// Sessions of one model; `Session::run` needs `&mut`, so each request borrows one whole.
@@ -59,6 +70,8 @@ pub enum InferError {
     Run(#[from] RuntimeError),
     #[error("the inference worker stopped: {0}")]
     Worker(String),
+    #[error("this is a language model: ask it through /v1/chat/completions or /v1/completions")]
+    NotTensors,
 }
 
 /// What a loaded release looks like from outside.
@@ -70,6 +83,8 @@ pub struct ServedInfo {
     pub slot: String,
     pub provider: String,
     pub fallbacks: Vec<String>,
+    /// `onnx` or `gguf`.
+    pub format: &'static str,
 }
 
 impl Served {
@@ -99,6 +114,7 @@ impl Served {
         );
         Ok(Self {
             instruments,
+            llm_instruments: None,
             model,
             release,
             variant,
@@ -107,10 +123,74 @@ impl Served {
             fallbacks: first.fallbacks.clone(),
             inputs: first.inputs.clone(),
             outputs: first.outputs.clone(),
-            pool: SessionPool { permits: Semaphore::new(pool.len()), idle: Mutex::new(pool) },
+            work: Work::Sessions(SessionPool { permits: Semaphore::new(pool.len()), idle: Mutex::new(pool) }),
             health: Health::default(),
             memory,
         })
+    }
+
+    /// Loads the GGUF at `path` on the first backend of `options` this device has, with the chat template
+    /// `template` says (the release's override, and the digest the one in use must have), and starts its engine.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_llm(
+        path: &Path,
+        options: &LlmOptions,
+        config: EngineConfig,
+        template: (Option<&str>, Option<&Sha256Digest>),
+        model: ModelName,
+        release: ReleaseVersion,
+        variant: VariantId,
+        slot: &str,
+    ) -> Result<Self, LlmError> {
+        let mut loaded = edgefleet_runtime::with_low_priority(|| LlmModel::load(path, options))?;
+        if let Some(t) = template.0 {
+            loaded = loaded.with_chat_template(t)?;
+        }
+        let in_use = loaded.facts.chat_template.as_deref().map(|t| Sha256Digest::of(t.as_bytes()));
+        if in_use.as_ref() != template.1 {
+            return Err(LlmError::Template(format!(
+                "the chat template in use ({}) is not the release's ({})",
+                in_use.map_or("none".into(), |d| d.to_string()),
+                template.1.map_or("none".into(), ToString::to_string)
+            )));
+        }
+        let memory = loaded.facts.memory_bytes(config.context_length, config.sequences);
+        let (provider, fallbacks) = (loaded.backend.clone(), loaded.fallbacks.clone());
+        let engine = Engine::start(Arc::new(loaded), config)?;
+        let instruments =
+            crate::telemetry::InferenceInstruments::new(model.as_str(), release.get(), variant.as_str(), &provider);
+        let llm_instruments =
+            crate::telemetry::LlmInstruments::new(model.as_str(), release.get(), variant.as_str(), &provider);
+        Ok(Self {
+            instruments,
+            llm_instruments: Some(llm_instruments),
+            model,
+            release,
+            variant,
+            slot: slot.to_owned(),
+            provider,
+            fallbacks,
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            work: Work::Llm(engine),
+            health: Health::default(),
+            memory,
+        })
+    }
+
+    /// The language model's engine, if this release is one.
+    pub fn llm(&self) -> Option<&Engine> {
+        match &self.work {
+            Work::Llm(e) => Some(e),
+            Work::Sessions(_) => None,
+        }
+    }
+
+    /// Counts one language-model request in the release's health (its latency is its time to first token) and
+    /// its inference telemetry.
+    pub fn record(&self, ok: bool, latency: std::time::Duration) {
+        self.health.record(ok, latency);
+        self.instruments.record(ok, latency);
     }
 
     pub fn info(&self) -> ServedInfo {
@@ -121,6 +201,7 @@ impl Served {
             slot: self.slot.clone(),
             provider: self.provider.clone(),
             fallbacks: self.fallbacks.clone(),
+            format: if self.llm().is_some() { "gguf" } else { "onnx" },
         }
     }
 
@@ -153,9 +234,9 @@ impl Served {
         self: &Arc<Self>,
         inputs: BTreeMap<String, HostTensor>,
     ) -> Result<Result<BTreeMap<String, HostTensor>, RuntimeError>, InferError> {
-        let permit = self.pool.permits.acquire().await.map_err(|e| InferError::Worker(e.to_string()))?;
-        let mut session = self
-            .pool
+        let Work::Sessions(pool) = &self.work else { return Err(InferError::NotTensors) };
+        let permit = pool.permits.acquire().await.map_err(|e| InferError::Worker(e.to_string()))?;
+        let mut session = pool
             .idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -175,7 +256,9 @@ impl Served {
                 return Err(InferError::Worker(e.to_string()));
             }
         };
-        this.pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(session);
+        if let Work::Sessions(pool) = &this.work {
+            pool.idle.lock().unwrap_or_else(|p| p.into_inner()).push(session);
+        }
         drop(permit);
         Ok(result)
     }

@@ -5,6 +5,10 @@
 //! Instruments (attributes `model`, `release`, `variant`, `provider` where they apply):
 //! - `edgefleet.inference.duration` (histogram, s, buckets from 100 µs) and `edgefleet.inference.count`
 //!   (counter, by `outcome` = ok | error), recorded on the request path by `Served`;
+//! - for language models, `gen_ai.server.time_to_first_token` and `gen_ai.server.time_per_output_token`
+//!   (histograms, s, GenAI semantic conventions) and `edgefleet.llm.tokens` (counter, by `gen_ai.token.type` =
+//!   input | output); their requests count in `edgefleet.inference.*` too, with the time to first token as
+//!   the duration;
 //! - `edgefleet.install.events` (counter, by `kind`: installed, verification_failed, rolled_back, …);
 //! - `process.memory.usage` (gauge, By, the daemon's resident set);
 //! - `hw.power` (gauge, W) and `hw.energy` (counter, J) following OpenTelemetry's hardware conventions, only
@@ -74,6 +78,70 @@ impl InferenceInstruments {
         if ok {
             self.duration.record(took.as_secs_f64(), &self.ok[..4]);
         }
+    }
+}
+
+/// A language-model release's instruments: time to first token, time per output token, tokens in and out.
+#[derive(Debug, Clone)]
+pub struct LlmInstruments {
+    ttft: Histogram<f64>,
+    tpot: Histogram<f64>,
+    tokens: Counter<u64>,
+    base: Arc<[KeyValue]>,
+    input: Arc<[KeyValue]>,
+    output: Arc<[KeyValue]>,
+}
+
+impl LlmInstruments {
+    pub fn new(model: &str, release: u64, variant: &str, provider: &str) -> Self {
+        let m = meter();
+        let base = vec![
+            KeyValue::new(names::ATTR_MODEL, model.to_owned()),
+            KeyValue::new(names::ATTR_RELEASE, release as i64),
+            KeyValue::new(names::ATTR_VARIANT, variant.to_owned()),
+            KeyValue::new(names::ATTR_PROVIDER, provider.to_owned()),
+        ];
+        let with = |kind: &'static str| {
+            let mut v = base.clone();
+            v.push(KeyValue::new(names::ATTR_TOKEN_TYPE, kind));
+            Arc::from(v)
+        };
+        let histogram = |name: &'static str, what: &'static str| {
+            m.f64_histogram(name)
+                .with_unit("s")
+                .with_description(what)
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build()
+        };
+        Self {
+            ttft: histogram(names::LLM_TTFT, "Time from a request to its first generated token, queueing included"),
+            tpot: histogram(names::LLM_TPOT, "Time per generated token after the first"),
+            tokens: m
+                .u64_counter(names::LLM_TOKENS)
+                .with_description("Tokens read (input) and written (output)")
+                .build(),
+            input: with("input"),
+            output: with("output"),
+            base: Arc::from(base),
+        }
+    }
+
+    /// One answered request: its time to first token (if a token came), time per later token, and its tokens.
+    pub fn record(
+        &self,
+        ttft: Option<Duration>,
+        per_token: Option<Duration>,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    ) {
+        if let Some(t) = ttft {
+            self.ttft.record(t.as_secs_f64(), &self.base);
+        }
+        if let Some(t) = per_token {
+            self.tpot.record(t.as_secs_f64(), &self.base);
+        }
+        self.tokens.add(prompt_tokens, &self.input);
+        self.tokens.add(completion_tokens, &self.output);
     }
 }
 

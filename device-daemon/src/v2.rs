@@ -19,8 +19,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use model_registry::golden::HostTensor;
-use model_registry::manifest::{ElementType, TensorSpec};
+use edgefleet_protocol::tensor::{ElementType, HostTensor, TensorSpec};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -259,7 +258,7 @@ async fn metadata(State(state): State<V2State>, Path(name): Path<String>) -> Res
     Ok(Json(serde_json::json!({
         "name": m.model,
         "versions": [m.release.to_string()],
-        "platform": "onnxruntime_onnx",
+        "platform": if m.llm().is_some() { "llama_cpp_gguf" } else { "onnxruntime_onnx" },
         "inputs": tensor_meta(&m.inputs),
         "outputs": tensor_meta(&m.outputs),
         "edgefleet": m.info(),
@@ -326,6 +325,7 @@ async fn infer(
     }
     let outputs = m.infer(tensors).await.map_err(|e| match e {
         InferError::NotLoaded(_) => V2Error(StatusCode::NOT_FOUND, e.to_string()),
+        InferError::NotTensors => bad(e.to_string()),
         other => V2Error(StatusCode::INTERNAL_SERVER_ERROR, format!("inference failed: {other}")),
     })?;
     // Binary for every output when the request says so, else as each requested output says.

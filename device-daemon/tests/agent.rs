@@ -109,6 +109,7 @@ fn release(fake: &Fake, version: u64, model: &str, reference: &str) -> (Envelope
         golden: golden_ref,
         inputs: m.inputs.clone(),
         outputs: m.outputs.clone(),
+        llm: None,
     };
     let manifest = ReleaseManifest {
         doc_type: DocType::Release,
@@ -181,6 +182,7 @@ impl Rig {
         .expect("root");
         let models = Arc::new(ModelTable::default());
         let agent = Agent {
+            llm: Default::default(),
             device: "edge-1".parse().expect("device"),
             server: server.clone(),
             client: reqwest::Client::new(),

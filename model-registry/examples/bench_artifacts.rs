@@ -129,6 +129,7 @@ fn main() -> anyhow::Result<()> {
                     dtype: ElementType::Float32,
                     shape: vec![-1, 214],
                 }],
+                llm: None,
             })
             .collect(),
     };

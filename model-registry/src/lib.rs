@@ -25,7 +25,8 @@ pub use golden::{GoldenReport, GoldenVectors, HostTensor, Tolerance};
 pub use keys::{KeyPair, PublicKey};
 pub use limits::Limits;
 pub use manifest::{
-    DesiredState, ElementType, ModelAssignment, Precision, ReleaseManifest, Requirements, TensorSpec, Variant,
+    DesiredState, ElementType, LlmSpec, ModelAssignment, ModelFormat, Precision, ReleaseManifest, Requirements,
+    TensorSpec, Variant,
 };
 pub use root::{DocType, Role, Root};
 pub use verify::{

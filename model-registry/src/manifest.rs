@@ -7,41 +7,97 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 use chrono::{DateTime, Utc};
-use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, VariantId};
+use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, Sha256Digest, VariantId};
 use serde::{Deserialize, Serialize};
 
 use crate::artifact::ArtifactRef;
 use crate::envelope::Envelope;
 use crate::root::DocType;
 
-/// Numeric precision of a variant's weights and compute.
+/// Numeric precision of a variant's weights and compute: for ONNX models the element type, for GGUF models
+/// llama.cpp's quantization type (as its `quantize` tool names them, lower case).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Precision {
+    #[serde(rename = "fp32")]
     Fp32,
+    #[serde(rename = "fp16")]
     Fp16,
+    #[serde(rename = "int8")]
     Int8,
+    #[serde(rename = "int4")]
     Int4,
+    #[serde(rename = "mixed")]
     Mixed,
+    #[serde(rename = "f32")]
+    F32,
+    #[serde(rename = "f16")]
+    F16,
+    #[serde(rename = "bf16")]
+    Bf16,
+    #[serde(rename = "q8_0")]
+    Q8_0,
+    #[serde(rename = "q6_k")]
+    Q6K,
+    #[serde(rename = "q5_k_m")]
+    Q5KM,
+    #[serde(rename = "q5_k_s")]
+    Q5KS,
+    #[serde(rename = "q5_1")]
+    Q5_1,
+    #[serde(rename = "q5_0")]
+    Q5_0,
+    #[serde(rename = "q4_k_m")]
+    Q4KM,
+    #[serde(rename = "q4_k_s")]
+    Q4KS,
+    #[serde(rename = "q4_1")]
+    Q4_1,
+    #[serde(rename = "q4_0")]
+    Q4_0,
+    #[serde(rename = "iq4_nl")]
+    Iq4Nl,
+    #[serde(rename = "iq4_xs")]
+    Iq4Xs,
+    #[serde(rename = "q3_k_l")]
+    Q3KL,
+    #[serde(rename = "q3_k_m")]
+    Q3KM,
+    #[serde(rename = "q3_k_s")]
+    Q3KS,
+    #[serde(rename = "q2_k")]
+    Q2K,
+}
+
+impl Precision {
+    /// The ONNX precisions, which a GGUF variant cannot have.
+    pub const ONNX: [Precision; 5] =
+        [Precision::Fp32, Precision::Fp16, Precision::Int8, Precision::Int4, Precision::Mixed];
+
+    pub fn is_onnx(self) -> bool {
+        Self::ONNX.contains(&self)
+    }
+
+    fn name(self) -> String {
+        serde_json::to_value(self).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+    }
 }
 
 impl fmt::Display for Precision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Precision::Fp32 => "fp32",
-            Precision::Fp16 => "fp16",
-            Precision::Int8 => "int8",
-            Precision::Int4 => "int4",
-            Precision::Mixed => "mixed",
-        })
+        f.write_str(&self.name())
     }
 }
 
 impl std::str::FromStr for Precision {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        serde_json::from_value(serde_json::Value::String(s.to_owned()))
-            .map_err(|_| format!("precision {s:?} is not one of fp32, fp16, int8, int4, mixed"))
+        serde_json::from_value(serde_json::Value::String(s.to_owned())).map_err(|_| {
+            format!(
+                "precision {s:?} is not one of fp32, fp16, int8, int4, mixed (ONNX) or a llama.cpp type \
+                 (f32, f16, bf16, q8_0, q6_k, q5_k_m, q5_k_s, q5_1, q5_0, q4_k_m, q4_k_s, q4_1, q4_0, iq4_nl, \
+                 iq4_xs, q3_k_l, q3_k_m, q3_k_s, q2_k)"
+            )
+        })
     }
 }
 
@@ -49,42 +105,48 @@ impl std::str::FromStr for Precision {
 #[serde(rename_all = "lowercase")]
 pub enum ModelFormat {
     Onnx,
+    /// A llama.cpp model file: weights, tokenizer and chat template in one.
+    Gguf,
 }
 
-/// Element types of tensors in a model's signature, named as ONNX names them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ElementType {
-    Float32,
-    Float16,
-    Float64,
-    Int8,
-    Uint8,
-    Int16,
-    Int32,
-    Int64,
-    Bool,
-}
-
-impl ElementType {
-    pub fn size(self) -> usize {
+impl ModelFormat {
+    /// The file name a staged model of this format has in its slot.
+    pub fn file_name(self) -> &'static str {
         match self {
-            ElementType::Int8 | ElementType::Uint8 | ElementType::Bool => 1,
-            ElementType::Float16 | ElementType::Int16 => 2,
-            ElementType::Float32 | ElementType::Int32 => 4,
-            ElementType::Float64 | ElementType::Int64 => 8,
+            ModelFormat::Onnx => "model.onnx",
+            ModelFormat::Gguf => "model.gguf",
         }
     }
 }
 
-/// One input or output of a model: name, element type and shape (`-1` for a dimension fixed only at run time).
+/// What a device must know of a language model before it loads it (GGUF variants only).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TensorSpec {
-    pub name: String,
-    pub dtype: ElementType,
-    pub shape: Vec<i64>,
+pub struct LlmSpec {
+    /// The model's architecture as its GGUF names it (`llama`, `gemma3`).
+    pub architecture: String,
+    /// Parameters in the model.
+    pub parameters: u64,
+    /// Tokens one sequence may hold (prompt and completion) on a device running this release.
+    pub context_length: u32,
+    /// Tokens in the vocabulary.
+    pub vocab_size: u32,
+    /// Bytes the model needs to serve one sequence at `context_length`: weights plus KV cache (f16). A device
+    /// serving several sequences at once adds the KV cache per extra sequence.
+    pub memory_bytes: u64,
+    /// Of which the KV cache of one sequence at `context_length`.
+    pub kv_cache_bytes: u64,
+    /// The chat template to use instead of the GGUF's own (`tokenizer.chat_template`), for a GGUF that carries
+    /// none or a wrong one: a llama.cpp built-in name (`gemma`, `chatml`, …) or a template's text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template: Option<String>,
+    /// SHA-256 of the chat template in use (`chat_template`, else the GGUF's); `None` when there is none, and
+    /// the model serves completions only. A device whose GGUF has another refuses it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template_sha256: Option<Sha256Digest>,
 }
+
+pub use edgefleet_protocol::tensor::{ElementType, TensorSpec};
 
 /// What a device must have to run a variant. Empty lists mean "any".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,8 +180,12 @@ pub struct Variant {
     pub zstd: ArtifactRef,
     /// Golden vectors (safetensors) that this variant must reproduce before it may serve.
     pub golden: ArtifactRef,
+    /// The tensors an ONNX model takes and gives (empty for a GGUF model).
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// Present exactly when the format is GGUF.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmSpec>,
 }
 
 /// The signed part of a release manifest.
@@ -149,6 +215,8 @@ pub enum ManifestError {
     NoVariants,
     #[error("variant id {0} appears twice")]
     DuplicateVariant(VariantId),
+    #[error("variant {0}: {1}")]
+    Variant(VariantId, &'static str),
 }
 
 impl ReleaseManifest {
@@ -166,6 +234,21 @@ impl ReleaseManifest {
         for v in &self.variants {
             if !ids.insert(&v.id) {
                 return Err(ManifestError::DuplicateVariant(v.id.clone()));
+            }
+            let bad = |why| Err(ManifestError::Variant(v.id.clone(), why));
+            match (v.format, &v.llm) {
+                (ModelFormat::Onnx, Some(_)) => return bad("an ONNX variant carries no language-model facts"),
+                (ModelFormat::Onnx, None) if !v.precision.is_onnx() => {
+                    return bad("a llama.cpp quantization type is not an ONNX precision");
+                }
+                (ModelFormat::Gguf, None) => return bad("a GGUF variant must say what a device needs to load it"),
+                (ModelFormat::Gguf, Some(_)) if v.precision.is_onnx() => {
+                    return bad("a GGUF variant's precision is its llama.cpp quantization type (q4_k_m, q8_0, …)");
+                }
+                (ModelFormat::Gguf, Some(llm)) if llm.context_length == 0 => {
+                    return bad("a context length of 0 tokens");
+                }
+                _ => {}
             }
         }
         Ok(())

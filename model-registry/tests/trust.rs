@@ -63,6 +63,7 @@ fn manifest(model: &str, version: u64, floor: u64) -> ReleaseManifest {
             golden: artifact(&format!("golden {model} {version}")),
             inputs: vec![],
             outputs: vec![],
+            llm: None,
         }],
     }
 }

@@ -154,6 +154,9 @@ pub struct HardwareProfile {
     pub arch: String,
     /// Execution providers to try, best first, ending with `CPUExecutionProvider`.
     pub execution_providers: Vec<String>,
+    /// llama.cpp backends to try for language models, best first, ending with `CPU`.
+    #[serde(default)]
+    pub llm_backends: Vec<String>,
     pub memory_bytes: u64,
     /// SoC and NPU identifiers (`sm8550`, `htp-v73`, `tegra234`).
     #[serde(default)]

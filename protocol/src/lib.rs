@@ -5,8 +5,10 @@
 
 pub mod api;
 pub mod ids;
+pub mod llm_golden;
 pub mod rollout;
 pub mod telemetry;
+pub mod tensor;
 
 pub use ids::{DeviceId, IdError, KeyId, ModelName, ReleaseVersion, Sha256Digest, VariantId};
 

@@ -10,6 +10,15 @@ pub const DURATION_BUCKETS: [f64; 16] =
 pub const INFERENCE_DURATION: &str = "edgefleet.inference.duration";
 /// Counter: inference requests, by `outcome` (`ok` | `error`).
 pub const INFERENCE_COUNT: &str = "edgefleet.inference.count";
+/// Histogram (s): a language model's time to first token, from the request to its first generated token
+/// (OpenTelemetry GenAI semantic conventions).
+pub const LLM_TTFT: &str = "gen_ai.server.time_to_first_token";
+/// Histogram (s): a language model's time per output token after the first (GenAI semantic conventions).
+pub const LLM_TPOT: &str = "gen_ai.server.time_per_output_token";
+/// Counter: tokens a language model read and wrote, by `gen_ai.token.type` (`input` | `output`).
+pub const LLM_TOKENS: &str = "edgefleet.llm.tokens";
+pub const ATTR_TOKEN_TYPE: &str = "gen_ai.token.type";
+
 /// Counter: install steps and failures, by `kind` (the device event kinds: `committed`, `golden_failed`, …).
 pub const INSTALL_EVENTS: &str = "edgefleet.install.events";
 /// Counter (J): energy used by the device, from its sensor (OpenTelemetry `hw.energy`).

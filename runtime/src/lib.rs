@@ -3,13 +3,16 @@
 //! reason kept, down to CPU), read its signature, and run it on host tensors. Used by the CLI (`release pack`,
 //! `release golden`) and by the device daemon.
 //!
-//! Invariant: no other crate of the workspace imports `ort`.
+//! Language models run through llama.cpp, in [`llm`].
+//!
+//! Invariant: no other crate of the workspace imports `ort` or `llama-cpp-2`.
+
+pub mod llm;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use model_registry::golden::HostTensor;
-use model_registry::manifest::{ElementType, TensorSpec};
+use edgefleet_protocol::tensor::{Cases, ElementType, HostTensor, TensorSpec};
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorElementType, ValueType};
 
@@ -282,11 +285,8 @@ fn to_host(v: &DynValue) -> Result<Option<HostTensor>, ort::Error> {
 impl Model {
     /// Runs the model on every case (`case -> input name -> tensor`): what golden vectors are made from and
     /// checked against.
-    pub fn run_cases(
-        &mut self,
-        inputs: &model_registry::golden::Cases,
-    ) -> Result<model_registry::golden::Cases, RuntimeError> {
-        let mut out = model_registry::golden::Cases::new();
+    pub fn run_cases(&mut self, inputs: &Cases) -> Result<Cases, RuntimeError> {
+        let mut out = Cases::new();
         for (case, tensors) in inputs {
             out.insert(case.clone(), self.run(tensors)?);
         }

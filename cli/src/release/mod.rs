@@ -10,8 +10,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use chrono::Utc;
+use edgefleet_protocol::llm_golden::LlmGolden;
 use model_registry::artifact::{ArtifactRef, decompress_verified, verify_stream};
 use model_registry::golden::GoldenVectors;
+use model_registry::manifest::ModelFormat;
 use model_registry::verify::self_signed_root;
 use model_registry::{
     Defence, Envelope, KeyPair, LastSeen, Limits, ModelName, Refusal, ReleaseManifest, ReleaseVersion, Root, Verifier,
@@ -23,6 +25,20 @@ use crate::output::Out;
 use edgefleet_runtime::Runtime;
 
 mod pack;
+mod pack_llm;
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn scopeguard(path: &Path) -> RemoveOnDrop {
+    RemoveOnDrop(path.to_owned())
+}
 
 /// A verification that refused: exit code 3, with the defence that fired.
 #[derive(Debug)]
@@ -171,7 +187,11 @@ fn verify(release: &Path, root: &Path, chain: &[PathBuf], floor: Option<u64>, ou
         )
         .map_err(|e| Refused::new(format!("variant {} golden vectors", v.id), e.into()))?;
         let golden_bytes = std::fs::read(rd.blob(&v.golden))?;
-        GoldenVectors::from_bytes(&golden_bytes).with_context(|| format!("variant {}: golden vectors", v.id))?;
+        match v.format {
+            ModelFormat::Onnx => GoldenVectors::from_bytes(&golden_bytes).map(drop).map_err(anyhow::Error::from),
+            ModelFormat::Gguf => LlmGolden::from_bytes(&golden_bytes).map(drop).map_err(anyhow::Error::from),
+        }
+        .with_context(|| format!("variant {}: golden vectors", v.id))?;
         variants.push(serde_json::json!({"id": v.id, "precision": v.precision, "raw_bytes": v.raw.size, "zstd_bytes": v.zstd.size}));
     }
     let signers = verified.signed_by.iter().map(|k| k.short()).collect::<Vec<_>>().join(", ");
@@ -205,7 +225,21 @@ fn golden(release: &Path, variant: &str, ort_lib: Option<&Path>, out: &Out) -> a
         .map_err(|e| Refused::new(format!("variant {} model", v.id), e.into()))?;
     verify_stream("golden vectors", rd.open_blob(&v.golden, "golden vectors")?, &v.golden)
         .map_err(|e| Refused::new(format!("variant {} golden vectors", v.id), e.into()))?;
-    let golden = GoldenVectors::from_bytes(&std::fs::read(rd.blob(&v.golden))?)?;
+    let golden_bytes = std::fs::read(rd.blob(&v.golden))?;
+    if v.format == ModelFormat::Gguf {
+        let golden = LlmGolden::from_bytes(&golden_bytes)?;
+        let gguf = tmp.path().with_extension("gguf");
+        std::fs::rename(tmp.path(), &gguf)?;
+        let _remove = scopeguard(&gguf);
+        let report = pack_llm::golden_report(&gguf, v, &golden)?;
+        out.emit(
+            format!("{} {} variant {}:\n{report}", manifest.model, manifest.version, v.id),
+            serde_json::json!({"variant": v.id, "passed": report.passed(), "report": report.to_string()}),
+        );
+        anyhow::ensure!(report.passed(), "variant {} is outside its golden tolerances", v.id);
+        return Ok(());
+    }
+    let golden = GoldenVectors::from_bytes(&golden_bytes)?;
     let rt = Runtime::load(ort_lib)?;
     let mut model = rt.open(tmp.path())?;
     let report = golden.check(&model.run_cases(&golden.inputs)?);

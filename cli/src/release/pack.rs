@@ -26,11 +26,13 @@ use edgefleet_runtime::Runtime;
 
 /// One `--variant` as given on the command line.
 #[derive(Debug)]
-struct VariantSpec {
-    id: VariantId,
-    file: PathBuf,
-    precision: Precision,
-    requirements: Requirements,
+pub(super) struct VariantSpec {
+    pub id: VariantId,
+    pub file: PathBuf,
+    pub precision: Precision,
+    pub requirements: Requirements,
+    /// GGUF only: the chat template to use instead of the file's own.
+    pub chat_template: Option<String>,
 }
 
 fn parse_bytes(s: &str) -> anyhow::Result<u64> {
@@ -54,8 +56,8 @@ fn parse_variant(s: &str) -> anyhow::Result<VariantSpec> {
     let list = |k: &str| take(k).map(|v| v.split('+').map(str::to_owned).collect()).unwrap_or_default();
     for k in fields.keys() {
         ensure!(
-            ["id", "file", "precision", "providers", "arch", "soc", "min-memory"].contains(k),
-            "{}: unknown key {k:?} (known: id, file, precision, providers, arch, soc, min-memory)",
+            ["id", "file", "precision", "providers", "arch", "soc", "min-memory", "chat-template"].contains(k),
+            "{}: unknown key {k:?} (known: id, file, precision, providers, arch, soc, min-memory, chat-template)",
             ctx()
         );
     }
@@ -73,6 +75,7 @@ fn parse_variant(s: &str) -> anyhow::Result<VariantSpec> {
             soc: list("soc"),
             min_memory_bytes: take("min-memory").map(parse_bytes).transpose().with_context(ctx)?,
         },
+        chat_template: take("chat-template").map(str::to_owned),
     })
 }
 
@@ -111,6 +114,39 @@ fn parse_tolerances(specs: &[String]) -> anyhow::Result<Vec<ToleranceOverride>> 
     Ok(out)
 }
 
+/// Compresses a variant's model file into `blobs/`: its raw and its zstd reference.
+pub(super) fn compress_model(
+    blobs: &Path,
+    spec: &VariantSpec,
+    level: i32,
+    limits: &Limits,
+    out: &Out,
+) -> anyhow::Result<(ArtifactRef, ArtifactRef)> {
+    let file = File::open(&spec.file).with_context(|| format!("reading {}", spec.file.display()))?;
+    let bar = out.bytes_bar(file.metadata()?.len(), &format!("compressing {}", spec.id));
+    let mut raw_ref = None;
+    let zstd_ref = write_blob(blobs, |f| {
+        let (raw, z) = model_registry::compress(
+            bar.wrap_read(BufReader::with_capacity(256 << 10, file)),
+            f,
+            level,
+            limits.max_model_bytes,
+        )?;
+        raw_ref = Some(raw);
+        Ok(z)
+    })?;
+    bar.finish_and_clear();
+    Ok((raw_ref.context("compression produced no digest")?, zstd_ref))
+}
+
+/// Writes `bytes` into `blobs/` under their digest.
+pub(super) fn write_bytes_blob(blobs: &Path, bytes: &[u8]) -> anyhow::Result<ArtifactRef> {
+    write_blob(blobs, |f| {
+        std::io::Write::write_all(f, bytes)?;
+        Ok(ArtifactRef { sha256: Sha256Digest::of(bytes), size: bytes.len() as u64 })
+    })
+}
+
 /// Writes a blob into `blobs/` under its digest, through `fill`, atomically.
 fn write_blob(
     blobs: &Path,
@@ -138,10 +174,16 @@ pub fn pack(a: ReleasePack, out: &Out) -> anyhow::Result<()> {
         ensure!(!specs[..i].iter().any(|o| o.id == s.id), "variant id {} is given twice", s.id);
         ensure!(s.file.is_file(), "variant {}: {} is not a file", s.id, s.file.display());
     }
-    let overrides = parse_tolerances(&a.tolerances)?;
     if a.out.exists() {
         bail!("{}: already exists; refusing to overwrite", a.out.display());
     }
+    let is_gguf = |s: &VariantSpec| s.file.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    if specs.iter().any(is_gguf) {
+        ensure!(specs.iter().all(is_gguf), "a release is all ONNX or all GGUF variants, not both");
+        return super::pack_llm::pack(a, model, version, floor, specs, out);
+    }
+    ensure!(specs.iter().all(|s| s.chat_template.is_none()), "chat-template= is for GGUF variants");
+    let overrides = parse_tolerances(&a.tolerances)?;
     let limits = Limits::default();
     let samples_bytes =
         read_capped(&a.samples, limits.max_golden_bytes).with_context(|| format!("reading {}", a.samples.display()))?;
@@ -200,25 +242,8 @@ pub fn pack(a: ReleasePack, out: &Out) -> anyhow::Result<()> {
         ensure!(report.passed(), "variant {} fails its golden vectors against the reference:\n{report}", spec.id);
 
         let golden_bytes = golden.to_bytes()?;
-        let golden_ref = write_blob(&blobs, |f| {
-            std::io::Write::write_all(f, &golden_bytes)?;
-            Ok(ArtifactRef { sha256: Sha256Digest::of(&golden_bytes), size: golden_bytes.len() as u64 })
-        })?;
-        let file = File::open(&spec.file).with_context(|| format!("reading {}", spec.file.display()))?;
-        let bar = out.bytes_bar(file.metadata()?.len(), &format!("compressing {}", spec.id));
-        let mut raw_ref = None;
-        let zstd_ref = write_blob(&blobs, |f| {
-            let (raw, z) = model_registry::compress(
-                bar.wrap_read(BufReader::with_capacity(256 << 10, file)),
-                f,
-                a.level,
-                limits.max_model_bytes,
-            )?;
-            raw_ref = Some(raw);
-            Ok(z)
-        })?;
-        bar.finish_and_clear();
-        let raw = raw_ref.context("compression produced no digest")?;
+        let golden_ref = write_bytes_blob(&blobs, &golden_bytes)?;
+        let (raw, zstd_ref) = compress_model(&blobs, &spec, a.level, &limits, out)?;
         summary.push(format!(
             "  {:16} {:5} raw {:>10} B  zstd {:>10} B  golden {}",
             spec.id.as_str(),
@@ -242,35 +267,59 @@ pub fn pack(a: ReleasePack, out: &Out) -> anyhow::Result<()> {
             golden: golden_ref,
             inputs: m.inputs.clone(),
             outputs: m.outputs.clone(),
+            llm: None,
         });
     }
 
+    finish(
+        Finish { model, version, floor, description: a.description, out: &a.out, staging, parent },
+        variants,
+        &summary,
+        out,
+    )
+}
+
+/// What a pack has made so far, to be written out.
+pub(super) struct Finish<'a> {
+    pub model: ModelName,
+    pub version: ReleaseVersion,
+    pub floor: ReleaseVersion,
+    pub description: String,
+    pub out: &'a Path,
+    pub staging: tempfile::TempDir,
+    pub parent: &'a Path,
+}
+
+/// Writes the unsigned manifest into the staging directory and renames it into place.
+pub(super) fn finish(f: Finish<'_>, variants: Vec<Variant>, summary: &[String], out: &Out) -> anyhow::Result<()> {
+    let Finish { model, version, floor, description, out: dest, staging, parent } = f;
+    let blobs = staging.path().join("blobs");
     let manifest = ReleaseManifest {
         doc_type: DocType::Release,
         model,
         version,
         security_floor: floor,
         created: Utc::now().duration_trunc(chrono::Duration::seconds(1))?,
-        description: a.description,
+        description,
         variants,
     };
     manifest.validate()?;
     crate::docs::write_new(&staging.path().join("manifest.json"), &Envelope::new(&manifest)?)?;
     sync_dir(&blobs)?;
     let staged = staging.keep();
-    std::fs::rename(&staged, &a.out).with_context(|| format!("moving the packed release to {}", a.out.display()))?;
+    std::fs::rename(&staged, dest).with_context(|| format!("moving the packed release to {}", dest.display()))?;
     sync_dir(parent)?;
     out.emit(
         format!(
             "packed {} release {} into {} (unsigned):\n{}\nsign it with `edgefleet release sign {} --key RELEASE.key`",
             manifest.model,
             manifest.version,
-            a.out.display(),
+            dest.display(),
             summary.join("\n"),
-            a.out.display()
+            dest.display()
         ),
-        serde_json::json!({"release": a.out, "model": manifest.model, "version": manifest.version,
-            "variants": manifest.variants.iter().map(|v| serde_json::json!({"id": v.id, "precision": v.precision, "raw": v.raw, "zstd": v.zstd, "golden": v.golden})).collect::<Vec<_>>()}),
+        serde_json::json!({"release": dest, "model": manifest.model, "version": manifest.version,
+            "variants": manifest.variants.iter().map(|v| serde_json::json!({"id": v.id, "precision": v.precision, "format": v.format, "raw": v.raw, "zstd": v.zstd, "golden": v.golden, "llm": v.llm})).collect::<Vec<_>>()}),
     );
     Ok(())
 }

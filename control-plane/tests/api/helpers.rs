@@ -136,6 +136,7 @@ pub fn hardware(class: &str, eps: &[&str]) -> HardwareProfile {
         device_class: class.into(),
         arch: "x86_64".into(),
         execution_providers: eps.iter().map(|s| s.to_string()).collect(),
+        llm_backends: vec!["CPU".into()],
         memory_bytes: 8 << 30,
         soc: vec![],
         power: "unavailable".into(),
@@ -326,6 +327,7 @@ pub async fn upload_release(app: &TestApp, token: &str, model: &str, version: u6
             golden: golden_ref,
             inputs: vec![],
             outputs: vec![],
+            llm: None,
         });
     }
     ReleaseManifest {
