@@ -45,7 +45,8 @@ pub fn waves(specs: &[String]) -> anyhow::Result<Vec<Wave>> {
     Ok(out)
 }
 
-/// `error-rate=0.01`, `p95-ratio=1.2`, `energy-ratio=1.1`, `install-failures=0.05`.
+/// `error-rate=0.01`, `p95-ratio=1.2`, `energy-ratio=1.1`, `install-failures=0.05`; for language models
+/// `ttft-ratio=1.2`, `tpot-ratio=1.2`, `energy-per-token-ratio=1.1`.
 pub fn gate(s: &str) -> anyhow::Result<Gate> {
     let (k, v) = s.split_once('=').with_context(|| format!("gate {s:?}: NAME=LIMIT"))?;
     let v: f64 = v.trim().parse().with_context(|| format!("gate {s:?}: the limit is a number"))?;
@@ -54,7 +55,13 @@ pub fn gate(s: &str) -> anyhow::Result<Gate> {
         "p95-ratio" => Gate::P95LatencyRatio { max: v },
         "energy-ratio" => Gate::EnergyRatio { max: v },
         "install-failures" => Gate::InstallFailureRatio { max: v },
-        other => bail!("gate {other:?}: one of error-rate, p95-ratio, energy-ratio, install-failures"),
+        "ttft-ratio" => Gate::TtftP95Ratio { max: v },
+        "tpot-ratio" => Gate::TpotP95Ratio { max: v },
+        "energy-per-token-ratio" => Gate::EnergyPerTokenRatio { max: v },
+        other => bail!(
+            "gate {other:?}: one of error-rate, p95-ratio, energy-ratio, install-failures, ttft-ratio, tpot-ratio, \
+             energy-per-token-ratio"
+        ),
     })
 }
 

@@ -524,6 +524,23 @@ pub struct WindowStats {
     pub watts: Option<f64>,
     pub installs: u64,
     pub install_failures: u64,
+    /// Language models only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub llm: Option<LlmWindowStats>,
+}
+
+/// A language model's numbers in a window: time to first token, decoding speed, tokens, energy per token.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LlmWindowStats {
+    pub ttft_p50_ms: Option<f64>,
+    pub ttft_p95_ms: Option<f64>,
+    pub tpot_p95_ms: Option<f64>,
+    /// One stream's decoding speed: 1 / the median time per output token.
+    pub tokens_per_second: Option<f64>,
+    pub prompt_tokens: u64,
+    pub output_tokens: u64,
+    /// Absent where no device has a power sensor.
+    pub joules_per_token: Option<f64>,
 }
 
 /// `GET /api/v1/devices/{id}/telemetry`: one device's windows per model and release.

@@ -31,22 +31,41 @@ pub enum Gate {
     EnergyRatio { max: f64 },
     /// Installs that failed (verification, loading, golden vectors, health watch) ÷ installs tried, at most.
     InstallFailureRatio { max: f64 },
+    /// Language models: p95 time to first token, new ÷ baseline, at most this.
+    TtftP95Ratio { max: f64 },
+    /// Language models: p95 time per output token, new ÷ baseline, at most this (the inverse of tokens/s).
+    TpotP95Ratio { max: f64 },
+    /// Language models: joules per output token, new ÷ baseline, at most this. No sensor, no samples.
+    EnergyPerTokenRatio { max: f64 },
 }
 
 impl Gate {
+    /// Whether the gate judges numbers only language models report.
+    pub fn is_llm(&self) -> bool {
+        matches!(self, Gate::TtftP95Ratio { .. } | Gate::TpotP95Ratio { .. } | Gate::EnergyPerTokenRatio { .. })
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Gate::ErrorRate { .. } => "error-rate increase",
             Gate::P95LatencyRatio { .. } => "p95 latency ratio",
             Gate::EnergyRatio { .. } => "energy-per-inference ratio",
             Gate::InstallFailureRatio { .. } => "install failure ratio",
+            Gate::TtftP95Ratio { .. } => "time-to-first-token p95 ratio",
+            Gate::TpotP95Ratio { .. } => "time-per-output-token p95 ratio",
+            Gate::EnergyPerTokenRatio { .. } => "energy-per-token ratio",
         }
     }
 
     pub fn threshold(&self) -> f64 {
         match *self {
             Gate::ErrorRate { max_increase } => max_increase,
-            Gate::P95LatencyRatio { max } | Gate::EnergyRatio { max } | Gate::InstallFailureRatio { max } => max,
+            Gate::P95LatencyRatio { max }
+            | Gate::EnergyRatio { max }
+            | Gate::InstallFailureRatio { max }
+            | Gate::TtftP95Ratio { max }
+            | Gate::TpotP95Ratio { max }
+            | Gate::EnergyPerTokenRatio { max } => max,
         }
     }
 }

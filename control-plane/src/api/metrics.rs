@@ -13,7 +13,8 @@ use edgefleet_protocol::telemetry::DURATION_BUCKETS;
 
 use super::{ApiResult, Principal};
 use crate::state::{AppState, now_ms};
-use crate::telemetry::otlp::Reason;
+use crate::telemetry::FleetTotals;
+use crate::telemetry::otlp::{NBUCKETS, Reason};
 use crate::telemetry::quantile;
 
 /// A label value in the exposition format: backslash, quote and newline escaped.
@@ -175,6 +176,71 @@ pub async fn prometheus(State(state): State<AppState>, mut parts: axum::http::re
         o.line("edgefleet_installs_total", &with, (t.installs - t.install_failures) as f64);
         with[3] = ("outcome", "failed");
         o.line("edgefleet_installs_total", &with, t.install_failures as f64);
+    }
+
+    // Language models per (model, release, device class): time to first token and per output token as
+    // histograms, tokens, and over the last five minutes TTFT quantiles, decoding speed and energy per token.
+    for (name, help, pick) in [
+        (
+            "edgefleet_llm_time_to_first_token_seconds",
+            "Time from a request to its first generated token (language models)",
+            (|t: &FleetTotals| t.ttft) as fn(&FleetTotals) -> [u64; NBUCKETS],
+        ),
+        ("edgefleet_llm_time_per_output_token_seconds", "Time per generated token after the first", |t| t.tpot),
+    ] {
+        o.help(name, "histogram", help);
+        for ((m, v, class), t) in totals.iter().filter(|(_, t)| t.ttft.iter().any(|b| *b > 0)) {
+            let v = v.to_string();
+            let base = [("model", m.as_str()), ("release", v.as_str()), ("device_class", class.as_str())];
+            let mut cumulative = 0;
+            for (i, c) in pick(t).iter().enumerate() {
+                cumulative += c;
+                let le = DURATION_BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+                let mut l = base.to_vec();
+                l.push(("le", &le));
+                o.line(&format!("{name}_bucket"), &l, cumulative as f64);
+            }
+            o.line(&format!("{name}_count"), &base, cumulative as f64);
+        }
+    }
+    o.help("edgefleet_llm_tokens_total", "counter", "Tokens language models read (input) and wrote (output)");
+    for ((m, v, class), t) in totals.iter().filter(|(_, t)| t.tokens_in + t.tokens_out > 0) {
+        let v = v.to_string();
+        for (kind, n) in [("input", t.tokens_in), ("output", t.tokens_out)] {
+            o.line(
+                "edgefleet_llm_tokens_total",
+                &[("model", m.as_str()), ("release", &v), ("device_class", class), ("type", kind)],
+                n as f64,
+            );
+        }
+    }
+    o.help("edgefleet_llm_time_to_first_token_quantile_seconds", "gauge", "TTFT quantiles over the last five minutes");
+    o.help(
+        "edgefleet_llm_tokens_per_second",
+        "gauge",
+        "One stream's decoding speed (1 / median time per token), last five minutes",
+    );
+    o.help(
+        "edgefleet_llm_energy_per_token_joules",
+        "gauge",
+        "Energy per output token over the last five minutes, from devices with a power sensor only",
+    );
+    for ((m, v, class), t) in &recent {
+        let v = v.to_string();
+        let l = [("model", m.as_str()), ("release", v.as_str()), ("device_class", class.as_str())];
+        for q in ["0.5", "0.95"] {
+            if let Some(s) = quantile(&t.ttft, q.parse().unwrap_or(0.5)) {
+                let mut with = l.to_vec();
+                with.push(("quantile", q));
+                o.line("edgefleet_llm_time_to_first_token_quantile_seconds", &with, s);
+            }
+        }
+        if let Some(s) = quantile(&t.tpot, 0.5).filter(|s| *s > 0.0) {
+            o.line("edgefleet_llm_tokens_per_second", &l, 1.0 / s);
+        }
+        if t.energy_tokens > 0 {
+            o.line("edgefleet_llm_energy_per_token_joules", &l, t.energy_j / t.energy_tokens as f64);
+        }
     }
 
     // The receiver itself.

@@ -6,7 +6,9 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use edgefleet_protocol::api::{ModelSummary, ModelTelemetry, ReleaseSummary, ReleaseWindow, VariantInfo, WindowStats};
+use edgefleet_protocol::api::{
+    LlmWindowStats, ModelSummary, ModelTelemetry, ReleaseSummary, ReleaseWindow, VariantInfo, WindowStats,
+};
 use edgefleet_protocol::{ModelName, ReleaseVersion, Sha256Digest};
 use futures_util::TryStreamExt;
 use model_registry::artifact::ArtifactRef;
@@ -303,6 +305,18 @@ pub(super) fn window_stats(c: &ClassStats, window_secs: u64) -> WindowStats {
         watts: jpi.map(|j| j * c.stats.energy_inferences as f64 / window_secs.max(1) as f64),
         installs: c.stats.installs,
         install_failures: c.stats.install_failures,
+        llm: {
+            let l = &c.stats.llm;
+            (l.ttft_requests > 0 || l.tokens_out > 0).then(|| LlmWindowStats {
+                ttft_p50_ms: l.ttft_p50_ms,
+                ttft_p95_ms: l.ttft_p95_ms,
+                tpot_p95_ms: l.tpot_p95_ms,
+                tokens_per_second: l.tpot_p50_ms.filter(|ms| *ms > 0.0).map(|ms| 1000.0 / ms),
+                prompt_tokens: l.tokens_in,
+                output_tokens: l.tokens_out,
+                joules_per_token: l.joules_per_token,
+            })
+        },
     }
 }
 

@@ -40,6 +40,18 @@ async fn current_release(state: &AppState, model: &ModelName) -> ApiResult<Optio
     Ok(assigned.chain(rolled).max_by_key(|(at, _)| *at).map(|(_, v)| v))
 }
 
+/// Whether a release's variants are language models (GGUF).
+async fn is_language_model(
+    state: &AppState,
+    model: &edgefleet_protocol::ModelName,
+    version: edgefleet_protocol::ReleaseVersion,
+) -> ApiResult<bool> {
+    let Some(row) = state.store.get_release(model, version).await? else { return Ok(false) };
+    let envelope: serde_json::Value = serde_json::from_str(&row.manifest).unwrap_or_default();
+    let variants = envelope["signed"]["variants"].as_array().cloned().unwrap_or_default();
+    Ok(variants.iter().any(|v| v["format"] == "gguf"))
+}
+
 pub async fn create(
     State(state): State<AppState>,
     Authorized(who, _): Authorized<Operator>,
@@ -48,6 +60,14 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<RolloutView>)> {
     req.validate().map_err(|m| ApiError::bad_request("invalid_rollout", m))?;
     super::trusted_release(&state, &req.model, req.release).await?;
+    if let Some(g) = req.gates.iter().find(|g| g.is_llm())
+        && !is_language_model(&state, &req.model, req.release).await?
+    {
+        return Err(ApiError::bad_request(
+            "invalid_rollout",
+            format!("the {} gate judges language models; {} {} is not one", g.name(), req.model, req.release),
+        ));
+    }
     let baseline = match req.baseline {
         Some(b) => b,
         None => current_release(&state, &req.model).await?.ok_or_else(|| {

@@ -28,6 +28,25 @@ pub struct Stats {
     pub joules_per_inference: Option<f64>,
     pub installs: u64,
     pub install_failures: u64,
+    /// A language model's numbers (all zero for other models).
+    pub llm: LlmStats,
+}
+
+/// What a language-model release did on a device class: time to first token and per output token (p95 over
+/// requests), tokens read and written, and joules per output token where a sensor measured them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LlmStats {
+    pub ttft_requests: u64,
+    pub ttft_p50_ms: Option<f64>,
+    pub ttft_p95_ms: Option<f64>,
+    pub tpot_requests: u64,
+    pub tpot_p50_ms: Option<f64>,
+    pub tpot_p95_ms: Option<f64>,
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    /// Output tokens of exports that carried energy, and the joules per output token over them.
+    pub energy_tokens: u64,
+    pub joules_per_token: Option<f64>,
 }
 
 /// Per device class: (new release, baseline).
@@ -89,6 +108,18 @@ fn judge(gate: Gate, class: &str, new: &Stats, old: &Stats, min: u64) -> GateRes
             let v = (new.installs > 0).then(|| new.install_failures as f64 / new.installs as f64);
             (v, (new.installs, old.installs))
         }
+        Gate::TtftP95Ratio { .. } => (
+            new.llm.ttft_p95_ms.zip(old.llm.ttft_p95_ms).map(|(n, o)| n / o),
+            (new.llm.ttft_requests, old.llm.ttft_requests),
+        ),
+        Gate::TpotP95Ratio { .. } => (
+            new.llm.tpot_p95_ms.zip(old.llm.tpot_p95_ms).map(|(n, o)| n / o),
+            (new.llm.tpot_requests, old.llm.tpot_requests),
+        ),
+        Gate::EnergyPerTokenRatio { .. } => (
+            new.llm.joules_per_token.zip(old.llm.joules_per_token).map(|(n, o)| n / o),
+            (new.llm.energy_tokens, old.llm.energy_tokens),
+        ),
     };
     let judged = |value: Option<f64>| match value {
         None => Verdict::Unavailable,
@@ -100,7 +131,10 @@ fn judge(gate: Gate, class: &str, new: &Stats, old: &Stats, min: u64) -> GateRes
         // The waves so far hold no device of this class (or none has said a word): the wave that reaches the
         // class judges it. Holding here would hold every wave short of 100 % forever on a mixed fleet.
         Verdict::NotReached
-    } else if samples.0 == 0 && samples.1 == 0 && matches!(gate, Gate::EnergyRatio { .. }) {
+    } else if samples.0 == 0
+        && samples.1 == 0
+        && matches!(gate, Gate::EnergyRatio { .. } | Gate::EnergyPerTokenRatio { .. })
+    {
         Verdict::Unavailable
     } else if let Gate::InstallFailureRatio { .. } = gate {
         // Installs of the new release are judged on their own (the baseline's are long done), from the first:
@@ -225,6 +259,7 @@ mod tests {
             joules_per_inference: energy.map(|e| e.1),
             installs: 200,
             install_failures: 0,
+            llm: LlmStats::default(),
         }
     }
 
@@ -248,6 +283,67 @@ mod tests {
             State::Done => "done".into(),
         };
         assert!(got.starts_with(expected), "expected {expected:?}, got {got:?}; gates {:#?}", e.gates);
+    }
+
+    /// A language model's numbers: TTFT p95, time per token p95, joules per token (if a sensor), with samples.
+    fn llm(ttft_ms: f64, tpot_ms: f64, joules_per_token: Option<f64>) -> Stats {
+        Stats {
+            llm: LlmStats {
+                ttft_requests: 500,
+                ttft_p50_ms: Some(ttft_ms / 2.0),
+                ttft_p95_ms: Some(ttft_ms),
+                tpot_requests: 500,
+                tpot_p50_ms: Some(tpot_ms * 0.8),
+                tpot_p95_ms: Some(tpot_ms),
+                tokens_in: 20_000,
+                tokens_out: 10_000,
+                energy_tokens: if joules_per_token.is_some() { 10_000 } else { 0 },
+                joules_per_token,
+            },
+            ..healthy()
+        }
+    }
+
+    #[test]
+    fn language_model_gates_judge_ttft_time_per_token_and_energy_per_token() {
+        let gates = [
+            Gate::TtftP95Ratio { max: 1.25 },
+            Gate::TpotP95Ratio { max: 1.25 },
+            Gate::EnergyPerTokenRatio { max: 1.1 },
+        ];
+        let judge_all = |new: &Stats, old: &Stats| -> Vec<(Verdict, Option<f64>)> {
+            gates.iter().map(|g| judge(*g, "nvidia-jetson", new, old, 100)).map(|r| (r.verdict, r.value)).collect()
+        };
+        let base = llm(200.0, 40.0, Some(0.02));
+        let same = judge_all(&llm(210.0, 41.0, Some(0.021)), &base);
+        assert!(same.iter().all(|(v, _)| *v == Verdict::Pass), "{same:?}");
+        let slow_start = judge_all(&llm(400.0, 41.0, Some(0.021)), &base);
+        assert_eq!(slow_start[0], (Verdict::Fail, Some(2.0)));
+        let slow_decode = judge_all(&llm(210.0, 60.0, Some(0.021)), &base);
+        assert_eq!(slow_decode[1], (Verdict::Fail, Some(1.5)));
+        let hungry = judge_all(&llm(210.0, 41.0, Some(0.03)), &base);
+        assert_eq!(hungry[2].0, Verdict::Fail);
+        // No sensor on either side: energy per token is unavailable, never a made-up pass.
+        let dark = judge_all(&llm(210.0, 41.0, None), &llm(200.0, 40.0, None));
+        assert_eq!(dark[2], (Verdict::Unavailable, None));
+        // Too few requests with a first token: held, not judged.
+        let mut few = llm(210.0, 41.0, Some(0.02));
+        few.llm.ttft_requests = 3;
+        assert_eq!(judge(gates[0], "nvidia-jetson", &few, &base, 100).verdict, Verdict::TooFewSamples);
+        // The whole rollout: a slower first token rolls it back.
+        let r = Rollout { gates: gates.to_vec(), ..rollout(OnFailure::RollBack) };
+        let e = evaluate(
+            &r,
+            &State::Running { wave: 0, since: 0 },
+            &seen("nvidia-jetson", llm(400.0, 40.0, Some(0.02)), base),
+            false,
+            MIN,
+        );
+        assert!(
+            matches!(&e.state, State::RolledBack { reason } if reason.contains("time-to-first-token")),
+            "{:?}",
+            e.state
+        );
     }
 
     #[test]

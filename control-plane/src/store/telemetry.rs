@@ -4,16 +4,29 @@ use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
 use sqlx::Row;
 
 use super::{Backend, Store, StoreError};
-use crate::rollout::Stats;
+use crate::rollout::{LlmStats, Stats};
 use crate::telemetry::otlp::NBUCKETS;
 use crate::telemetry::{Batch, quantile};
 
-const ROLLUP_COLUMNS: usize = 31;
-/// Rows per statement: 31 parameters each stays under SQLite's 32,766 and Postgres' 65,535.
-const CHUNK: usize = 500;
+const ROLLUP_COLUMNS: usize = 31 + 2 * NBUCKETS + 3;
+/// Rows per statement: 68 parameters each stays under SQLite's 32,766 and Postgres' 65,535.
+const CHUNK: usize = 400;
+
+/// The histogram columns: inference duration (`b`), time to first token (`t`), time per output token (`p`).
+fn histogram_columns(prefix: char) -> impl Iterator<Item = String> {
+    (0..NBUCKETS).map(move |i| format!("{prefix}{i:02}"))
+}
 
 fn bucket_columns() -> String {
-    (0..NBUCKETS).map(|i| format!("b{i:02}")).collect::<Vec<_>>().join(", ")
+    histogram_columns('b').collect::<Vec<_>>().join(", ")
+}
+
+/// The language-model columns, in the order they are bound.
+fn llm_columns() -> Vec<String> {
+    histogram_columns('t')
+        .chain(histogram_columns('p'))
+        .chain(["tokens_in", "tokens_out", "energy_tokens"].map(String::from))
+        .collect()
 }
 
 /// The `n`-th (from 1) placeholder: `$n` on Postgres; plain `?` on SQLite, whose driver would otherwise look
@@ -28,8 +41,9 @@ fn param(backend: Backend, n: usize) -> String {
 fn upsert_rollups_sql(backend: Backend, rows: usize) -> String {
     let mut sql = format!(
         "INSERT INTO telemetry_rollups (device_id, model, release, variant, provider, window_start, device_class, \
-         ok, errors, duration_sum, {}, energy_j, energy_inferences, installs, install_failures) VALUES ",
-        bucket_columns()
+         ok, errors, duration_sum, {}, energy_j, energy_inferences, installs, install_failures, {}) VALUES ",
+        bucket_columns(),
+        llm_columns().join(", ")
     );
     for r in 0..rows {
         if r > 0 {
@@ -48,7 +62,8 @@ fn upsert_rollups_sql(backend: Backend, rows: usize) -> String {
         ["ok", "errors", "duration_sum", "energy_j", "energy_inferences", "installs", "install_failures"]
             .into_iter()
             .map(String::from)
-            .chain((0..NBUCKETS).map(|i| format!("b{i:02}")))
+            .chain(histogram_columns('b'))
+            .chain(llm_columns())
             .map(|c| format!("{c} = telemetry_rollups.{c} + excluded.{c}"))
             .collect();
     sql.push_str(&format!(
@@ -84,7 +99,8 @@ fn sums() -> String {
     let counts: Vec<String> = ["ok", "errors", "energy_inferences", "installs", "install_failures"]
         .into_iter()
         .map(String::from)
-        .chain((0..NBUCKETS).map(|i| format!("b{i:02}")))
+        .chain(histogram_columns('b'))
+        .chain(llm_columns())
         .map(|c| format!("CAST(SUM({c}) AS BIGINT) AS {c}"))
         .collect();
     format!("{}, CAST(SUM(energy_j) AS DOUBLE PRECISION) AS energy_j", counts.join(", "))
@@ -93,10 +109,15 @@ fn sums() -> String {
 /// One group's sums as a release's numbers on a device class.
 fn class_stats(r: &sqlx::any::AnyRow) -> Result<ClassStats, StoreError> {
     let n = |c: &str| -> Result<u64, StoreError> { Ok(r.try_get::<i64, _>(c)?.max(0) as u64) };
-    let mut buckets = [0u64; NBUCKETS];
-    for (i, b) in buckets.iter_mut().enumerate() {
-        *b = n(&format!("b{i:02}"))?;
-    }
+    let histogram = |prefix: char| -> Result<[u64; NBUCKETS], StoreError> {
+        let mut h = [0u64; NBUCKETS];
+        for (i, b) in h.iter_mut().enumerate() {
+            *b = n(&format!("{prefix}{i:02}"))?;
+        }
+        Ok(h)
+    };
+    let (buckets, ttft, tpot) = (histogram('b')?, histogram('t')?, histogram('p')?);
+    let (tokens_out, energy_tokens) = (n("tokens_out")?, n("energy_tokens")?);
     let (ok, errors, energy_inferences) = (n("ok")?, n("errors")?, n("energy_inferences")?);
     let energy_j: f64 = r.try_get("energy_j")?;
     let stats = Stats {
@@ -107,6 +128,18 @@ fn class_stats(r: &sqlx::any::AnyRow) -> Result<ClassStats, StoreError> {
         joules_per_inference: (energy_inferences > 0).then(|| energy_j / energy_inferences as f64),
         installs: n("installs")?,
         install_failures: n("install_failures")?,
+        llm: LlmStats {
+            ttft_requests: ttft.iter().sum(),
+            ttft_p50_ms: quantile(&ttft, 0.5).map(|s| s * 1000.0),
+            ttft_p95_ms: quantile(&ttft, 0.95).map(|s| s * 1000.0),
+            tpot_requests: tpot.iter().sum(),
+            tpot_p50_ms: quantile(&tpot, 0.5).map(|s| s * 1000.0),
+            tpot_p95_ms: quantile(&tpot, 0.95).map(|s| s * 1000.0),
+            tokens_in: n("tokens_in")?,
+            tokens_out,
+            energy_tokens,
+            joules_per_token: (energy_tokens > 0).then(|| energy_j / energy_tokens as f64),
+        },
     };
     let release = super::version("release", r.try_get("release")?)?;
     Ok(ClassStats { class: r.try_get("device_class")?, release, stats, buckets })
@@ -140,6 +173,9 @@ impl Store {
                         .bind(r.energy_inferences as i64)
                         .bind(r.installs as i64)
                         .bind(r.install_failures as i64);
+                    for b in r.ttft.iter().chain(&r.tpot).chain([&r.tokens_in, &r.tokens_out, &r.energy_tokens]) {
+                        q = q.bind(*b as i64);
+                    }
                 }
                 q
             }};

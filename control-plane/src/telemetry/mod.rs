@@ -39,6 +39,13 @@ pub struct Rollup {
     pub energy_inferences: u64,
     pub installs: u64,
     pub install_failures: u64,
+    /// Language models: time to first token and time per output token (histograms on the duration buckets),
+    /// tokens read and written, and the output tokens of exports whose energy this rollup got a share of.
+    pub ttft: [u64; NBUCKETS],
+    pub tpot: [u64; NBUCKETS],
+    pub tokens_in: u64,
+    pub tokens_out: u64,
+    pub energy_tokens: u64,
 }
 
 impl Rollup {
@@ -47,7 +54,9 @@ impl Rollup {
             && self.errors == 0
             && self.installs == 0
             && self.energy_j == 0.0
-            && self.buckets.iter().all(|b| *b == 0)
+            && self.tokens_in == 0
+            && self.tokens_out == 0
+            && self.buckets.iter().chain(&self.ttft).chain(&self.tpot).all(|b| *b == 0)
     }
 
     fn add(&mut self, o: &Rollup) {
@@ -62,6 +71,12 @@ impl Rollup {
         self.energy_inferences += o.energy_inferences;
         self.installs += o.installs;
         self.install_failures += o.install_failures;
+        for (a, b) in self.ttft.iter_mut().zip(&o.ttft).chain(self.tpot.iter_mut().zip(&o.tpot)) {
+            *a += b;
+        }
+        self.tokens_in += o.tokens_in;
+        self.tokens_out += o.tokens_out;
+        self.energy_tokens += o.energy_tokens;
     }
 }
 
@@ -235,8 +250,12 @@ impl Ingest {
             class = live.class.clone();
             for p in decoded.points {
                 let Point { what, metric, key, start_ns, time_ns, values } = p;
-                if let What::Inferences { target, .. } | What::Duration { target } | What::Install { target, .. } =
-                    &what
+                if let What::Inferences { target, .. }
+                | What::Duration { target }
+                | What::Install { target, .. }
+                | What::Ttft { target }
+                | What::Tpot { target }
+                | What::Tokens { target, .. } = &what
                     && !runs(&target.model)
                 {
                     applied.refused.push((Reason::UnknownModel, format!("this device does not run {}", target.model)));
@@ -286,6 +305,19 @@ impl Ingest {
                             r.install_failures += n;
                         }
                     }
+                    What::Ttft { target } | What::Tpot { target } => {
+                        let r = fresh.entry(rollup_key(target)).or_default();
+                        let h =
+                            if metric == edgefleet_protocol::telemetry::LLM_TTFT { &mut r.ttft } else { &mut r.tpot };
+                        for (b, v) in h.iter_mut().zip(&delta[2..]) {
+                            *b += v.round() as u64;
+                        }
+                    }
+                    What::Tokens { target, output } => {
+                        let n = delta[0].round() as u64;
+                        let r = fresh.entry(rollup_key(target)).or_default();
+                        if output { r.tokens_out += n } else { r.tokens_in += n }
+                    }
                     What::Energy => energy += delta[0],
                     What::Power | What::Memory => {}
                 }
@@ -296,6 +328,9 @@ impl Ingest {
                     let n = r.ok + r.errors;
                     r.energy_j += energy * n as f64 / total as f64;
                     r.energy_inferences += n;
+                    if n > 0 {
+                        r.energy_tokens += r.tokens_out;
+                    }
                 }
             }
             // An unchanged counter (an idle device, installs long done) is no news: no row for it.

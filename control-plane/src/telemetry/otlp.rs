@@ -84,9 +84,30 @@ pub struct Target {
 /// Which of edgefleet's metrics a point is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum What {
-    Inferences { target: Target, ok: bool },
-    Duration { target: Target },
-    Install { target: Target, kind: String },
+    Inferences {
+        target: Target,
+        ok: bool,
+    },
+    Duration {
+        target: Target,
+    },
+    /// A language model's time to first token (histogram).
+    Ttft {
+        target: Target,
+    },
+    /// A language model's time per output token (histogram).
+    Tpot {
+        target: Target,
+    },
+    /// A language model's tokens read (`output` false) or written.
+    Tokens {
+        target: Target,
+        output: bool,
+    },
+    Install {
+        target: Target,
+        kind: String,
+    },
     Energy,
     Power,
     Memory,
@@ -281,7 +302,10 @@ pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64)
         for metric in rm.scope_metrics.iter().flat_map(|s| &s.metrics) {
             let name = metric.name.as_str();
             match (name, &metric.data) {
-                (names::INFERENCE_COUNT | names::INSTALL_EVENTS | names::HW_ENERGY, Some(Data::Sum(sum))) => {
+                (
+                    names::INFERENCE_COUNT | names::INSTALL_EVENTS | names::HW_ENERGY | names::LLM_TOKENS,
+                    Some(Data::Sum(sum)),
+                ) => {
                     for p in &sum.data_points {
                         let r = counter_point(
                             name,
@@ -292,7 +316,7 @@ pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64)
                         push(&mut out, r);
                     }
                 }
-                (names::INFERENCE_DURATION, Some(Data::Histogram(h))) => {
+                (names::INFERENCE_DURATION | names::LLM_TTFT | names::LLM_TPOT, Some(Data::Histogram(h))) => {
                     let scale = match metric.unit.as_str() {
                         "ms" => Some(1e-3),
                         "us" | "µs" => Some(1e-6),
@@ -305,7 +329,9 @@ pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64)
                                 Reason::BadAttributes,
                                 format!("duration unit {:?} is not s, ms or us", metric.unit),
                             )),
-                            Some(scale) => duration_point(h.aggregation_temporality == cumulative, p, scale, now_ns),
+                            Some(scale) => {
+                                duration_point(name, h.aggregation_temporality == cumulative, p, scale, now_ns)
+                            }
                         };
                         push(&mut out, r);
                     }
@@ -315,7 +341,16 @@ pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64)
                         push(&mut out, gauge_point(name, p, now_ns));
                     }
                 }
-                (names::INFERENCE_COUNT | names::INSTALL_EVENTS | names::HW_ENERGY | names::INFERENCE_DURATION, _)
+                (
+                    names::INFERENCE_COUNT
+                    | names::INSTALL_EVENTS
+                    | names::HW_ENERGY
+                    | names::INFERENCE_DURATION
+                    | names::LLM_TOKENS
+                    | names::LLM_TTFT
+                    | names::LLM_TPOT,
+                    _,
+                )
                 | (names::HW_POWER | names::PROCESS_MEMORY, _) => {
                     let why = format!("{name} is not of the expected kind (cumulative sum, histogram or gauge)");
                     out.refused.extend(std::iter::repeat_n((Reason::NotCumulative, why), points(metric).max(1)));
@@ -336,6 +371,9 @@ fn metric_name(name: &str) -> &'static str {
         names::HW_ENERGY,
         names::HW_POWER,
         names::PROCESS_MEMORY,
+        names::LLM_TTFT,
+        names::LLM_TPOT,
+        names::LLM_TOKENS,
     ]
     .into_iter()
     .find(|n| *n == name)
@@ -369,6 +407,14 @@ fn counter_point(name: &str, cumulative: bool, p: &NumberDataPoint, now_ns: u64)
             let kind = attr(&p.attributes, names::ATTR_KIND).filter(|k| short_name(k)).ok_or(bad("no kind".into()))?;
             What::Install { target: target(&p.attributes, false).map_err(bad)?, kind }
         }
+        names::LLM_TOKENS => {
+            let output = match attr(&p.attributes, names::ATTR_TOKEN_TYPE).as_deref() {
+                Some("input") => false,
+                Some("output") => true,
+                _ => return Err(bad(format!("{} must be input or output", names::ATTR_TOKEN_TYPE))),
+            };
+            What::Tokens { target: target(&p.attributes, true).map_err(bad)?, output }
+        }
         _ => What::Energy,
     };
     Ok(Point {
@@ -381,21 +427,29 @@ fn counter_point(name: &str, cumulative: bool, p: &NumberDataPoint, now_ns: u64)
     })
 }
 
+/// A histogram of seconds: inference duration, time to first token or time per output token.
 fn duration_point(
+    name: &str,
     cumulative: bool,
     p: &HistogramDataPoint,
     scale: f64,
     now_ns: u64,
 ) -> Result<Point, (Reason, String)> {
+    let metric = metric_name(name);
     if !cumulative {
-        return Err((Reason::NotCumulative, "edgefleet.inference.duration must be cumulative".into()));
+        return Err((Reason::NotCumulative, format!("{metric} must be cumulative")));
     }
     times(p.start_time_unix_nano, p.time_unix_nano, true, now_ns)?;
-    let target = target(&p.attributes, true).map_err(|e| (Reason::BadAttributes, format!("duration: {e}")))?;
+    let target = target(&p.attributes, true).map_err(|e| (Reason::BadAttributes, format!("{metric}: {e}")))?;
+    let what = match metric {
+        names::LLM_TTFT => What::Ttft { target },
+        names::LLM_TPOT => What::Tpot { target },
+        _ => What::Duration { target },
+    };
     Ok(Point {
-        what: What::Duration { target },
-        metric: names::INFERENCE_DURATION,
-        key: series_key(names::INFERENCE_DURATION, &p.attributes),
+        what,
+        metric,
+        key: series_key(metric, &p.attributes),
         start_ns: p.start_time_unix_nano,
         time_ns: p.time_unix_nano,
         values: histogram(p, scale)?,

@@ -121,6 +121,16 @@ export interface DeviceDetail extends DeviceSummary {
   desired_sequence: number | null;
   events: DeviceEvent[];
 }
+export interface LlmWindowStats {
+  ttft_p50_ms: number | null;
+  ttft_p95_ms: number | null;
+  tpot_p95_ms: number | null;
+  tokens_per_second: number | null;
+  prompt_tokens: number;
+  output_tokens: number;
+  joules_per_token: number | null;
+}
+
 export interface WindowStats {
   window_start: string;
   release: number;
@@ -130,6 +140,8 @@ export interface WindowStats {
   p95_ms: number | null;
   p99_ms: number | null;
   joules_per_inference: number | null;
+  /** Language models only. */
+  llm?: LlmWindowStats;
   watts: number | null;
   installs: number;
   install_failures: number;

@@ -1,4 +1,5 @@
-// Latency (p50, p95, p99) and energy per inference over time, one line per release and device class.
+// Latency (p50, p95, p99) and energy per inference over time, one line per release and device class; for a
+// language model also time to first token (p50, p95), decoding speed and energy per output token.
 import { ModelSummary, ModelTelemetry, get } from "../api";
 import { Series, lineChart } from "../chart";
 import { h } from "../dom";
@@ -27,10 +28,22 @@ export function telemetryPage(ctx: Ctx, chosen?: string): Page {
     }
     const series = (field: "p50_ms" | "p95_ms" | "p99_ms" | "joules_per_inference"): Series[] =>
       [...groups].map(([label, ws]) => ({ label, points: new Map(ws.map((w) => [Date.parse(w.window_start) / 1000, w[field]])) }));
-    const noEnergy = [...groups].filter(([, ws]) => ws.every((w) => w.joules_per_inference === null)).map(([k]) => k);
     const none = "No inference reported for this model in the last 24 hours.";
+    const llmSeries = (field: "ttft_p50_ms" | "ttft_p95_ms" | "tokens_per_second" | "joules_per_token"): Series[] =>
+      [...groups].map(([label, ws]) => ({ label, points: new Map(ws.map((w) => [Date.parse(w.window_start) / 1000, w.llm ? w.llm[field] : null])) }));
+    const isLlm = t.windows.some((w) => w.llm);
+    const llmCharts = isLlm
+      ? [
+          lineChart("Time to first token p50", "TTFT p50 (ms)", llmSeries("ttft_p50_ms"), none),
+          lineChart("Time to first token p95", "TTFT p95 (ms)", llmSeries("ttft_p95_ms"), none),
+          lineChart("Decoding speed", "tokens/s per stream", llmSeries("tokens_per_second"), none),
+          lineChart("Energy per output token", "energy per token (J)", llmSeries("joules_per_token"), "No sensor: no device running this model reported energy."),
+        ]
+      : [];
+    const noEnergy = [...groups].filter(([, ws]) => ws.every((w) => w.joules_per_inference === null)).map(([k]) => k);
     const note = noEnergy.length ? [h("p", { class: "muted", id: "no-sensor" }, `No sensor (no energy figures) for: ${noEnergy.join("; ")}.`)] : [];
     body.replaceChildren(
+      ...llmCharts,
       lineChart("p50 latency (median)", "p50 latency (ms)", series("p50_ms"), none),
       lineChart("p95 latency", "p95 latency (ms)", series("p95_ms"), none),
       lineChart("p99 latency", "p99 latency (ms)", series("p99_ms"), none),
