@@ -4,7 +4,9 @@
 # attacked and refused; a control plane on SQLite; three devices (a Snapdragon phone, a Jetson, a Raspberry Pi:
 # real daemons on fixture files of those devices) that enroll, install the variant for their hardware and
 # serve; release 2 rolled out in waves gated on the devices' own latency and energy; the root rotated to revoke
-# a release key, reaching the running devices. Everything it makes is under build/demo/ (ignored by git).
+# a release key, reaching the running devices; then a language model on the same devices: SmolLM2 as release
+# 1 of `chat`, a streamed chat on each, and Gemma 3 270M rolled out in waves gated on time to first token and
+# tokens/s under a streaming load. Everything it makes is under build/demo/ (ignored by git).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -221,6 +223,75 @@ echo "   a release only bob signed is refused now:"
 pack_magika 3 "signed by bob alone" >/dev/null
 "$E" release sign magika-3 --key bob.key
 refused "$E" release push magika-3
+
+step "A language model on the same devices: SmolLM2-135M-Instruct (Q4_1 GGUF) as release 1 of \"chat\""
+prompts="$REPO/fixtures/llm/golden-prompts.json"
+"$E" release pack --model chat --version 1 --context-length 1024 \
+  --variant "id=cpu-q4-1,file=$C/models/llm/smollm2-135m-instruct-q4_1.gguf,precision=q4_1" \
+  --samples "$prompts" --description "SmolLM2-135M-Instruct Q4_1" -o chat-1
+"$E" release sign chat-1 --key alice.key --key bob.key --key carol.key
+"$E" release push chat-1
+"$E" assign chat 1 --selector region=eu
+llm_serving() { # release: waits until every device's /v1/models says it serves it
+  for u in "${urls[@]}"; do
+    for _ in $(seq 1 600); do
+      curl -sf "$u/v1/models" 2>/dev/null | grep -q "\"release\":$1[,}]" && break; sleep 0.2
+    done
+  done
+}
+llm_serving 1
+echo "   each device installed it through the same verified pipeline and golden-checked it (teacher-forced);"
+echo "   a chat on each, streamed over its OpenAI-compatible API:"
+for i in "${!fixtures[@]}"; do
+  python3 "$REPO/scripts/chat_stream.py" "${urls[$i]}" chat "What is the capital of France?" "${fixtures[$i]}"
+done
+
+step "Gemma 3 270M (Q4_K_M) as chat release 2, rolled out in waves gated on time to first token and tokens/s"
+"$E" release pack --model chat --version 2 --context-length 1024 \
+  --variant "id=cpu-q4-k-m,file=$C/models/llm/gemma-3-270m-q4_k_m.gguf,precision=q4_k_m,chat-template=gemma" \
+  --samples "$prompts" --description "Gemma 3 270M Q4_K_M (twice SmolLM2's parameters)" -o chat-2
+"$E" release sign chat-2 --key alice.key --key bob.key --key carol.key
+"$E" release push chat-2
+echo "   a streaming load on the three devices for the whole rollout (every stream must complete):"
+python3 "$REPO/scripts/chat_load.py" "$all_urls" chat 150 > chat-load.txt &
+chat_load_pid=$!
+sleep 15 # release 1's own numbers first
+echo "   Gemma has twice the parameters: the gates allow its first token 4x and each token 3x SmolLM2's, no more"
+rollout=$("$E" --json rollout create chat 2 --selector region=eu \
+  --wave ring=canary:5s --wave 50:5s --wave 100:5s \
+  --gate ttft-ratio=4 --gate tpot-ratio=3 --gate error-rate=0.02 --gate install-failures=0.1 \
+  --min-samples 5 --on-failure rollback | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+last=""
+for _ in $(seq 1 900); do
+  now=$("$E" --json rollout status "$rollout" | python3 -c 'import json,sys; s=json.load(sys.stdin); st=s["state"]; print(st["state"] + (" wave %d" % (st["wave"] + 1) if "wave" in st else "") + (", %g %% of devices" % s["share_percent"]))')
+  [ "$now" != "$last" ] && echo "   $(date +%T) $rollout: $now" && last=$now
+  case "$now" in running*|paused*) sleep 0.5 ;; *) break ;; esac
+done
+"$E" rollout status "$rollout" | sed 's/^/   /'
+case "$last" in done*) ;; *) echo "!! the language-model rollout did not finish" >&2; exit 1 ;; esac
+llm_serving 2
+wait $chat_load_pid || { cat chat-load.txt; echo "!! streams failed during the rollout" >&2; exit 1; }
+cat chat-load.txt
+for i in "${!fixtures[@]}"; do
+  python3 "$REPO/scripts/chat_stream.py" "${urls[$i]}" chat "What is the capital of France?" "${fixtures[$i]}"
+done
+echo "   per release and class, what the gates judged (joules per token only where a sensor exists):"
+api /api/v1/models/chat/telemetry | python3 -c '
+import json, sys
+rows = {}
+for w in json.load(sys.stdin)["windows"]:
+    l = w.get("llm")
+    if not l: continue
+    r = rows.setdefault((w["release"], w["device_class"]), {"ttft": [], "tps": [], "j": [], "out": 0})
+    r["out"] += l["output_tokens"]
+    if l["ttft_p95_ms"] is not None: r["ttft"].append(l["ttft_p95_ms"])
+    if l["tokens_per_second"] is not None: r["tps"].append(l["tokens_per_second"])
+    if l["joules_per_token"] is not None: r["j"].append(l["joules_per_token"])
+for (release, cls), r in sorted(rows.items()):
+    ttft = "TTFT p95 %.0f ms" % max(r["ttft"]) if r["ttft"] else "no TTFT"
+    tps = "%.1f tokens/s" % (sum(r["tps"]) / len(r["tps"])) if r["tps"] else "no speed"
+    j = "%.4f J/token" % (sum(r["j"]) / len(r["j"])) if r["j"] else "no power sensor: no energy figure"
+    print("   release %d on %-17s %5d tokens out, %s, %s, %s" % (release, cls, r["out"], ttft, tps, j))'
 
 step "The web dashboard: served by the control plane itself"
 viewer=$("$S" token create --name demo-viewer --role viewer)
