@@ -2,8 +2,7 @@
 //! (the OpenAI-compatible router on a `ModelTable`, as `edgefleet-daemon run` serves it): time to first token
 //! of a 128-token prompt, one stream's decoding speed, aggregate tokens/s with 1, 4 and 8 concurrent streams,
 //! the process's RSS with the model loaded, and N hot swaps under a streaming load (failed streams, TTFT p99
-//! before and during). `scripts/bench_llm.sh` runs it beside llama.cpp's own llama-bench and batched-bench on
-//! the same GGUF and thread count.
+//! before and during). `scripts/bench_llm.sh` runs it.
 //!
 //!     cargo run --release -p edgefleet-daemon --example bench_llm -- MODEL.gguf [THREADS] [SWAPS] [TEMPLATE]
 
@@ -122,8 +121,8 @@ async fn main() -> anyhow::Result<()> {
     // A prompt of exactly 128 tokens (with the start token), cut from text under the model's own tokenizer.
     let engine = models.get("chat").expect("served");
     let tokenizer = engine.llm().expect("language model");
-    let words = "The lighthouse keeper wrote in his log every evening about the ships, the weather and the sea. "
-        .repeat(20);
+    let words =
+        "The lighthouse keeper wrote in his log every evening about the ships, the weather and the sea. ".repeat(20);
     let mut prompt = words.clone();
     while tokenizer.model.tokenize(&prompt, true).len() > 128 {
         prompt.pop();

@@ -308,7 +308,8 @@ async fn chat(State(state): State<OpenAiState>, body: Bytes) -> Result<Response,
     let lease = lease(&state, &req.common.model).await?;
     let prompt =
         engine(&lease).model.apply_chat(&messages).map_err(|e| ApiError::invalid(Some("messages"), e.to_string()))?;
-    let tokens = engine(&lease).model.tokenize(&prompt, false);
+    // The template leaves the start-of-text token to the tokenizer (Gemma wants one, SmolLM2 none).
+    let tokens = engine(&lease).model.tokenize(&prompt, true);
     generate(lease, Kind::Chat, tokens, checked).await
 }
 

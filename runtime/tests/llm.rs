@@ -22,7 +22,7 @@ fn smollm() -> Arc<LlmModel> {
 
 fn chat(engine: &Engine, text: &str) -> Vec<i32> {
     let prompt = engine.model.apply_chat(&[ChatMessage { role: "user".into(), content: text.into() }]).unwrap();
-    engine.model.tokenize(&prompt, false)
+    engine.model.tokenize(&prompt, true)
 }
 
 fn greedy(prompt: Vec<i32>, max_tokens: u32) -> GenRequest {

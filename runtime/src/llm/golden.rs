@@ -5,9 +5,10 @@ use edgefleet_protocol::llm_golden::{LlmCase, LlmCaseResult, LlmGolden, LlmStep,
 
 use super::{ChatMessage, Engine, GenRequest, LlmError, Sampling};
 
-/// Tokens of a golden case's text: the chat template put in its own start token, so none is added.
+/// Tokens of a golden case's text, as a chat request's are: with the start-of-text token where the model wants
+/// one (llama.cpp's chat templates leave it to the tokenizer).
 fn prompt_tokens(engine: &Engine, text: &str) -> Vec<i32> {
-    engine.model.tokenize(text, false)
+    engine.model.tokenize(text, true)
 }
 
 /// The reference's answers to `prompts` (greedy, up to `max_tokens` each) and its log-probability of every

@@ -213,8 +213,8 @@ impl LlmModel {
         self.model.apply_chat_template(template, &chat, true).map_err(|e| LlmError::Template(e.to_string()))
     }
 
-    /// Tokens of `text`; `special` adds the model's start-of-text token where the model wants one (a raw
-    /// completion prompt) — a chat prompt from [`Self::apply_chat`] already carries its own.
+    /// Tokens of `text`; `add_special` adds the model's start-of-text token where the model wants one (Gemma
+    /// does, SmolLM2 not); llama.cpp's chat templates leave it out of the text, so chats want it too.
     pub fn tokenize(&self, text: &str, add_special: bool) -> Vec<i32> {
         self.model.vocab().tokenize(text.as_bytes(), add_special, true).into_iter().map(|t| t.0).collect()
     }
