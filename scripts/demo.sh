@@ -273,6 +273,8 @@ case "$last" in done*) ;; *) echo "!! the language-model rollout did not finish"
 llm_serving 2
 wait $chat_load_pid || { cat chat-load.txt; echo "!! streams failed during the rollout" >&2; exit 1; }
 cat chat-load.txt
+echo "   (this Gemma GGUF is the pretrained 270M model, not the instruction-tuned one — it carries no chat template"
+echo "   and continues text rather than answering; the release pipeline, gates and serving are the same)"
 for i in "${!fixtures[@]}"; do
   python3 "$REPO/scripts/chat_stream.py" "${urls[$i]}" chat "What is the capital of France?" "${fixtures[$i]}"
 done
