@@ -1,6 +1,7 @@
 //! Hardware detection: what this device is, read from files under a configurable root (`/` on a device, a
-//! fixture tree in tests), as `shared/HARDWARE-FACTS.md` documents them for real Snapdragon, Jetson, Intel NPU,
-//! Raspberry Pi and x86 machines. The answer is a [`HardwareProfile`]: the device class, the ONNX Runtime
+//! fixture tree in tests), as real Snapdragon, Jetson, Intel NPU, Raspberry Pi and x86 machines show them
+//! (`fixtures/hardware/` holds a copy of each one's files: `/proc/cpuinfo`, `/sys/devices/soc0/*`,
+//! `/proc/device-tree/compatible`, `/dev/accel/*`, `/etc/nv_tegra_release`, …). The answer is a [`HardwareProfile`]: the device class, the ONNX Runtime
 //! execution providers to try in order (always ending with CPU), memory, SoC/NPU ids, and which power sensor
 //! exists, plus the evidence for each conclusion so an operator can see why.
 //!
@@ -63,7 +64,7 @@ impl DeviceClass {
         }
     }
 
-    /// Execution providers to try, best first (HARDWARE-FACTS §9). CPU is always last.
+    /// Execution providers to try, best first. CPU is always last.
     pub fn providers(self) -> &'static [&'static str] {
         match self {
             DeviceClass::QualcommHexagon => &[QNN, CPU],
@@ -132,7 +133,7 @@ impl HardwareRoot {
     }
 }
 
-/// Kernel `soc_id` (decimal SMEM id) to chip name and Hexagon HTP architecture (HARDWARE-FACTS §1).
+/// Kernel `soc_id` (decimal SMEM id) to chip name and Hexagon HTP architecture.
 fn qualcomm_chip(soc_id: &str) -> Option<(&'static str, &'static str)> {
     Some(match soc_id {
         "519" => ("sm8550", "v73"),
@@ -159,7 +160,7 @@ fn htp_arch_of(chip: &str) -> Option<&'static str> {
     })
 }
 
-/// Intel NPU PCI device ids (HARDWARE-FACTS §3).
+/// Intel NPU PCI device ids.
 fn intel_npu_generation(device: &str) -> Option<&'static str> {
     Some(match device.to_ascii_lowercase().as_str() {
         "0x7d1d" => "meteor-lake",

@@ -1,5 +1,5 @@
-//! Power and energy, read from sensor files under the hardware root (units from the kernel's sysfs ABI, see
-//! `shared/HARDWARE-FACTS.md`): RAPL powercap energy counters (µJ, wrapping at `max_energy_range_uj`), hwmon
+//! Power and energy, read from sensor files under the hardware root (units from the kernel's sysfs ABI,
+//! Documentation/ABI in the Linux tree): RAPL powercap energy counters (µJ, wrapping at `max_energy_range_uj`), hwmon
 //! `energy*_input` (µJ, cumulative) and `power*_input` (µW), Jetson INA3221 rails (mV × mA), and
 //! `power_supply` (`power_now` µW, or `current_now` µA × `voltage_now` µV). A device without any of them has
 //! no power reading at all: nothing here ever estimates.

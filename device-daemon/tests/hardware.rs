@@ -1,4 +1,4 @@
-//! Hardware detection on fixture trees built from the real file contents in `shared/HARDWARE-FACTS.md`
+//! Hardware detection on fixture trees built from the real file contents in `fixtures/hardware/`
 //! (paths, example values and sources are cited there). Each fixture is written by the test itself, so the
 //! bytes, NULs of device-tree strings included, are visible here.
 
@@ -20,7 +20,7 @@ fn tree(files: &[(&str, &[u8])]) -> tempfile::TempDir {
 const MEMINFO_8G: &[u8] = b"MemTotal:        7999136 kB\nMemFree:         5000000 kB\n";
 const MEMINFO_16G: &[u8] = b"MemTotal:       16127920 kB\n";
 const MEMINFO_32G: &[u8] = b"MemTotal:       32568144 kB\n";
-// Qualcomm Linux kernels show raw MIDR parts and no `model name` (HARDWARE-FACTS §1).
+// Qualcomm Linux kernels show raw MIDR parts and no `model name`.
 const CPUINFO_QCOM: &[u8] = b"processor\t: 0\nBogoMIPS\t: 38.40\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\nCPU part\t: 0xd4b\n";
 const CPUINFO_PI5: &[u8] = b"processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\nCPU architecture: 8\nRevision\t: d04170\n";
 // Core Ultra: avx2 and avx_vnni, no avx512, no amx (§3).

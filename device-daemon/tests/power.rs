@@ -1,4 +1,4 @@
-//! Power sensors against fixture sysfs trees built from `shared/HARDWARE-FACTS.md`: each sensor kind is found
+//! Power sensors against fixture sysfs trees as real devices show them: each sensor kind is found
 //! and read in its own units; counters wrap; missing files and boards without sensors give no reading.
 
 use std::path::Path;

@@ -475,8 +475,8 @@ pub fn classify(client: &reqwest::blocking::Client, daemon: &Daemon) -> Option<(
     Some((v["model_version"].as_str()?.to_owned(), magika_labels()[best].clone()))
 }
 
-/// A device's hardware, as the files it shows under `/` (`fixtures/hardware/`, from `shared/HARDWARE-FACTS.md`,
-/// which cites where each comes from). `device-daemon/tests/hardware.rs` checks detection on these and more; here they make
+/// A device's hardware, as the files it shows under `/` (`fixtures/hardware/`).
+/// `device-daemon/tests/hardware.rs` checks detection on these and more; here they make
 /// real daemons believe they are these devices. ONNX Runtime here is the CPU-only build, so an accelerator's
 /// execution provider is tried, found missing and fallen back from, as on a device whose driver is absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! The whole lifecycle over real processes: a server and five daemons, each believing it is another device
 //! (a Snapdragon phone, a Jetson, a Core Ultra laptop, a Raspberry Pi 5, an x86 server — fixture files from
-//! `shared/HARDWARE-FACTS.md`), driven only through the CLI and the public APIs.
+//! `fixtures/hardware/`), driven only through the CLI and the public APIs.
 //!
 //! Keys and a root whose release role needs two signatures → magika packed with fp32 and int8 variants per
 //! hardware → signed by alice (refused alone) and bob → pushed → assigned → every device gets the variant for
