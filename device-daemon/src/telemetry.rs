@@ -36,6 +36,16 @@ pub fn meter() -> Meter {
     opentelemetry::global::meter("edgefleet-daemon")
 }
 
+/// The attributes every per-release point carries.
+fn release_attributes(model: &str, release: u64, variant: &str, provider: &str) -> Vec<KeyValue> {
+    vec![
+        KeyValue::new(names::ATTR_MODEL, model.to_owned()),
+        KeyValue::new(names::ATTR_RELEASE, release as i64),
+        KeyValue::new(names::ATTR_VARIANT, variant.to_owned()),
+        KeyValue::new(names::ATTR_PROVIDER, provider.to_owned()),
+    ]
+}
+
 /// A release's request-path instruments, with its attributes built once.
 #[derive(Debug, Clone)]
 pub struct InferenceInstruments {
@@ -48,12 +58,7 @@ pub struct InferenceInstruments {
 impl InferenceInstruments {
     pub fn new(model: &str, release: u64, variant: &str, provider: &str) -> Self {
         let m = meter();
-        let base = vec![
-            KeyValue::new(names::ATTR_MODEL, model.to_owned()),
-            KeyValue::new(names::ATTR_RELEASE, release as i64),
-            KeyValue::new(names::ATTR_VARIANT, variant.to_owned()),
-            KeyValue::new(names::ATTR_PROVIDER, provider.to_owned()),
-        ];
+        let base = release_attributes(model, release, variant, provider);
         let with = |outcome: &'static str| {
             let mut v = base.clone();
             v.push(KeyValue::new(names::ATTR_OUTCOME, outcome));
@@ -95,12 +100,7 @@ pub struct LlmInstruments {
 impl LlmInstruments {
     pub fn new(model: &str, release: u64, variant: &str, provider: &str) -> Self {
         let m = meter();
-        let base = vec![
-            KeyValue::new(names::ATTR_MODEL, model.to_owned()),
-            KeyValue::new(names::ATTR_RELEASE, release as i64),
-            KeyValue::new(names::ATTR_VARIANT, variant.to_owned()),
-            KeyValue::new(names::ATTR_PROVIDER, provider.to_owned()),
-        ];
+        let base = release_attributes(model, release, variant, provider);
         let with = |kind: &'static str| {
             let mut v = base.clone();
             v.push(KeyValue::new(names::ATTR_TOKEN_TYPE, kind));
