@@ -253,13 +253,14 @@ step "Gemma 3 270M (Q4_K_M) as chat release 2, rolled out in waves gated on time
 "$E" release sign chat-2 --key alice.key --key bob.key --key carol.key
 "$E" release push chat-2
 echo "   a streaming load on the three devices for the whole rollout (every stream must complete):"
-python3 "$REPO/scripts/chat_load.py" "$all_urls" chat 360 > chat-load.txt &
+python3 "$REPO/scripts/chat_load.py" "$all_urls" chat 300 > chat-load.txt &
 chat_load_pid=$!
 sleep 15 # release 1's own numbers first
 echo "   Gemma has twice the parameters: the gates allow its first token 8x and each token 5x SmolLM2's under"
-echo "   this load, no more; each wave bakes 90 s, time for its devices to download, check and report"
+echo "   this load, no more; each wave bakes 30 s and, longer if need be, until every device class it reached has"
+echo "   reported enough streams of Gemma to judge"
 rollout=$("$E" --json rollout create chat 2 --selector region=eu \
-  --wave ring=canary:90s --wave 50:90s --wave 100:90s \
+  --wave ring=canary:30s --wave 50:30s --wave 100:30s \
   --gate ttft-ratio=8 --gate tpot-ratio=5 --gate error-rate=0.02 --gate install-failures=0.1 \
   --min-samples 5 --on-failure rollback | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 last=""

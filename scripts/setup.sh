@@ -113,7 +113,8 @@ if [ ! -s "$W/dist/index.html" ] || [ -n "$(find "$W/src" "$W/index.html" "$W/pa
 fi
 # llama.cpp's build (the llama-cpp-2 crate compiles its vendored source with cmake; bindgen needs libclang).
 command -v cmake >/dev/null 2>&1 || apt_install cmake
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || apt_install libclang-dev
+# (Not a glob on libclang*.so*: libclang-cpp, which other packages pull in, matches it and is not what bindgen loads.)
+dpkg -s libclang-dev >/dev/null 2>&1 || apt_install libclang-dev
 # Debian's Chromium for the dashboard's browser tests (driven by playwright-core; never a downloaded browser).
 command -v chromium >/dev/null 2>&1 || apt_install chromium
 # PostgreSQL's client, with which the restart e2e test makes its own database on the local server.

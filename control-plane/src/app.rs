@@ -111,6 +111,7 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
         ingest,
         checkins_changed: AtomicU64::new(0),
         checkins_unchanged: AtomicU64::new(0),
+        reached: Default::default(),
     }));
     let telemetry = tokio::spawn(crate::telemetry::background(state.clone()));
     let rollouts = tokio::spawn(crate::rollout::engine::run(state.clone()));

@@ -49,6 +49,8 @@ pub struct Inner {
     /// Check-ins answered with a new document, and with 304.
     pub checkins_changed: AtomicU64,
     pub checkins_unchanged: AtomicU64,
+    /// Per rollout: the wave and time its reached classes were counted, and the counts (see `rollout::engine`).
+    pub reached: Mutex<HashMap<String, (usize, i64, BTreeMap<String, u64>)>>,
 }
 
 /// What a device reported: the digest of the stored report (an unchanged report costs no write), the releases

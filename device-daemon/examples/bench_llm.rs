@@ -97,7 +97,8 @@ async fn main() -> anyhow::Result<()> {
         m.facts.chat_template.map(|t| Sha256Digest::of(t.as_bytes()))
     };
     let config = EngineConfig { context_length: 1024, sequences: 8, queue: 64, batch: 256, threads: Some(threads) };
-    let load = |release: u64| {
+    // Loading reads and maps the GGUF and builds a context: blocking work, kept off the runtime serving HTTP.
+    let load = Arc::new(move |release: u64| {
         Served::load_llm(
             &path,
             &LlmOptions::default(),
@@ -108,7 +109,7 @@ async fn main() -> anyhow::Result<()> {
             "cpu".parse().expect("variant"),
             "a",
         )
-    };
+    });
     let models = Arc::new(ModelTable::default());
     models.install(load(1)?);
     println!("RSS with the model loaded (8 sequences of 1,024 tokens): {:.0} MiB", rss_mib());
@@ -196,7 +197,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let phase = |swapping: bool| {
         let models = models.clone();
-        let load = &load;
+        let load = load.clone();
         let run_load = &run_load;
         async move {
             let (stop, failed) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
@@ -204,7 +205,11 @@ async fn main() -> anyhow::Result<()> {
             let start = Instant::now();
             if swapping {
                 for n in 0..swaps {
-                    models.install(load(2 + n)?);
+                    let load = load.clone();
+                    models.install(tokio::task::spawn_blocking(move || load(2 + n)).await??);
+                    if (n + 1) % 10 == 0 {
+                        println!("  {} swaps, {:.1} s, RSS {:.0} MiB", n + 1, start.elapsed().as_secs_f64(), rss_mib());
+                    }
                 }
             } else {
                 tokio::time::sleep(Duration::from_secs(20)).await;

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use edgefleet_e2e::{
-    Daemon, ServerProcess, Workdir, cache, daemon_command, eventually, http, repo, server_and_token, spawn_daemon,
-    x86_server,
+    Daemon, Fixture, ServerProcess, Workdir, cache, daemon_command, eventually, http, rapl_ticking, repo,
+    server_and_token, spawn_daemon, x86_server,
 };
 use serde_json::{Value, json};
 
@@ -127,7 +127,11 @@ fn smollm_then_gemma_serve_openai_clients_and_swap_under_streams() {
     for r in ["chat-1", "chat-2"] {
         w.edgefleet(&["release", "push", r]).ok();
     }
-    x86_server(&w, "hw");
+    // An Intel NPU laptop: llama.cpp's Vulkan backend is tried (not in this build) and the CPU serves; its RAPL
+    // package counter draws 12 W, so every export carries energy and the control plane reports joules per token.
+    Fixture::IntelNpuLaptop.write(&w, "hw");
+    let rapl_stop = Arc::new(AtomicBool::new(false));
+    let rapl = rapl_ticking(&w, "hw", 12.0, rapl_stop.clone());
     let daemon = start_daemon(&w, &server, "llm-box", &token);
     w.edgefleet(&["assign", "chat", "1", "--selector", "site=lab"]).ok();
     let client = http();
@@ -175,6 +179,8 @@ fn smollm_then_gemma_serve_openai_clients_and_swap_under_streams() {
             "--gate",
             "tpot-ratio=50",
             "--gate",
+            "energy-per-token-ratio=50",
+            "--gate",
             "error-rate=0.05",
             "--min-samples",
             "3",
@@ -202,6 +208,9 @@ fn smollm_then_gemma_serve_openai_clients_and_swap_under_streams() {
     let (ttft, status) = judged;
     assert_eq!(ttft["verdict"], "pass", "{status}");
     assert!(ttft["value"].as_f64().unwrap() > 0.0 && ttft["samples_new"].as_u64().unwrap() >= 3, "{ttft}");
+    let gates = status["gate_results"].as_array().cloned().unwrap_or_default();
+    let energy = gates.iter().find(|g| g["gate"]["kind"] == "energy_per_token_ratio").expect("the energy gate");
+    assert!(["pass", "too_few_samples"].contains(&energy["verdict"].as_str().unwrap_or("")), "{energy}");
     w.edgefleet(&["rollout", "promote", &rollout]).ok();
     let s = w.edgefleet(&["--json", "rollout", "status", &rollout]).ok().json();
     assert_eq!(s["state"]["state"], "done", "{s}");
@@ -220,15 +229,19 @@ fn smollm_then_gemma_serve_openai_clients_and_swap_under_streams() {
         .json()
         .unwrap();
     assert!(answer["system_fingerprint"].as_str().unwrap().contains("cpu-q4-k-m"), "{answer}");
-    // What the control plane shows for each release: TTFT, decoding speed, tokens; no energy (no sensor here).
+    // What the control plane shows for each release: TTFT, decoding speed, tokens, and joules per output token
+    // from the package counter (12 W over the tokens of each export: a figure in the joules, not invented).
     let windows = llm_windows(&server, &viewer);
     for release in [1, 2] {
         let w = windows.iter().find(|w| w["release"] == release && w["llm"]["output_tokens"].as_u64() > Some(0));
         let w = w.unwrap_or_else(|| panic!("no language-model numbers for release {release}: {windows:?}"));
         let llm = &w["llm"];
         assert!(llm["tokens_per_second"].as_f64().unwrap() > 0.0, "{llm}");
-        assert!(llm["joules_per_token"].is_null(), "a VM without a power sensor reports no energy: {llm}");
+        let j = llm["joules_per_token"].as_f64().unwrap_or_else(|| panic!("no joules per token: {llm}"));
+        assert!(j > 0.0 && j < 12.0, "12 W spread over tokens decoded at well over one a second: {llm}");
     }
+    rapl_stop.store(true, Ordering::Relaxed);
+    rapl.join().expect("rapl");
     drop(daemon);
     assert!(server.stop().success());
 }

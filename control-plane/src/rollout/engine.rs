@@ -30,6 +30,41 @@ pub fn observations(r: &Rollout, rows: &[ClassStats]) -> Observations {
     out
 }
 
+/// How long the classes a wave reached are trusted before the inventory is read again.
+const REACHED_TTL_MS: i64 = 60_000;
+/// Devices read per page when counting them.
+const PAGE: i64 = 5_000;
+
+/// Online devices per class that the rollout's waves so far put on its new release, from the inventory: the
+/// devices its selector picks, seen within three check-in intervals (an offline device holds no wave). Counted
+/// once per wave and minute, not every tick — the scan reads every selected device.
+async fn reached(state: &AppState, r: &Rollout, wave: usize, now: i64) -> Result<BTreeMap<String, u64>, StoreError> {
+    if let Some((w, at, counts)) = state.reached.lock().unwrap_or_else(|p| p.into_inner()).get(&r.id)
+        && *w == wave
+        && now - at < REACHED_TTL_MS
+    {
+        return Ok(counts.clone());
+    }
+    let online_after = now - 3 * (state.config.checkin_interval_secs.max(1) as i64) * 1000;
+    let running = State::Running { wave, since: 0 };
+    let mut counts = BTreeMap::new();
+    let mut after = None;
+    loop {
+        let page = state.store.online_selected(&r.selector, online_after, after.as_ref(), PAGE).await?;
+        for (device, class, labels) in &page {
+            if super::target(r, &running, device, labels) == r.release {
+                *counts.entry(class.clone()).or_insert(0) += 1;
+            }
+        }
+        match page.last() {
+            Some((last, ..)) if page.len() as i64 == PAGE => after = Some(last.clone()),
+            _ => break,
+        }
+    }
+    state.reached.lock().unwrap_or_else(|p| p.into_inner()).insert(r.id.clone(), (wave, now, counts.clone()));
+    Ok(counts)
+}
+
 /// Whether the new release was withdrawn: gone from the registry, or no longer signed by a threshold of the
 /// current root's release keys (a key revoked by a root rotation).
 async fn withdrawn(state: &AppState, r: &Rollout) -> Result<bool, StoreError> {
@@ -48,7 +83,11 @@ fn audit_detail(row: &RolloutRow, to: &State, gates: &[super::GateResult]) -> se
 pub async fn evaluate_all(state: &AppState, now: i64) -> Result<usize, StoreError> {
     let lookback = (state.config.rollout_baseline_lookback_secs as i64).saturating_mul(1000);
     let mut moved = 0;
-    for row in state.store.rollouts().await? {
+    let rollouts = state.store.rollouts().await?;
+    state.reached.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| {
+        rollouts.iter().any(|row| &row.rollout.id == id && row.state.is_active())
+    });
+    for row in rollouts {
         if !row.state.is_active() {
             continue;
         }
@@ -57,7 +96,12 @@ pub async fn evaluate_all(state: &AppState, now: i64) -> Result<usize, StoreErro
         let window = state.ingest.settings.window_ms;
         let sides = [(r.release, row.created_at - window), (r.baseline, row.created_at - lookback)];
         let rows = state.store.release_stats(&r.model, sides).await?;
-        let seen = observations(r, &rows);
+        let mut seen = observations(r, &rows);
+        if let State::Running { wave, .. } | State::Paused { wave, .. } = row.state {
+            for (class, devices) in reached(state, r, wave, now).await? {
+                seen.entry(class).or_default().0.devices = devices;
+            }
+        }
         let e = evaluate(r, &row.state, &seen, withdrawn(state, r).await?, now);
         state.store.set_rollout_gates(&r.id, &e.gates, now).await?;
         if e.state == row.state {

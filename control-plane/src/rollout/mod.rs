@@ -28,6 +28,9 @@ pub struct Stats {
     pub joules_per_inference: Option<f64>,
     pub installs: u64,
     pub install_failures: u64,
+    /// Online devices of the class that the rollout's waves so far put on this release (counted from the
+    /// inventory, not from telemetry): a class with such devices has been reached even before any reports.
+    pub devices: u64,
     /// A language model's numbers (all zero for other models).
     pub llm: LlmStats,
 }
@@ -126,10 +129,11 @@ fn judge(gate: Gate, class: &str, new: &Stats, old: &Stats, min: u64) -> GateRes
         Some(v) if v.is_finite() && v <= threshold => Verdict::Pass,
         Some(_) => Verdict::Fail,
     };
-    let reached = new.requests > 0 || new.installs > 0 || new.install_failures > 0;
+    let reached = new.devices > 0 || new.requests > 0 || new.installs > 0 || new.install_failures > 0;
     let verdict = if !reached {
-        // The waves so far hold no device of this class (or none has said a word): the wave that reaches the
-        // class judges it. Holding here would hold every wave short of 100 % forever on a mixed fleet.
+        // The waves so far hold no online device of this class: the wave that reaches the class judges it.
+        // Holding here would hold every wave short of 100 % forever on a mixed fleet. A class the waves did
+        // reach is judged from its first device on, reports or not: silence is too few samples, not a pass.
         Verdict::NotReached
     } else if samples.0 == 0
         && samples.1 == 0
@@ -435,6 +439,11 @@ mod tests {
             0,
         );
         assert!(e.gates.iter().all(|g| g.verdict == Verdict::NotReached), "{:#?}", e.gates);
+        // A class whose online devices the wave put on the new release, none of which has reported yet, holds
+        // the wave however long it baked: no evidence is not a pass.
+        let mut silent = ok();
+        silent.insert("raspberry-pi-5".into(), (Stats { devices: 2, ..Stats::default() }, healthy()));
+        check(Pause, silent, false, 10, "running wave 0 since 0");
         // A release withdrawn mid-rollout: aborted, whatever the gates say.
         check(Pause, ok(), true, 10, "aborted: release 2 was withdrawn");
         // One class failing is enough, whatever the others do.

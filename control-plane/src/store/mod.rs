@@ -173,6 +173,20 @@ pub enum Publish {
 const DEVICE_COLUMNS: &str = "id, labels, device_class, hardware, cert_serial, enrolled_at, last_seen, revoked_at, \
      report, desired_seq, desired_digest, desired_doc, desired_expires";
 
+/// `AND` clauses requiring every label of `selector` of the device `d`, numbering their parameters after `n`
+/// (the caller binds each key, then its value, in the selector's order).
+fn selector_clause(selector: &Selector, n: &mut usize) -> String {
+    let mut sql = String::new();
+    for _ in &selector.0 {
+        let (k, v) = (*n + 1, *n + 2);
+        *n += 2;
+        sql.push_str(&format!(
+            " AND EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = d.id AND l.key = ${k} AND l.value = ${v})"
+        ));
+    }
+    sql
+}
+
 fn device_row(r: &AnyRow) -> Result<DeviceRow, StoreError> {
     Ok(DeviceRow {
         id: parse("device id", &r.try_get::<String, _>("id")?)?,
@@ -665,16 +679,11 @@ impl Store {
     ) -> Result<Vec<DeviceRow>, StoreError> {
         let mut sql = format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE d.id > $1");
         let mut n = 1;
+        sql.push_str(&selector_clause(&filter.selector, &mut n));
         let mut next = || {
             n += 1;
             n
         };
-        for _ in &filter.selector.0 {
-            let (k, v) = (next(), next());
-            sql.push_str(&format!(
-                " AND EXISTS (SELECT 1 FROM device_labels l WHERE l.device_id = d.id AND l.key = ${k} AND l.value = ${v})"
-            ));
-        }
         if filter.id_prefix.is_some() {
             let (a, b) = (next(), next());
             sql.push_str(&format!(" AND substr(d.id, 1, CAST(${a} AS INTEGER)) = ${b}"));

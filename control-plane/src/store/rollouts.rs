@@ -6,7 +6,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::{Audit, Store, StoreError, json, parse, version};
+use edgefleet_protocol::DeviceId;
+use edgefleet_protocol::api::{Labels, Selector};
+
+use super::{Audit, Store, StoreError, json, parse, selector_clause, version};
 
 #[derive(Debug, Clone)]
 pub struct RolloutRow {
@@ -59,6 +62,38 @@ const COLUMNS: &str =
     "id, model, baseline, release, selector, spec, state, gates, evaluated_at, created_at, created_by, updated_at";
 
 impl Store {
+    /// Devices `selector` picks that are enrolled, not revoked and seen since `online_after` (ms), in id order
+    /// after `after`, at most `limit`: their ids, classes and labels, which say where a rollout's waves reached.
+    pub async fn online_selected(
+        &self,
+        selector: &Selector,
+        online_after: i64,
+        after: Option<&DeviceId>,
+        limit: i64,
+    ) -> Result<Vec<(DeviceId, String, Labels)>, StoreError> {
+        let mut n = 2;
+        let sql = format!(
+            "SELECT id, device_class, labels FROM devices d WHERE d.id > $1 AND d.last_seen >= $2 \
+             AND d.revoked_at IS NULL{} ORDER BY d.id LIMIT ${}",
+            selector_clause(selector, &mut n),
+            n + 1
+        );
+        let mut q = sqlx::query(&sql).bind(after.map(|a| a.as_str().to_owned()).unwrap_or_default()).bind(online_after);
+        for (k, v) in &selector.0 {
+            q = q.bind(k.clone()).bind(v.clone());
+        }
+        let rows = q.bind(limit).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    parse("device id", &r.try_get::<String, _>("id")?)?,
+                    r.try_get("device_class")?,
+                    json("device labels", &r.try_get::<String, _>("labels")?)?,
+                ))
+            })
+            .collect()
+    }
+
     pub async fn insert_rollout(&self, row: &RolloutRow, audit: Audit<'_>) -> Result<(), StoreError> {
         let r = &row.rollout;
         let spec = Spec {

@@ -251,3 +251,87 @@ async fn the_default_baseline_follows_finished_rollouts(backend: Backend) {
 }
 
 crate::both_backends!(the_default_baseline_follows_finished_rollouts);
+
+/// A wave is judged on every class it put devices in, not only on the classes that have reported: devices that
+/// checked in but have said nothing of the new release yet hold the wave, however long it baked.
+async fn a_wave_waits_for_every_class_it_reached(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.telemetry_flush_ms = 3_600_000;
+        c.rollout_eval_secs = 3600.0;
+        c.flush_interval_ms = 20;
+    })
+    .await;
+    magika_release_1(&app).await;
+    let publisher = app.token(TokenRole::Publisher).await;
+    let m2 = upload_release(&app, &publisher, "magika", 2).await;
+    assert_eq!(publish(&app, &publisher, signed(&m2, &[key(10), key(11)])).await.status(), 201);
+    let operator = app.token(TokenRole::Operator).await;
+    let mut devices = Vec::new();
+    for (id, class) in [("srv-0", "x86-server"), ("srv-1", "x86-server"), ("pi-0", "raspberry-pi-5"), ("pi-1", "raspberry-pi-5")]
+    {
+        let dev = app.enroll(id, &[("region", "eu")], hardware(class, &["CPUExecutionProvider"])).await;
+        report_running(&app, &dev).await;
+        devices.push(dev);
+    }
+    let spec = serde_json::json!({
+        "model": "magika", "release": 2, "selector": "region=eu",
+        "waves": [{"percent": 100, "bake_secs": 0}],
+        "gates": [{"kind": "p95_latency_ratio", "max": 1.5}],
+        "min_samples": 20, "on_failure": "pause"
+    });
+    let r = app.client().post(app.url("/rollouts")).bearer_auth(&operator).json(&spec).send().await.expect("post");
+    assert_eq!(r.status(), 201);
+    let id = r.json::<RolloutView>().await.expect("view").rollout.id;
+    // Every device's check-in is on record (last_seen is written in batches).
+    for d in &devices {
+        let dev: DeviceId = d.id.parse().expect("id");
+        for _ in 0..500 {
+            if app.state.store.device(&dev).await.expect("read").and_then(|r| r.last_seen).is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    // The servers report both releases, the same speed; the Pis have not said a word of release 2.
+    let report = |d: &Device, release| {
+        let t = now_ns();
+        let served = Served {
+            device: &d.id,
+            model: "magika",
+            release,
+            bucket: 6,
+            start: t - 60_000_000_000,
+            time: t,
+            ok: 30,
+            err: 0,
+            joules: 3.0,
+        };
+        accepted(&app, &d.client, &served.export())
+    };
+    assert_eq!(report(&devices[0], 1).await.0, 0);
+    assert_eq!(report(&devices[1], 2).await.0, 0);
+    let evaluate = || async {
+        assert!(edgefleet_server::telemetry::flush(&app.state).await);
+        let moved = edgefleet_server::rollout::engine::evaluate_all(&app.state, edgefleet_server::state::now_ms())
+            .await
+            .expect("evaluate");
+        (moved, app.state.store.rollout(&id).await.expect("read").expect("rollout"))
+    };
+    let (moved, row) = evaluate().await;
+    assert_eq!((moved, row.state.name()), (0, "running"), "{:#?}", row.gates);
+    let verdict = |row: &edgefleet_server::store::RolloutRow, class: &str| {
+        row.gates.iter().find(|g| g.class == class).map(|g| g.verdict)
+    };
+    use edgefleet_protocol::rollout::Verdict;
+    assert_eq!(verdict(&row, "x86-server"), Some(Verdict::Pass), "{:#?}", row.gates);
+    let pi = row.gates.iter().find(|g| g.class == "raspberry-pi-5").expect("the Pis are judged");
+    assert_eq!((pi.verdict, pi.samples_new), (Verdict::TooFewSamples, 0), "{pi:?}");
+    // Once the Pis report as well, the wave is judged on both classes and the rollout is done.
+    assert_eq!(report(&devices[2], 1).await.0, 0);
+    assert_eq!(report(&devices[3], 2).await.0, 0);
+    let (moved, row) = evaluate().await;
+    assert_eq!((moved, row.state.name()), (1, "done"), "{:#?}", row.gates);
+    assert_eq!(verdict(&row, "raspberry-pi-5"), Some(Verdict::Pass), "{:#?}", row.gates);
+}
+
+crate::both_backends!(a_wave_waits_for_every_class_it_reached);

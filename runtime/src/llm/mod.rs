@@ -64,11 +64,37 @@ pub enum LlmError {
     Stopped,
 }
 
+/// Whether this CPU has the x86 extensions llama.cpp was compiled to use (`.cargo/config.toml` chooses them at
+/// build time; llama.cpp would die of an illegal instruction on a CPU without them).
+fn cpu_supports_build() -> Result<(), String> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let wanted = [
+            (option_env!("GGML_AVX"), "avx", std::arch::is_x86_feature_detected!("avx")),
+            (option_env!("GGML_AVX2"), "avx2", std::arch::is_x86_feature_detected!("avx2")),
+            (option_env!("GGML_FMA"), "fma", std::arch::is_x86_feature_detected!("fma")),
+            (option_env!("GGML_F16C"), "f16c", std::arch::is_x86_feature_detected!("f16c")),
+            (option_env!("GGML_BMI2"), "bmi2", std::arch::is_x86_feature_detected!("bmi2")),
+        ];
+        let missing: Vec<&str> =
+            wanted.iter().filter(|(built, _, has)| *built == Some("ON") && !has).map(|(_, name, _)| *name).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "this build's llama.cpp uses {} which this CPU lacks; build the daemon for this device class with \
+                 those GGML_* variables set to OFF",
+                missing.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The process's llama.cpp, initialised once; its log goes to `tracing` (target `llama-cpp-2`).
 fn backend() -> Result<&'static LlamaBackend, LlmError> {
     static BACKEND: OnceLock<Result<LlamaBackend, String>> = OnceLock::new();
     BACKEND
         .get_or_init(|| {
+            cpu_supports_build()?;
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
             LlamaBackend::init().map_err(|e| e.to_string())
         })
