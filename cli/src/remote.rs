@@ -44,12 +44,7 @@ pub fn save_login(login: &Login) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let bytes = serde_json::to_vec_pretty(login)?;
-    model_registry::fsutil::write_file_atomic(&path, &bytes)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-    }
+    model_registry::fsutil::write_secret_atomic(&path, &bytes)?;
     Ok(path)
 }
 

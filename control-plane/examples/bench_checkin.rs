@@ -102,7 +102,14 @@ fn main() -> anyhow::Result<()> {
     let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let url = format!("https://127.0.0.1:{}/api/v1/device/checkin", listener.local_addr()?.port());
     let router = edgefleet_server::api::router(state.clone());
-    server_rt.spawn(edgefleet_server::server::serve(listener, router, built.tls.clone(), std::future::pending()));
+    let limits = edgefleet_server::server::ConnLimits::from_config(&state.config);
+    server_rt.spawn(edgefleet_server::server::serve(
+        listener,
+        router,
+        built.tls.clone(),
+        limits,
+        std::future::pending(),
+    ));
 
     // Enrolled devices, written straight into the database in batches (enrolling 100,000 through the API
     // would benchmark the CA, not check-in).
@@ -165,7 +172,9 @@ fn main() -> anyhow::Result<()> {
         let k = rcgen::KeyPair::generate()?;
         let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&k)?.pem()?;
         let id: DeviceId = format!("dev-{:07}", i * (devices / conns).max(1)).parse()?;
-        let (pem, _) = state.ca.issue(&csr, &id, 30)?;
+        let (pem, serial) = state.ca.issue(&csr, &id, 30)?;
+        // Only the certificate last issued to a device is accepted: record it as enrollment would.
+        server_rt.block_on(state.store.set_cert_serial(&id, &serial))?;
         let chain = rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<Vec<_>, _>>()?;
         let mut roots = rustls::RootCertStore::empty();
         roots.add(server_cert.clone())?;

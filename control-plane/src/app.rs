@@ -79,7 +79,10 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
             trust.root.version
         );
     }
-    let ca = DeviceCa::load_or_create(&config.data_dir)?;
+    // A new device CA only for a fleet that has never enrolled a device (revoked ones count: their
+    // certificates chain to the CA too).
+    let enrolled = store.device_total().await?;
+    let ca = DeviceCa::load_or_create(&config.data_dir, enrolled == 0)?;
     let identity =
         ServerIdentity::load_or_create(&config.data_dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
     let tls = server_config(&identity, &ca)?;
@@ -112,6 +115,7 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
         checkins_changed: AtomicU64::new(0),
         checkins_unchanged: AtomicU64::new(0),
         reached: Default::default(),
+        serials: Default::default(),
     }));
     let telemetry = tokio::spawn(crate::telemetry::background(state.clone()));
     let rollouts = tokio::spawn(crate::rollout::engine::run(state.clone()));

@@ -54,6 +54,14 @@ pub struct Config {
     /// Serve `/metrics` without a token (default false: a viewer token is needed, as Prometheus'
     /// `authorization` scrape setting sends).
     pub metrics_public: bool,
+    /// Connections served at once (default 10,000); more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Seconds a client has for its TLS handshake, and for each request's headers (default 10).
+    pub header_timeout_secs: f64,
+    /// Seconds a connection may sit with no request in flight and nothing moving before it is closed
+    /// (default 120: longer than a device's check-in interval would be wasteful, shorter than a long-poll
+    /// does not matter — a long-poll in flight is not idle).
+    pub idle_timeout_secs: f64,
 }
 
 impl Default for Config {
@@ -82,6 +90,9 @@ impl Default for Config {
             rollout_eval_secs: 10.0,
             rollout_baseline_lookback_secs: 3600,
             metrics_public: false,
+            max_connections: 10_000,
+            header_timeout_secs: 10.0,
+            idle_timeout_secs: 120.0,
         }
     }
 }

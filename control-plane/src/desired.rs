@@ -91,15 +91,7 @@ pub struct Plan {
 /// Whether a device with `hw` can run a variant with `req` in `format`: for ONNX its providers are ONNX Runtime
 /// execution providers, for GGUF llama.cpp backends.
 pub fn fits(req: &Requirements, format: ModelFormat, hw: &HardwareProfile) -> bool {
-    let any = |wanted: &[String], have: &[String]| wanted.is_empty() || wanted.iter().any(|w| have.contains(w));
-    let offered = match format {
-        ModelFormat::Onnx => &hw.execution_providers,
-        ModelFormat::Gguf => &hw.llm_backends,
-    };
-    any(&req.execution_providers, offered)
-        && any(&req.arch, std::slice::from_ref(&hw.arch))
-        && any(&req.soc, &hw.soc)
-        && req.min_memory_bytes.is_none_or(|m| hw.memory_bytes >= m)
+    req.unmet(format, hw).is_none()
 }
 
 /// For each model, the newest assignment or rollout whose selector matches `labels`, the release it names for

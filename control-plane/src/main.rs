@@ -82,7 +82,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("edgefleet-server listening on https://{addr}");
             println!("certificate {} sha256 fingerprint {}", built.cert_path.display(), built.fingerprint);
             let router = edgefleet_server::api::router(built.state.clone());
-            edgefleet_server::server::serve(listener, router, built.tls, shutdown_signal()).await?;
+            let limits = edgefleet_server::server::ConnLimits::from_config(&built.state.config);
+            edgefleet_server::server::serve(listener, router, built.tls, limits, shutdown_signal()).await?;
             // Stop the background work, write the telemetry still pending, then let the last_seen writer drain.
             for task in built.background {
                 task.abort();

@@ -41,6 +41,9 @@ pub struct Inner {
     pub rebuilding: tokio::sync::Mutex<()>,
     pub desired: Mutex<HashMap<DeviceId, CachedDesired>>,
     pub revoked: RwLock<HashSet<DeviceId>>,
+    /// Each device's certificate serial (hex) and, during a renewal, the one it renewed from; read from the
+    /// database at its first request. Only these are accepted.
+    pub serials: Mutex<HashMap<DeviceId, (String, Option<String>)>>,
     /// Each device's last stored report (since this server started, or read back at its first export).
     pub reports: Mutex<HashMap<DeviceId, Reported>>,
     pub seen: mpsc::UnboundedSender<(DeviceId, i64)>,
@@ -49,8 +52,8 @@ pub struct Inner {
     /// Check-ins answered with a new document, and with 304.
     pub checkins_changed: AtomicU64,
     pub checkins_unchanged: AtomicU64,
-    /// Per rollout: the wave and time its reached classes were counted, and the counts (see `rollout::engine`).
-    pub reached: Mutex<HashMap<String, (usize, i64, BTreeMap<String, u64>)>>,
+    /// Per rollout id: where its waves reached (see `rollout::engine`).
+    pub reached: Mutex<HashMap<String, Reached>>,
 }
 
 /// What a device reported: the digest of the stored report (an unchanged report costs no write), the releases
@@ -75,6 +78,10 @@ impl Reported {
         }
     }
 }
+
+/// The wave whose reached classes were counted, when (ms), and the online devices it put on the new release per
+/// class.
+pub type Reached = (usize, i64, BTreeMap<String, u64>);
 
 #[derive(Debug, Clone)]
 pub struct AppState(pub Arc<Inner>);
@@ -129,6 +136,30 @@ impl Inner {
             self.reports.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|r| r.models.contains(model));
         reported
             || self.desired.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|c| c.models.contains(model))
+    }
+
+    /// Whether `serial` (hex) is the certificate last issued to device `id`, or the one it renewed from while
+    /// the new one has not been used yet (a device that died between the server's answer and storing its new
+    /// certificate is not locked out). The new one's first use retires the old.
+    pub async fn certificate_current(&self, id: &DeviceId, serial: &str) -> Result<bool, crate::store::StoreError> {
+        let same = |stored: &str| stored.trim_start_matches('0') == serial.trim_start_matches('0');
+        let known = self.serials.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+        let (current, previous) = match known {
+            Some(k) => k,
+            None => {
+                let Some(k) = self.store.cert_serials(id).await? else { return Ok(false) };
+                self.serials.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), k.clone());
+                k
+            }
+        };
+        if same(&current) {
+            if previous.is_some() {
+                self.store.retire_prev_cert(id).await?;
+                self.serials.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), (current, None));
+            }
+            return Ok(true);
+        }
+        Ok(previous.is_some_and(|p| same(&p)))
     }
 
     pub fn is_revoked(&self, id: &DeviceId) -> bool {

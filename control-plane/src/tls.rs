@@ -28,6 +28,11 @@ pub enum TlsError {
     Verifier(String),
     #[error("certificate signing request: {0}")]
     Csr(String),
+    #[error(
+        "{path} is missing, and devices enrolled with the device CA it belongs to; a new CA would orphan every one \
+         of them. Restore the CA's certificate and key (device-ca.crt, device-ca.key) from backup"
+    )]
+    CaMissing { path: PathBuf },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
@@ -40,13 +45,8 @@ pub fn fingerprint(der: &[u8]) -> String {
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
-    write_file_atomic(path, bytes).map_err(|e| TlsError::Io { path: path.to_owned(), source: e.source })?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
-    }
-    Ok(())
+    model_registry::fsutil::write_secret_atomic(path, bytes)
+        .map_err(|e| TlsError::Io { path: path.to_owned(), source: e.source })
 }
 
 fn in_days(days: i64) -> time::OffsetDateTime {
@@ -59,7 +59,9 @@ fn random_serial() -> SerialNumber {
     if getrandom::fill(&mut b).is_err() {
         b[..8].copy_from_slice(&(time::OffsetDateTime::now_utc().unix_timestamp_nanos() as u64).to_be_bytes());
     }
-    b[0] &= 0x7f; // positive
+    // Positive, and no leading zero byte that DER's minimal encoding would strip: the serial read back from a
+    // presented certificate is then the very hex stored at issue.
+    b[0] = (b[0] & 0x3f) | 0x40;
     SerialNumber::from_slice(&b)
 }
 
@@ -138,11 +140,19 @@ impl std::fmt::Debug for DeviceCa {
 }
 
 impl DeviceCa {
-    pub fn load_or_create(data_dir: &Path) -> Result<Self, TlsError> {
+    /// Loads `<data>/ca/device-ca.{crt,key}`; makes a new CA only when neither exists and `may_create` (the
+    /// fleet has no enrolled device yet). Anything else — one of the two lost, or both lost while devices hold
+    /// certificates it issued — is refused: a new CA would silently orphan every enrolled device.
+    pub fn load_or_create(data_dir: &Path, may_create: bool) -> Result<Self, TlsError> {
         let dir = data_dir.join("ca");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         let (cert_path, key_path) = (dir.join("device-ca.crt"), dir.join("device-ca.key"));
-        if !cert_path.exists() || !key_path.exists() {
+        let (has_cert, has_key) = (cert_path.exists(), key_path.exists());
+        if has_cert != has_key || (!has_cert && !may_create) {
+            let missing = if has_cert { &key_path } else { &cert_path };
+            return Err(TlsError::CaMissing { path: missing.clone() });
+        }
+        if !has_cert {
             let key = KeyPair::generate()?;
             let mut params = CertificateParams::default();
             let mut dn = DistinguishedName::new();

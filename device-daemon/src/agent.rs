@@ -1,4 +1,4 @@
-//! The agent: enrollment, check-in, and installing what the signed desired state names.
+//! The agent: check-in, and installing what the signed desired state names.
 //!
 //! Decisions are pure: [`plan`] (given what is installed and a verified desired state, what to do per model),
 //! [`next_checkin`], and each install's state machine ([`crate::machine::Install`]), which this module drives by
@@ -15,9 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use edgefleet_protocol::api::{
-    DeviceEvent, DeviceReport, EnrollResponse, EventKind, HardwareProfile, ModelStatus, SlotStatus,
-};
+use edgefleet_protocol::api::{DeviceEvent, DeviceReport, EventKind, HardwareProfile, ModelStatus, SlotStatus};
 use edgefleet_protocol::llm_golden::LlmGolden;
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, VariantId};
 use edgefleet_runtime::llm::{EngineConfig, LlmOptions};
@@ -41,6 +39,10 @@ pub struct Checkin {
     pub root_version: Option<u64>,
 }
 
+/// The longest check-in interval a server may suggest (a day): a hostile or broken server cannot silence a
+/// device for longer, nor overflow its timer.
+pub const MAX_CHECKIN_INTERVAL_SECS: u64 = 86_400;
+
 /// Pure: how long to wait before the next check-in. After a change: at once (more may follow). After a
 /// long-poll the server really held (at least half of `wait`): at once, since the long-poll was the wait and
 /// a rollout must start in seconds. Otherwise (no long-poll asked, or the server answered early): the server's
@@ -49,7 +51,7 @@ pub fn next_checkin(c: Checkin, wait: Duration, held: Duration, seed: u64) -> Du
     if c.changed || (!wait.is_zero() && held >= wait / 2) {
         return Duration::ZERO;
     }
-    let ms = c.interval.max(1) * 1000;
+    let ms = c.interval.clamp(1, MAX_CHECKIN_INTERVAL_SECS) * 1000;
     Duration::from_millis(ms + seed % (ms / 10 + 1))
 }
 
@@ -110,13 +112,21 @@ pub struct DeviceState {
     #[serde(default)]
     pub dropped_events: u64,
     /// Per model, the release and variant whose install failed for a reason that trying again cannot fix (bad
-    /// bytes, golden vectors, load, health watch): not tried again while the desired state names it. Kept in
-    /// memory only, so a restart tries once more.
-    #[serde(skip)]
+    /// bytes, golden vectors, load, health watch, a variant this device cannot run, a crash loop): not tried
+    /// again while the desired state names it, across restarts too.
+    #[serde(default)]
     pub failed: BTreeMap<ModelName, (ReleaseVersion, VariantId)>,
+    /// Per model, the install under way and how many times it was begun: written before each attempt and
+    /// cleared when it ends, so attempts that never ended (the daemon died during them) are counted.
+    #[serde(default)]
+    pub attempts: BTreeMap<ModelName, (ReleaseVersion, VariantId, u32)>,
 }
 
 pub const MAX_PENDING_EVENTS: usize = 1000;
+
+/// Installs of one release begun this many times without ending (the daemon died each time: a model that
+/// crashes its runtime, say) are not begun again.
+pub const MAX_INSTALL_ATTEMPTS: u32 = 3;
 
 impl DeviceState {
     /// Queues events for the control plane, dropping the oldest beyond the cap.
@@ -253,76 +263,6 @@ impl Layout {
         write_file_atomic(&self.state(), &serde_json::to_vec_pretty(s)?)?;
         Ok(())
     }
-}
-
-/// A device's HTTPS client: the server's certificate as trust anchor, the device's certificate once enrolled.
-pub fn http_client(
-    server_ca: &Path,
-    identity: Option<(&Path, &Path)>,
-    read_timeout: Duration,
-) -> anyhow::Result<reqwest::Client> {
-    let pem = std::fs::read(server_ca).with_context(|| format!("reading {}", server_ca.display()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(c?)?;
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots);
-    let tls = match identity {
-        Some((cert, key)) => {
-            let chain = rustls_pemfile::certs(&mut std::fs::read(cert)?.as_slice()).collect::<Result<Vec<_>, _>>()?;
-            let key = rustls_pemfile::private_key(&mut std::fs::read(key)?.as_slice())?
-                .with_context(|| format!("{}: no private key", key.display()))?;
-            builder.with_client_auth_cert(chain, key)?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .connect_timeout(Duration::from_secs(10))
-        // No total timeout (a large model on a slow link may take long); a connection silent for
-        // `read_timeout` is dropped, and the download resumes from its partial file on the next pass.
-        .read_timeout(read_timeout)
-        .build()?)
-}
-
-/// Enrolls once: a key pair made here (kept 0600), a CSR, the one-time token; the certificate is stored.
-pub async fn enroll(
-    layout: &Layout,
-    server: &str,
-    anonymous: &reqwest::Client,
-    token: &str,
-    device: &DeviceId,
-    hardware: &HardwareProfile,
-) -> anyhow::Result<()> {
-    if layout.cert().exists() && layout.key().exists() {
-        return Ok(());
-    }
-    let dir = layout.key().parent().map(Path::to_owned).unwrap_or_default();
-    std::fs::create_dir_all(&dir)?;
-    let key = rcgen::KeyPair::generate()?;
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?.pem()?;
-    let resp = anonymous
-        .post(format!("{server}/api/v1/enroll"))
-        .json(&serde_json::json!({"token": token, "device_id": device, "csr_pem": csr, "hardware": hardware}))
-        .send()
-        .await?;
-    if !resp.status().is_success() {
-        bail!("enrollment refused ({}): {}", resp.status(), resp.text().await.unwrap_or_default());
-    }
-    let enrolled: EnrollResponse = resp.json().await?;
-    write_atomic(&layout.key(), |f| -> anyhow::Result<()> {
-        f.write_all(key.serialize_pem().as_bytes())?;
-        Ok(())
-    })?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(layout.key(), std::fs::Permissions::from_mode(0o600))?;
-    }
-    write_file_atomic(&layout.cert(), enrolled.certificate_pem.as_bytes())?;
-    Ok(())
 }
 
 /// A download whose bytes are not the signed ones (as opposed to one that could not finish).
@@ -674,9 +614,30 @@ impl Agent {
         }
     }
 
+    /// Walks the trusted root forward towards the server's `latest` version; answers whether it moved.
+    pub async fn walk_to(&mut self, latest: u64) -> bool {
+        if latest <= self.root.version {
+            return false;
+        }
+        let stored = self.layout.trusted_root();
+        match crate::roots::walk_roots(self.root.clone(), latest, &self.server, &self.client, &stored, &self.limits)
+            .await
+        {
+            Ok(root) if root.version > self.root.version => {
+                self.root = root;
+                true
+            }
+            Ok(_) => false,
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "storing a newer root failed");
+                false
+            }
+        }
+    }
+
     /// One pass: send queued events, check in (long-poll `wait` seconds), verify, install what changed, report.
     /// Answers the server's suggested interval.
-    pub async fn reconcile(&self, state: &mut DeviceState, wait: u64) -> anyhow::Result<Checkin> {
+    pub async fn reconcile(&mut self, state: &mut DeviceState, wait: u64) -> anyhow::Result<Checkin> {
         self.flush_events(state).await?;
         let mut req =
             self.client.post(format!("{}/api/v1/device/checkin?wait={wait}", self.server)).json(&self.report(state));
@@ -689,8 +650,9 @@ impl Agent {
             .headers()
             .get(edgefleet_protocol::api::CHECKIN_INTERVAL_HEADER)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(60);
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(60)
+            .clamp(1, MAX_CHECKIN_INTERVAL_SECS);
         let root_version = resp
             .headers()
             .get(edgefleet_protocol::api::ROOT_VERSION_HEADER)
@@ -700,23 +662,34 @@ impl Agent {
             return Ok(Checkin { interval, changed: false, root_version });
         }
         if !resp.status().is_success() {
-            bail!("check-in refused ({}): {}", resp.status(), resp.text().await.unwrap_or_default());
+            bail!("check-in refused ({}): {}", resp.status(), crate::capped::text(resp).await);
         }
         let etag = resp.headers().get("etag").and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let body = resp.bytes().await?;
-        let now = chrono::Utc::now();
-        let verified =
-            match Verifier::new(&self.root, &state.last_seen, now, &self.limits).desired_state(&body, &self.device) {
-                Ok(v) => v,
-                Err(refusal) => {
-                    let msg = format!("desired state refused ({}): {refusal}", refusal.defence());
-                    state.last_error = Some(msg.clone());
-                    self.layout.save_state(state)?;
-                    bail!(msg);
-                }
+        let body = crate::capped::body(resp, self.limits.max_desired_state_bytes, "desired state").await?;
+        let verified = loop {
+            let now = chrono::Utc::now();
+            let refusal = match Verifier::new(&self.root, &state.last_seen, now, &self.limits)
+                .desired_state(&body, &self.device)
+            {
+                Ok(v) => break v,
+                Err(refusal) => refusal,
             };
+            // Refused, from a server on a newer root: the document may be signed by keys only that root trusts.
+            // Walk forward and judge the same document again (each pass raises the root, so this ends).
+            if let Some(latest) = root_version
+                && self.walk_to(latest).await
+            {
+                continue;
+            }
+            let msg = format!("desired state refused ({}): {refusal}", refusal.defence());
+            state.last_error = Some(msg.clone());
+            self.layout.save_state(state)?;
+            bail!(msg);
+        };
         // Kept to undo: a document whose download was interrupted is taken again, whole, at the next check-in.
-        let before = (state.last_seen.clone(), state.etag.clone());
+        // Only its sequence and tag are undone: the security floors its signed releases raised stay raised
+        // (floors only ever rise; restoring them would let the server reinstall what a floor forbids).
+        let before = (state.last_seen.desired_sequence, state.etag.clone());
         state.last_seen.record(&verified);
         state.etag = etag;
         let mut interrupted = None;
@@ -726,7 +699,38 @@ impl Agent {
             let Action::Install { model, release: version, variant, slot } = action else { continue };
             let Some(v) = release.manifest.variant(&assignment.variant) else { continue };
             let mut events = Vec::new();
-            match self.install(&model, version, v, slot, state.committed.get(&model), &mut events).await {
+            // The server chose this variant from what the device reported; the device checks the choice against
+            // its own hardware: a variant it cannot (or should not) run is refused before a byte is fetched.
+            if let Some(why) = v.requirements.unmet(v.format, &self.hardware) {
+                let msg = format!("variant {variant} does not fit this device: {why}");
+                tracing::warn!(%model, %version, %msg, "refused the server's choice of variant");
+                state.failed.insert(model.clone(), (version, variant.clone()));
+                events.push(event(EventKind::NoVariantFits, &model, version, &variant, msg.clone()));
+                state.last_error = Some(format!("{model} {version}: {msg}"));
+                state.queue_events(events);
+                self.layout.save_state(state)?;
+                continue;
+            }
+            let begun = match state.attempts.get(&model) {
+                Some((v, id, n)) if *v == version && *id == variant => *n,
+                _ => 0,
+            };
+            if begun >= MAX_INSTALL_ATTEMPTS {
+                let msg = format!("the daemon stopped during each of {begun} attempts to install this (a crash?)");
+                tracing::warn!(%model, %version, %msg, "not trying again");
+                state.attempts.remove(&model);
+                state.failed.insert(model.clone(), (version, variant.clone()));
+                events.push(event(EventKind::Refused, &model, version, &variant, msg.clone()));
+                state.last_error = Some(format!("{model} {version}: {msg}"));
+                state.queue_events(events);
+                self.layout.save_state(state)?;
+                continue;
+            }
+            state.attempts.insert(model.clone(), (version, variant.clone(), begun + 1));
+            self.layout.save_state(state)?;
+            let result = self.install(&model, version, v, slot, state.committed.get(&model), &mut events).await;
+            state.attempts.remove(&model);
+            match result {
                 Ok(installed) => {
                     events.push(event(
                         EventKind::Installed,
@@ -757,7 +761,7 @@ impl Agent {
         if interrupted.is_some() {
             // As if this document had not arrived: otherwise the next check-in is answered 304 (its tag) or the
             // same document is refused as a replay (its sequence), and the download never resumes.
-            (state.last_seen, state.etag) = before;
+            (state.last_seen.desired_sequence, state.etag) = before;
         }
         self.layout.save_state(state)?;
         self.flush_events(state).await?;
@@ -983,5 +987,8 @@ mod tests {
         assert!(
             next_checkin(Checkin { interval: 0, changed: false, root_version: None }, secs(0), secs(0), 0) >= secs(1)
         );
+        // A server suggesting forever: a day at most (plus jitter), no overflow.
+        let forever = Checkin { interval: u64::MAX, changed: false, root_version: None };
+        assert!(next_checkin(forever, secs(0), secs(0), u64::MAX) <= secs(86_400 + 8_640));
     }
 }

@@ -5,11 +5,14 @@
 //! Invariant: hardware is read from files under a configurable root, never from the build machine.
 
 pub mod agent;
+pub mod capped;
 pub mod hardware;
 pub mod health;
+pub mod identity;
 pub mod machine;
 pub mod openai;
 pub mod power;
+pub mod roots;
 pub mod run;
 pub mod serving;
 pub mod telemetry;

@@ -13,10 +13,11 @@ use edgefleet_protocol::DeviceId;
 use edgefleet_runtime::Options;
 use edgefleet_runtime::llm::LlmOptions;
 use model_registry::fsutil::write_file_atomic;
-use model_registry::verify::{self_signed_root, update_root};
+use model_registry::verify::self_signed_root;
 use model_registry::{Limits, Root};
 
-use crate::agent::{Agent, Layout, enroll, http_client};
+use crate::agent::{Agent, Layout};
+use crate::identity::{enroll, http_client};
 use crate::openai::OpenAiState;
 use crate::serving::ModelTable;
 use crate::v2::{V2State, router};
@@ -126,51 +127,78 @@ async fn trusted_root(
     // Walk forward; a server that is down or serves garbage leaves the stored root in place.
     let versions: Option<serde_json::Value> =
         match client.get(format!("{}/api/v1/trust/roots", args.server)).send().await {
-            Ok(r) if r.status().is_success() => r.json().await.ok(),
+            Ok(r) if r.status().is_success() => crate::capped::body(r, crate::capped::SMALL_BYTES, "the roots index")
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok()),
             _ => None,
         };
     let latest = versions.as_ref().and_then(|v| v["latest"].as_u64()).unwrap_or(root.version);
-    walk_roots(root, latest, &args.server, client, &stored, limits).await
-}
-
-/// Walks from `root` towards version `latest`, one version at a time, each checked against the one before
-/// (`update_root`: a threshold of the old root keys and of the new ones) and stored before the next is taken.
-/// A refused or unreachable version stops the walk where it is: the device keeps the last root it could check.
-async fn walk_roots(
-    mut root: Root,
-    latest: u64,
-    server: &str,
-    client: &reqwest::Client,
-    stored: &std::path::Path,
-    limits: &Limits,
-) -> anyhow::Result<Root> {
-    while root.version < latest {
-        let next = client.get(format!("{server}/api/v1/trust/roots/{}", root.version + 1)).send().await;
-        let next = match next.and_then(|r| r.error_for_status()) {
-            Ok(r) => r.bytes().await?,
-            Err(e) => {
-                tracing::warn!(error = %e, "fetching root {} failed; staying on version {}", root.version + 1, root.version);
-                break;
-            }
-        };
-        match update_root(&root, &next, limits) {
-            Ok(r) => {
-                write_file_atomic(stored, &next)?;
-                tracing::info!(version = r.version, "trust root updated");
-                root = r;
-            }
-            Err(refusal) => {
-                tracing::warn!(%refusal, "a newer root was refused; staying on version {}", root.version);
-                break;
-            }
-        }
-    }
-    Ok(root)
+    crate::roots::walk_roots(root, latest, &args.server, client, &stored, limits).await
 }
 
 /// Serves the v2 API on `listen`: `host:port`, or `unix:/path/to.sock` for a Unix socket (made 0660, an
 /// existing stale socket file replaced). Prints where it serves.
-pub async fn serve_v2(listen: &str, app: axum::Router) -> anyhow::Result<()> {
+/// Renews the device certificate once a third of its lifetime is left; the agent and the telemetry exporter
+/// then use the new one. A failure is logged and tried again at the next pass.
+async fn renew_if_due(
+    agent: &mut Agent,
+    args: &RunArgs,
+    shared: &crate::telemetry::SharedClient,
+    read_timeout: Duration,
+) {
+    let layout = agent.layout.clone();
+    let due = std::fs::read_to_string(layout.cert())
+        .map_err(anyhow::Error::from)
+        .and_then(|pem| crate::identity::renewal_due(&pem, chrono::Utc::now().timestamp()));
+    match due {
+        Ok(false) => return,
+        Ok(true) => {}
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "reading the device certificate");
+            return;
+        }
+    }
+    let renewed = async {
+        crate::identity::renew(&layout, &args.server, &agent.client).await?;
+        http_client(&args.server_ca, Some((&layout.cert(), &layout.key())), read_timeout)
+    };
+    match renewed.await {
+        Ok(client) => {
+            agent.client = client.clone();
+            shared.store(Arc::new(client));
+            tracing::info!("device certificate renewed");
+        }
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed; trying again next pass"),
+    }
+}
+
+/// Resolves once SIGTERM or SIGINT arrives, and for every later caller at once.
+async fn stopping(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Watches for SIGTERM and SIGINT; the receiver turns true when either arrives.
+fn stop_signal() -> anyhow::Result<tokio::sync::watch::Receiver<bool>> {
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+/// Serves the inference APIs on `listen` until `stop`, then lets the requests in flight finish (streams
+/// included); the answer resolves when they have.
+pub async fn serve_v2(
+    listen: &str,
+    app: axum::Router,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if let Some(path) = listen.strip_prefix("unix:") {
         let path = PathBuf::from(path);
         if path.exists() {
@@ -183,21 +211,20 @@ pub async fn serve_v2(listen: &str, app: axum::Router) -> anyhow::Result<()> {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
         }
         println!("edgefleet-daemon serving v2 on unix:{}", path.display());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+        Ok(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopping(stop)).await {
                 tracing::error!(error = %e, "the inference server stopped");
             }
-        });
+        }))
     } else {
         let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         println!("edgefleet-daemon serving v2 on http://{}", listener.local_addr()?);
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
+        Ok(tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopping(stop)).await {
                 tracing::error!(error = %e, "the inference server stopped");
             }
-        });
+        }))
     }
-    Ok(())
 }
 
 pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
@@ -220,14 +247,16 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         enroll(&layout, &args.server, &anonymous, token, &args.device_id, &detection.profile).await?;
         tracing::info!(device = %args.device_id, "enrolled");
     }
+    crate::identity::finish_renewal(&layout)?;
     let client = http_client(&args.server_ca, Some((&layout.cert(), &layout.key())), read_timeout)?;
+    let shared = crate::telemetry::shared(client.clone());
     // Before any model loads, so every release's instruments report to it.
     let endpoint = match args.metrics_endpoint.as_deref() {
         Some("off") => None,
         Some(e) => Some(e.to_owned()),
         None => Some(format!("{}/v1/metrics", args.server.trim_end_matches('/'))),
     };
-    let _telemetry = match endpoint {
+    let telemetry = match endpoint {
         Some(endpoint) => Some(crate::telemetry::start(
             &crate::telemetry::Config {
                 endpoint,
@@ -236,7 +265,7 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
                 device_class: detection.profile.device_class.clone(),
                 arch: detection.profile.arch.clone(),
             },
-            client.clone(),
+            shared.clone(),
             crate::power::discover(&hardware_root),
         )?),
         None => None,
@@ -280,33 +309,29 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         state.last_error = Some(problem);
     }
     let app = router(V2State { models: models.clone() }, 64 << 20).merge(crate::openai::router(OpenAiState { models }));
-    serve_v2(&args.listen, app).await?;
+    let stop = stop_signal()?;
+    let server = serve_v2(&args.listen, app, stop.clone()).await?;
     let mut failures = 0u32;
     loop {
         let started = std::time::Instant::now();
-        match agent.reconcile(&mut state, args.wait).await {
+        renew_if_due(&mut agent, &args, &shared, read_timeout).await;
+        // A stop drops a pass in flight: an install is crash-safe at every step, and resumes at the next start.
+        let pass = tokio::select! {
+            pass = agent.reconcile(&mut state, args.wait) => pass,
+            () = stopping(stop.clone()) => break,
+        };
+        let pause = match pass {
             Ok(checkin) => {
                 failures = 0;
                 // A rotation: the server is on a newer root than this device. Walked to it, the device checks in
                 // again at once, so its report (and any document the new root changes) follows without delay.
-                if let Some(latest) = checkin.root_version.filter(|v| *v > agent.root.version) {
-                    let stored = layout.trusted_root();
-                    let walked =
-                        walk_roots(agent.root.clone(), latest, &args.server, &agent.client, &stored, &agent.limits)
-                            .await;
-                    match walked {
-                        Ok(root) if root.version > agent.root.version => {
-                            agent.root = root;
-                            continue;
-                        }
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "storing a newer root failed"),
-                    }
+                if let Some(latest) = checkin.root_version
+                    && agent.walk_to(latest).await
+                {
+                    continue;
                 }
                 let seed = u64::from(std::process::id()) ^ u64::from(chrono::Utc::now().timestamp_subsec_nanos());
-                let pause =
-                    crate::agent::next_checkin(checkin, Duration::from_secs(args.wait), started.elapsed(), seed);
-                tokio::time::sleep(pause).await;
+                crate::agent::next_checkin(checkin, Duration::from_secs(args.wait), started.elapsed(), seed)
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -314,8 +339,21 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
                 // Jitter, so a fleet that lost its server does not come back in step.
                 let jitter = Duration::from_millis(u64::from(std::process::id() % 500));
                 tracing::warn!(error = %format!("{e:#}"), retry_in = ?(backoff + jitter), "reconcile failed");
-                tokio::time::sleep(backoff + jitter).await;
+                backoff + jitter
             }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = stopping(stop.clone()) => break,
         }
     }
+    // Stopping: the requests in flight finish (for up to 30 s), then the last metrics are exported.
+    if tokio::time::timeout(Duration::from_secs(30), server).await.is_err() {
+        tracing::warn!("requests still in flight after 30 s; stopping anyway");
+    }
+    if let Some(t) = telemetry {
+        tokio::task::spawn_blocking(move || t.shutdown()).await?;
+    }
+    tracing::info!("stopped");
+    Ok(())
 }

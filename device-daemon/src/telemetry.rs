@@ -162,18 +162,25 @@ pub fn install_event(kind: &str, model: &str, release: u64, variant: &str) {
         );
 }
 
-/// The OTLP exporter's HTTP client: the daemon's reqwest client (mutual TLS to the control plane), run on the
-/// daemon's tokio runtime (the SDK's periodic reader exports from a thread of its own).
+/// The daemon's HTTPS client, replaced when its certificate is renewed.
+pub type SharedClient = Arc<arc_swap::ArcSwap<reqwest::Client>>;
+
+pub fn shared(client: reqwest::Client) -> SharedClient {
+    Arc::new(arc_swap::ArcSwap::from_pointee(client))
+}
+
+/// The OTLP exporter's HTTP client: the daemon's reqwest client (mutual TLS to the control plane, the current
+/// certificate), run on the daemon's tokio runtime (the SDK's periodic reader exports from a thread of its own).
 #[derive(Debug, Clone)]
 struct DaemonHttp {
-    client: reqwest::Client,
+    client: SharedClient,
     runtime: tokio::runtime::Handle,
 }
 
 #[async_trait::async_trait]
 impl HttpClient for DaemonHttp {
     async fn send_bytes(&self, request: Request<Bytes>) -> Result<Response<Bytes>, HttpError> {
-        let client = self.client.clone();
+        let client = self.client.load_full();
         let (parts, body) = request.into_parts();
         let mut req = client.request(parts.method, parts.uri.to_string()).body(body).timeout(Duration::from_secs(30));
         for (name, value) in &parts.headers {
@@ -182,10 +189,17 @@ impl HttpClient for DaemonHttp {
         let resp = self
             .runtime
             .spawn(async move {
-                let r = req.send().await?;
+                let mut r = req.send().await?;
                 let status = r.status();
-                let body = r.bytes().await?;
-                Ok::<_, reqwest::Error>((status, body))
+                // The collector's answer is a few bytes; what a hostile one sends past 64 KiB is not read.
+                let mut body = Vec::new();
+                while let Some(chunk) = r.chunk().await? {
+                    body.extend_from_slice(&chunk);
+                    if body.len() as u64 > crate::capped::SMALL_BYTES {
+                        break;
+                    }
+                }
+                Ok::<_, reqwest::Error>((status, Bytes::from(body)))
             })
             .await??;
         Ok(Response::builder().status(resp.0).body(resp.1)?)
@@ -225,7 +239,7 @@ fn resident_bytes() -> Option<u64> {
 
 /// Installs the meter provider (global) and its periodic OTLP export; registers the process-memory gauge and,
 /// where `power` is a sensor, `hw.power` and `hw.energy`. Call from within the tokio runtime.
-pub fn start(config: &Config, client: reqwest::Client, power: Option<power::Source>) -> anyhow::Result<Telemetry> {
+pub fn start(config: &Config, client: SharedClient, power: Option<power::Source>) -> anyhow::Result<Telemetry> {
     let http = DaemonHttp { client, runtime: tokio::runtime::Handle::current() };
     let exporter = opentelemetry_otlp::MetricExporter::builder()
         .with_http()

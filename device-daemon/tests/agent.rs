@@ -38,14 +38,34 @@ struct Fake {
     hang: std::sync::atomic::AtomicBool,
     /// When set, the events endpoint answers 503 and keeps nothing.
     refuse_events: std::sync::atomic::AtomicBool,
+    /// When set, check-ins are answered with a body that never ends.
+    endless: std::sync::atomic::AtomicBool,
+    /// The root version check-in answers say the server is on, and the roots it serves by version.
+    root_version: Mutex<Option<u64>>,
+    roots: Mutex<HashMap<u64, Vec<u8>>>,
 }
 
-async fn checkin(State(f): State<Arc<Fake>>) -> impl IntoResponse {
+async fn root(State(f): State<Arc<Fake>>, Path(v): Path<u64>) -> axum::response::Response {
+    match f.roots.lock().expect("lock").get(&v).cloned() {
+        Some(b) => (StatusCode::OK, b).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+async fn checkin(State(f): State<Arc<Fake>>) -> axum::response::Response {
     if f.hang.load(Ordering::Relaxed) {
         std::future::pending::<()>().await;
     }
+    if f.endless.load(Ordering::Relaxed) {
+        let spaces = futures_util::stream::repeat_with(|| Ok::<_, std::io::Error>(Bytes::from(vec![b' '; 64 << 10])));
+        return (StatusCode::OK, axum::body::Body::from_stream(spaces)).into_response();
+    }
     let (status, body) = f.checkin.lock().expect("lock").clone();
-    (StatusCode::from_u16(status).expect("status"), [("etag", "\"1\"")], body)
+    let mut r = (StatusCode::from_u16(status).expect("status"), [("etag", "\"1\"")], body).into_response();
+    if let Some(v) = *f.root_version.lock().expect("lock") {
+        r.headers_mut().insert(edgefleet_protocol::api::ROOT_VERSION_HEADER, v.into());
+    }
+    r
 }
 
 async fn blob(State(f): State<Arc<Fake>>, Path(sha): Path<String>, headers: HeaderMap) -> impl IntoResponse {
@@ -83,6 +103,11 @@ fn options() -> Options {
 
 /// A release of magika with one variant built from `model`, whose golden vectors are `reference`'s outputs.
 fn release(fake: &Fake, version: u64, model: &str, reference: &str) -> (Envelope, Variant) {
+    release_of(fake, "magika", version, 1, model, reference)
+}
+
+/// Release `version` of model `name` with security floor `floor`, its blobs served by `fake`.
+fn release_of(fake: &Fake, name: &str, version: u64, floor: u64, model: &str, reference: &str) -> (Envelope, Variant) {
     let raw = std::fs::read(cache(model)).expect("model");
     let mut z = Vec::new();
     let (raw_ref, zstd_ref) = compress(raw.as_slice(), &mut z, 3, u64::MAX).expect("compress");
@@ -113,9 +138,9 @@ fn release(fake: &Fake, version: u64, model: &str, reference: &str) -> (Envelope
     };
     let manifest = ReleaseManifest {
         doc_type: DocType::Release,
-        model: "magika".parse().expect("model"),
+        model: name.parse().expect("model"),
         version: ReleaseVersion::new(version).expect("version"),
-        security_floor: ReleaseVersion::new(1).expect("floor"),
+        security_floor: ReleaseVersion::new(floor).expect("floor"),
         created: Utc::now(),
         description: String::new(),
         variants: vec![variant.clone()],
@@ -126,17 +151,30 @@ fn release(fake: &Fake, version: u64, model: &str, reference: &str) -> (Envelope
 }
 
 fn desired(sequence: u64, expires: chrono::DateTime<Utc>, release: &Envelope, signer: &KeyPair) -> Vec<u8> {
+    desired_of(sequence, expires, &[("magika", release)], signer)
+}
+
+/// A desired state naming each (model, release) of `models`, variant `cpu-int8`.
+fn desired_of(
+    sequence: u64,
+    expires: chrono::DateTime<Utc>,
+    models: &[(&str, &Envelope)],
+    signer: &KeyPair,
+) -> Vec<u8> {
     let doc = DesiredState {
         doc_type: DocType::DesiredState,
         device: "edge-1".parse().expect("device"),
         sequence,
         issued: Utc::now(),
         expires,
-        models: vec![ModelAssignment {
-            model: "magika".parse().expect("model"),
-            variant: "cpu-int8".parse().expect("variant"),
-            release: release.clone(),
-        }],
+        models: models
+            .iter()
+            .map(|(model, release)| ModelAssignment {
+                model: model.parse().expect("model"),
+                variant: "cpu-int8".parse().expect("variant"),
+                release: (*release).clone(),
+            })
+            .collect(),
     };
     let mut env = Envelope::new(&doc).expect("envelope");
     env.sign(signer).expect("sign");
@@ -166,6 +204,7 @@ impl Rig {
             .route("/api/v1/device/checkin", axum::routing::post(checkin))
             .route("/api/v1/blobs/{sha}", axum::routing::get(blob))
             .route("/api/v1/device/events", axum::routing::post(events))
+            .route("/api/v1/trust/roots/{v}", axum::routing::get(root))
             .with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let server = format!("http://{}", listener.local_addr().expect("addr"));
@@ -514,4 +553,119 @@ async fn over_the_memory_budget_swaps_drain_and_queue_and_fail_no_request() {
     let (ok, failed, by) = traffic.await.expect("load");
     assert_eq!(failed, 0, "requests wait through a drain, they never fail ({ok} answered: {by:?})");
     assert!(by.contains_key("2") && by.contains_key("3"), "{by:?}");
+}
+
+/// A compromised control plane (it holds the fleet key) cannot lower a security floor: in one document, release 3
+/// of magika (floor 3) commits while another model's download is interrupted; the device takes the document
+/// again later, but the floor it learnt stays, and a later document offering release 2 is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_floor_learnt_in_an_interrupted_pass_is_kept() {
+    let mut rig = Rig::new().await;
+    let (r3, _) = release_of(&rig.fake, "magika", 3, 3, "models/magika/model.onnx", "models/magika/model.onnx");
+    let slow = "models/magika/model-slow.onnx";
+    let (other, v) = release_of(&rig.fake, "vad", 1, 1, slow, slow);
+    // The other model's compressed weights (other bytes than magika's) are gone from the server: its download
+    // fails, a transient failure.
+    rig.fake.blobs.lock().expect("lock").remove(&v.zstd.sha256.to_string());
+    *rig.fake.checkin.lock().expect("lock") =
+        (200, desired_of(1, Utc::now() + Duration::hours(1), &[("magika", &r3), ("vad", &other)], &key(20)));
+    let e = rig.agent.reconcile(&mut rig.state, 0).await.expect_err("the interrupted download is reported");
+    assert!(e.to_string().contains("interrupted"), "{e}");
+    assert_eq!(rig.committed(), Some(3));
+    let magika: ModelName = "magika".parse().expect("model");
+    assert_eq!(rig.state.last_seen.floors.get(&magika).map(|f| f.get()), Some(3), "{:?}", rig.state.last_seen);
+    // What is on disk says so too: a restart cannot forget it.
+    let saved = rig.agent.layout.load_state().expect("state on disk");
+    assert_eq!(saved.last_seen.floors.get(&magika).map(|f| f.get()), Some(3));
+    // The compromised server now offers release 2 of magika, signed, fresh, with a higher sequence: refused.
+    let (r2, _) = release_of(&rig.fake, "magika", 2, 1, "models/magika/model.onnx", "models/magika/model.onnx");
+    *rig.fake.checkin.lock().expect("lock") = (200, desired(2, Utc::now() + Duration::hours(1), &r2, &key(20)));
+    let e = rig.agent.reconcile(&mut rig.state, 0).await.expect_err("below the floor");
+    assert!(e.to_string().contains("floor"), "{e}");
+    assert_eq!(rig.committed(), Some(3));
+    assert_eq!(serving(&rig.models), 3, "release 3 still serves");
+}
+
+/// A compromised control plane answers a check-in with a body that never ends: the device reads up to the
+/// desired-state limit, no further, and the release it serves keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_answer_is_cut_off_at_its_limit() {
+    let mut rig = Rig::new().await;
+    let (r1, _) = release(&rig.fake, 1, "models/magika/model.onnx", "models/magika/model.onnx");
+    rig.offer(&r1).await.expect("release 1 installs");
+    rig.fake.endless.store(true, Ordering::Relaxed);
+    let pass = tokio::time::timeout(std::time::Duration::from_secs(60), rig.agent.reconcile(&mut rig.state, 0));
+    let e = pass.await.expect("cut off at the limit, not read for ever").expect_err("refused");
+    assert!(format!("{e:#}").contains("limit of 8388608"), "{e:#}");
+    assert_eq!(serving(&rig.models), 1);
+}
+
+/// The fleet key is rotated: root v2 trusts fleet key 21 only, and the server signs with it. A running device on
+/// root v1 refuses the first such document, walks to the server's v2 (checked against v1) and takes the same
+/// document, without a restart; the new root is stored for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_document_refused_for_want_of_a_newer_root_walks_the_root_forward() {
+    let mut rig = Rig::new().await;
+    let mut v2 = rig.agent.root.next_version(Utc::now() + Duration::days(30));
+    v2.revoke_key(&key(20).key_id());
+    v2.add_key(Role::Fleet, key(21).public().clone());
+    v2.validate().expect("root v2");
+    let mut env = Envelope::new(&v2).expect("envelope");
+    env.sign(&key(1)).expect("sign");
+    rig.fake.roots.lock().expect("lock").insert(2, serde_json::to_vec(&env).expect("json"));
+    *rig.fake.root_version.lock().expect("lock") = Some(2);
+    let (r1, _) = release(&rig.fake, 1, "models/magika/model.onnx", "models/magika/model.onnx");
+    *rig.fake.checkin.lock().expect("lock") = (200, desired(1, Utc::now() + Duration::hours(1), &r1, &key(21)));
+    rig.agent.reconcile(&mut rig.state, 0).await.expect("taken once the root is walked");
+    assert_eq!(rig.agent.root.version, 2);
+    assert_eq!(rig.committed(), Some(1));
+    let stored: Envelope =
+        serde_json::from_slice(&std::fs::read(rig.agent.layout.trusted_root()).expect("stored root")).expect("json");
+    assert_eq!(stored.typed::<Root>().expect("root").version, 2);
+    // A document signed by the revoked key 20 is now refused, and no walk helps it.
+    *rig.fake.checkin.lock().expect("lock") = (200, desired(2, Utc::now() + Duration::hours(1), &r1, &key(20)));
+    let e = rig.agent.reconcile(&mut rig.state, 0).await.expect_err("the old fleet key is revoked");
+    assert!(e.to_string().contains("refused"), "{e}");
+}
+
+/// A server (compromised, or wrong) picks a variant built for a Qualcomm NPU for this CPU-only device: the
+/// device checks the pick against its own hardware, refuses it before downloading a byte, remembers the refusal
+/// across restarts, and keeps serving what it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_the_device_cannot_run_is_refused_before_download() {
+    let mut rig = Rig::new().await;
+    let (r1, _) = release(&rig.fake, 1, "models/magika/model.onnx", "models/magika/model.onnx");
+    rig.offer(&r1).await.expect("release 1 installs");
+    let (r2, _) = release(&rig.fake, 2, "models/magika/model.onnx", "models/magika/model.onnx");
+    let mut m: ReleaseManifest = r2.typed().expect("manifest");
+    m.variants[0].requirements.execution_providers = vec!["QNNExecutionProvider".into()];
+    let mut npu = Envelope::new(&m).expect("envelope");
+    npu.sign(&key(10)).expect("sign");
+    let before = rig.fake.served_bytes.load(Ordering::Relaxed);
+    rig.offer(&npu).await.expect("the pass itself succeeds");
+    assert_eq!(rig.fake.served_bytes.load(Ordering::Relaxed), before, "nothing downloaded");
+    assert_eq!((rig.committed(), serving(&rig.models)), (Some(1), 1));
+    assert!(rig.events(2).iter().any(|(k, d)| k == "no_variant_fits" && d.contains("QNNExecutionProvider")));
+    let saved = rig.agent.layout.load_state().expect("state");
+    assert_eq!(saved.failed.get(&"magika".parse().expect("m")).map(|f| f.0.get()), Some(2), "remembered");
+}
+
+/// A release whose install the daemon died during three times (what a model that crashes the runtime leaves in
+/// `state.json`: three attempts begun, none ended) is not begun a fourth time; the device says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_install_that_crashed_the_daemon_three_times_is_not_begun_again() {
+    let mut rig = Rig::new().await;
+    let (r1, _) = release(&rig.fake, 1, "models/magika/model.onnx", "models/magika/model.onnx");
+    rig.offer(&r1).await.expect("release 1 installs");
+    assert!(rig.state.attempts.is_empty(), "an install that ended leaves no attempt behind");
+    let (r2, _) = release(&rig.fake, 2, "models/magika/model.onnx", "models/magika/model.onnx");
+    let magika: ModelName = "magika".parse().expect("m");
+    let v2 = ReleaseVersion::new(2).expect("v");
+    rig.state.attempts.insert(magika.clone(), (v2, "cpu-int8".parse().expect("variant"), 3));
+    let before = rig.fake.served_bytes.load(Ordering::Relaxed);
+    rig.offer(&r2).await.expect("the pass itself succeeds");
+    assert_eq!(rig.fake.served_bytes.load(Ordering::Relaxed), before, "nothing downloaded");
+    assert_eq!(serving(&rig.models), 1);
+    assert!(rig.events(2).iter().any(|(k, d)| k == "refused" && d.contains("3 attempts")), "{:?}", rig.events(2));
+    assert_eq!(rig.state.failed.get(&magika).map(|f| f.0), Some(v2));
 }

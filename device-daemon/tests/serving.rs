@@ -294,7 +294,8 @@ async fn the_v2_api_also_serves_on_a_unix_socket() {
     std::fs::write(&sock, b"stale").expect("stale");
     let models = Arc::new(ModelTable::default());
     models.install(load("models/magika/model-int8.onnx", 4, "cpu-int8", "b"));
-    edgefleet_daemon::run::serve_v2(&format!("unix:{}", sock.display()), router(V2State { models }, 1 << 20))
+    let (_running, stop) = tokio::sync::watch::channel(false);
+    edgefleet_daemon::run::serve_v2(&format!("unix:{}", sock.display()), router(V2State { models }, 1 << 20), stop)
         .await
         .expect("serve on a socket");
     let mut stream = tokio::net::UnixStream::connect(&sock).await.expect("connect");

@@ -146,7 +146,8 @@ async fn inference_metrics_and_power_reach_an_otlp_collector() {
     std::fs::create_dir_all(hw.path().join("sys/class/hwmon/hwmon2")).expect("mkdir");
     std::fs::write(hw.path().join("sys/class/hwmon/hwmon2/power1_input"), "176000\n").expect("power");
     let power = edgefleet_daemon::power::discover(hw.path());
-    let telemetry = start(&config(url), reqwest::Client::new(), power).expect("telemetry");
+    let telemetry =
+        start(&config(url), edgefleet_daemon::telemetry::shared(reqwest::Client::new()), power).expect("telemetry");
     let served = magika();
     for _ in 0..5 {
         served.infer(input(2048)).await.expect("inference");
@@ -184,7 +185,8 @@ async fn inference_metrics_and_power_reach_an_otlp_collector() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_without_a_power_sensor_exports_no_power_at_all() {
     let (url, seen) = collector().await;
-    let telemetry = start(&config(url), reqwest::Client::new(), None).expect("telemetry");
+    let telemetry =
+        start(&config(url), edgefleet_daemon::telemetry::shared(reqwest::Client::new()), None).expect("telemetry");
     let served = magika();
     served.infer(input(2048)).await.expect("inference");
     let m = until(&seen, "an inference", |m| m.contains_key("edgefleet.inference.count").then(|| m.clone())).await;

@@ -242,6 +242,42 @@ fn smollm_then_gemma_serve_openai_clients_and_swap_under_streams() {
     }
     rapl_stop.store(true, Ordering::Relaxed);
     rapl.join().expect("rapl");
+
+    // SIGTERM while a chat streams: the stream finishes, the last metrics are exported, the daemon exits 0.
+    let url = daemon.url.clone();
+    let (started, streaming) = std::sync::mpsc::channel();
+    let last = std::thread::spawn(move || {
+        let body = json!({"model": "chat", "stream": true, "max_tokens": 64, "temperature": 0,
+            "messages": [{"role": "user", "content": "Tell me a long story about a lighthouse."}]});
+        let r = http().post(format!("{url}/v1/chat/completions")).json(&body).send();
+        let _ = started.send(());
+        r.and_then(|r| r.text())
+    });
+    streaming.recv_timeout(Duration::from_secs(60)).expect("the stream began");
+    let mut daemon = daemon;
+    let pid = daemon.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let text = last.join().expect("stream thread").expect("the stream in flight is answered");
+    assert!(text.ends_with("data: [DONE]\n\n") && !text.contains("\"error\""), "{text}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = daemon.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the daemon did not stop within 60 s of SIGTERM");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status}");
+    // Every request release 2 answered reached the control plane, the last stream's included: the final export.
+    let answered = 1 + 1 + results.iter().filter(|(r, _)| r == "2").count() as u64;
+    eventually("release 2's every request at the control plane", Duration::from_secs(30), || {
+        let n: u64 = llm_windows(&server, &viewer)
+            .iter()
+            .filter(|w| w["release"] == 2)
+            .filter_map(|w| w["requests"].as_u64())
+            .sum();
+        (n == answered).then_some(())
+    });
     drop(daemon);
     assert!(server.stop().success());
 }

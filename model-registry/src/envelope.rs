@@ -92,7 +92,9 @@ impl Envelope {
                 out.rejected.push(SignatureProblem::UnknownKey(sig.keyid));
                 continue;
             };
-            if !seen.insert(sig.keyid) {
+            // Distinct keys by their material, not their ids (a root validates that no key is listed twice;
+            // this holds even for one that did not).
+            if !seen.insert(key.keyval.public.to_ascii_lowercase()) {
                 out.rejected.push(SignatureProblem::Duplicate(sig.keyid));
                 continue;
             }

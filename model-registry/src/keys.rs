@@ -51,8 +51,13 @@ impl PublicKey {
         KeyId::from_digest(Sha256Digest::of(&bytes))
     }
 
-    /// The ed25519 key, or why the hex in `keyval.public` is not one.
+    /// The ed25519 key, or why the hex in `keyval.public` is not one. Only the canonical spelling counts
+    /// (lowercase hex): the key id hashes the spelling, so an uppercase copy of a key would have an id of its
+    /// own and could be counted twice toward one threshold.
     pub fn verifying_key(&self) -> Result<VerifyingKey, KeyError> {
+        if self.keyval.public.bytes().any(|b| b.is_ascii_uppercase()) {
+            return Err(KeyError::PublicHex);
+        }
         let mut bytes = [0u8; 32];
         hex::decode_to_slice(&self.keyval.public, &mut bytes).map_err(|_| KeyError::PublicHex)?;
         VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::NotOnCurve)
@@ -75,7 +80,7 @@ impl fmt::Debug for PublicKey {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
-    #[error("public key is not 32 bytes of hex")]
+    #[error("public key is not 32 bytes of lowercase hex")]
     PublicHex,
     #[error("public key is not a valid ed25519 point")]
     NotOnCurve,

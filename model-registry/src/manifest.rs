@@ -167,6 +167,34 @@ pub struct Requirements {
     pub soc: Vec<String>,
 }
 
+impl Requirements {
+    /// What a device with `hw` lacks to run a variant with these requirements in `format`, in words; `None`
+    /// when it fits. For ONNX the providers are ONNX Runtime execution providers, for GGUF llama.cpp backends.
+    /// The server picks variants by it, and the device checks the server's pick by it again.
+    pub fn unmet(&self, format: ModelFormat, hw: &edgefleet_protocol::api::HardwareProfile) -> Option<String> {
+        let any = |wanted: &[String], have: &[String]| wanted.is_empty() || wanted.iter().any(|w| have.contains(w));
+        let offered = match format {
+            ModelFormat::Onnx => &hw.execution_providers,
+            ModelFormat::Gguf => &hw.llm_backends,
+        };
+        if !any(&self.execution_providers, offered) {
+            return Some(format!("needs one of {:?}; this device offers {offered:?}", self.execution_providers));
+        }
+        if !any(&self.arch, std::slice::from_ref(&hw.arch)) {
+            return Some(format!("built for {:?}; this device is {}", self.arch, hw.arch));
+        }
+        if !any(&self.soc, &hw.soc) {
+            return Some(format!("compiled for {:?}; this device has {:?}", self.soc, hw.soc));
+        }
+        match self.min_memory_bytes {
+            Some(m) if hw.memory_bytes < m => {
+                Some(format!("needs {m} bytes of memory; this device has {}", hw.memory_bytes))
+            }
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Variant {

@@ -115,6 +115,10 @@ pub enum RootError {
     MissingKey { role: Role, keyid: KeyId },
     #[error("role {role} has threshold {threshold} but {keys} distinct keys")]
     Threshold { role: Role, threshold: u32, keys: usize },
+    #[error("key {keyid}: {problem}")]
+    BadKey { keyid: KeyId, problem: crate::keys::KeyError },
+    #[error("keys {first} and {second} are the same ed25519 key")]
+    DuplicateKey { first: KeyId, second: KeyId },
 }
 
 pub const SPEC_VERSION: &str = "1";
@@ -159,10 +163,18 @@ impl Root {
         if self.version == 0 {
             return Err(RootError::Version);
         }
+        // One key, one id: every key in its canonical spelling and no key twice, so a threshold of n always
+        // means n different keys.
+        let mut material: BTreeMap<[u8; 32], KeyId> = BTreeMap::new();
         for (listed, key) in &self.keys {
             let actual = key.key_id();
             if *listed != actual {
                 return Err(RootError::KeyIdMismatch { listed: *listed, actual });
+            }
+            let bytes =
+                key.verifying_key().map_err(|problem| RootError::BadKey { keyid: *listed, problem })?.to_bytes();
+            if let Some(first) = material.insert(bytes, *listed) {
+                return Err(RootError::DuplicateKey { first, second: *listed });
             }
         }
         for role in [Role::Root, Role::Release, Role::Fleet] {

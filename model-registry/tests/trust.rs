@@ -425,3 +425,30 @@ fn provisioned_root_must_be_self_signed() {
     let e = self_signed_root(&bytes(&sign(&bad, &[key(1), key(2)])), &limits).expect_err("bad ids");
     assert!(matches!(e.defence(), Defence::Malformed | Defence::KeyCompromise), "{e}");
 }
+
+/// The same ed25519 key spelled twice (its public hex in lowercase and in uppercase) has two key ids; it is
+/// still one key, and never counts twice toward a threshold: a root listing it twice is malformed, and a count
+/// over a role that names both ids finds one valid signer.
+#[test]
+fn one_key_under_two_spellings_counts_once() {
+    let w = World::new();
+    let lower = key(10).public().clone();
+    let mut upper = lower.clone();
+    upper.keyval.public = upper.keyval.public.to_ascii_uppercase();
+    assert_ne!(lower.key_id(), upper.key_id(), "two spellings, two ids");
+
+    let mut twice = w.root.next_version(now() + Duration::days(365));
+    twice.roles.release = model_registry::root::RoleKeys { keyids: vec![lower.key_id(), upper.key_id()], threshold: 2 };
+    twice.keys.insert(upper.key_id(), upper.clone());
+    let e = twice.validate().expect_err("one key listed twice");
+    assert!(e.to_string().contains("lowercase hex") || e.to_string().contains("same ed25519 key"), "{e}");
+
+    // Even were such a root accepted, the count is by key, not by id.
+    let mut env = Envelope::new(&manifest("magika", 1, 1)).expect("envelope");
+    env.sign(&key(10)).expect("sign");
+    let sig = env.signatures[0].sig.clone();
+    env.signatures.push(Signature { keyid: upper.key_id(), sig });
+    let count = env.count(&twice.keys, &twice.roles.release);
+    assert_eq!(count.valid, vec![lower.key_id()], "{count:?}");
+    assert!(!count.met(), "one key does not meet a threshold of two: {count:?}");
+}

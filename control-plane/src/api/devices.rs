@@ -139,6 +139,7 @@ pub async fn renew(
     State(state): State<AppState>,
     DeviceCaller(id): DeviceCaller,
     source: Source,
+    axum::Extension(conn): axum::Extension<super::ConnInfo>,
     ApiJson(req): ApiJson<RenewRequest>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let who = Principal::Device(id.clone());
@@ -146,7 +147,10 @@ pub async fn renew(
         .ca
         .issue(&req.csr_pem, &id, state.config.device_cert_days)
         .map_err(|e| ApiError::bad_request("invalid_csr", e.to_string()))?;
-    state.store.set_cert_serial(&id, &serial).await?;
+    // The new certificate is the device's; the one it renewed with is retired at the new one's first use.
+    let presented = conn.client.map(|c| c.serial).unwrap_or_default();
+    state.store.renew_cert(&id, &serial, &presented).await?;
+    state.serials.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), (serial.clone(), Some(presented)));
     state.audit(&who, &source, "device.renew", id.as_str(), serde_json::json!({"serial": serial})).await?;
     Ok(Json(serde_json::json!({"certificate_pem": pem, "ca_pem": state.ca.pem})))
 }

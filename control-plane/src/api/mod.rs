@@ -137,6 +137,11 @@ impl FromRequestParts<AppState> for Principal {
             if state.is_revoked(&id) {
                 return Err(ApiError::forbidden(format!("device {id} is revoked")));
             }
+            if !state.certificate_current(&id, &cert.serial).await? {
+                return Err(ApiError::forbidden(format!(
+                    "this certificate of device {id} was replaced by a renewal; only the newest one is accepted"
+                )));
+            }
             return Ok(Principal::Device(id));
         }
         Err(ApiError::unauthorized("an API token (Authorization: Bearer) or a device certificate is required"))
@@ -249,7 +254,12 @@ async fn healthz() -> &'static str {
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
     match state.store.ping().await {
         Ok(()) => "ready".into_response(),
-        Err(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("database: {e}")).into_response(),
+        // The reason goes to the server's log, not to whoever asks: `/readyz` answers anyone, and a database
+        // error names hosts, users and paths.
+        Err(e) => {
+            tracing::warn!(error = %e, "not ready: the database does not answer");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the database does not answer").into_response()
+        }
     }
 }
 
@@ -321,6 +331,42 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(json_limit))
         .layer(axum::middleware::from_fn(close_after_refusal))
         .with_state(state)
+}
+
+/// Refuses to point devices at `version` of `model` when some of them may have seen a higher security floor:
+/// the highest floor of any release of the model that an assignment or a rollout (either side, in any state)
+/// named, and of `also` (the new release of a rollout whose baseline this is). Devices refuse a release below
+/// a floor they have seen, so such a target would leave them refusing every document (422
+/// `below_security_floor`).
+pub async fn above_floor(
+    state: &AppState,
+    model: &edgefleet_protocol::ModelName,
+    version: edgefleet_protocol::ReleaseVersion,
+    also: Option<edgefleet_protocol::ReleaseVersion>,
+) -> ApiResult<()> {
+    let assigned = state.store.assignments().await?.into_iter().filter(|a| a.model == *model).map(|a| a.version);
+    let rolled = state.store.rollouts().await?.into_iter().filter(|r| r.rollout.model == *model);
+    let given: std::collections::BTreeSet<_> =
+        assigned.chain(rolled.flat_map(|r| [r.rollout.release, r.rollout.baseline])).chain(also).collect();
+    let mut highest = None;
+    for v in given {
+        if let Some(row) = state.store.get_release(model, v).await?
+            && highest.is_none_or(|(floor, _)| row.security_floor > floor)
+        {
+            highest = Some((row.security_floor, v));
+        }
+    }
+    match highest {
+        Some((floor, from)) if version < floor => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "below_security_floor",
+            format!(
+                "release {version} of {model} is below the security floor {floor} that release {from} carried to \
+                 devices; they refuse anything under it. Target release {floor} or later"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// A release that may be given to devices: in the registry (404 otherwise) and still signed by a threshold of

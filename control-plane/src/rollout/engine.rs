@@ -84,9 +84,11 @@ pub async fn evaluate_all(state: &AppState, now: i64) -> Result<usize, StoreErro
     let lookback = (state.config.rollout_baseline_lookback_secs as i64).saturating_mul(1000);
     let mut moved = 0;
     let rollouts = state.store.rollouts().await?;
-    state.reached.lock().unwrap_or_else(|p| p.into_inner()).retain(|id, _| {
-        rollouts.iter().any(|row| &row.rollout.id == id && row.state.is_active())
-    });
+    state
+        .reached
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|id, _| rollouts.iter().any(|row| &row.rollout.id == id && row.state.is_active()));
     for row in rollouts {
         if !row.state.is_active() {
             continue;

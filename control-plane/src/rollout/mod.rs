@@ -263,6 +263,7 @@ mod tests {
             joules_per_inference: energy.map(|e| e.1),
             installs: 200,
             install_failures: 0,
+            devices: 0,
             llm: LlmStats::default(),
         }
     }

@@ -791,9 +791,45 @@ impl Store {
         rows.iter().map(|r| Ok((r.try_get("device_class")?, r.try_get("status")?, r.try_get("n")?))).collect()
     }
 
+    /// Every device ever enrolled, revoked or not.
+    pub async fn device_total(&self) -> Result<u64, StoreError> {
+        let r = sqlx::query("SELECT COUNT(*) AS n FROM devices").fetch_one(&self.pool).await?;
+        Ok(r.try_get::<i64, _>("n")?.max(0) as u64)
+    }
+
     pub async fn revoked_devices(&self) -> Result<Vec<DeviceId>, StoreError> {
         let rows = sqlx::query("SELECT id FROM devices WHERE revoked_at IS NOT NULL").fetch_all(&self.pool).await?;
         rows.iter().map(|r| parse("device id", &r.try_get::<String, _>("id")?)).collect()
+    }
+
+    /// A renewal: `serial` becomes the device's certificate, and `presented` (the one it renewed with) stays
+    /// accepted until the new one is first used.
+    pub async fn renew_cert(&self, id: &DeviceId, serial: &str, presented: &str) -> Result<(), StoreError> {
+        sqlx::query("UPDATE devices SET cert_serial = $1, cert_serial_prev = $2 WHERE id = $3")
+            .bind(serial)
+            .bind(presented)
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The device's certificate serial and, during a renewal, the one it renewed from.
+    pub async fn cert_serials(&self, id: &DeviceId) -> Result<Option<(String, Option<String>)>, StoreError> {
+        let row = sqlx::query("SELECT cert_serial, cert_serial_prev FROM devices WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| Ok((r.try_get("cert_serial")?, r.try_get("cert_serial_prev")?))).transpose()
+    }
+
+    /// The device used its new certificate: the one it renewed from is retired.
+    pub async fn retire_prev_cert(&self, id: &DeviceId) -> Result<(), StoreError> {
+        sqlx::query("UPDATE devices SET cert_serial_prev = NULL WHERE id = $1")
+            .bind(id.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     pub async fn set_cert_serial(&self, id: &DeviceId, serial: &str) -> Result<(), StoreError> {

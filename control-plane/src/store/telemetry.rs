@@ -128,6 +128,7 @@ fn class_stats(r: &sqlx::any::AnyRow) -> Result<ClassStats, StoreError> {
         joules_per_inference: (energy_inferences > 0).then(|| energy_j / energy_inferences as f64),
         installs: n("installs")?,
         install_failures: n("install_failures")?,
+        devices: 0,
         llm: LlmStats {
             ttft_requests: ttft.iter().sum(),
             ttft_p50_ms: quantile(&ttft, 0.5).map(|s| s * 1000.0),

@@ -90,6 +90,22 @@ pub struct RollupKey {
 /// A device's series, as persisted: series key → last point.
 pub type SeriesMap = HashMap<u64, Last>;
 
+/// Series one device may have: a few per release it runs (requests by outcome, durations, tokens, installs by
+/// kind) and the hardware's; far more is a device inventing attributes.
+pub const MAX_SERIES_PER_DEVICE: usize = 512;
+
+/// The fastest a counter can honestly rise on one device, per second: requests (a tiny model on a fast CPU
+/// answers thousands a second, not 100,000) and tokens. Faster is refused, so one device cannot drown its
+/// class's numbers in invented ones. `None`: not a rate of work.
+fn max_rate(what: &What) -> Option<f64> {
+    match what {
+        What::Inferences { .. } | What::Duration { .. } | What::Ttft { .. } | What::Tpot { .. } => Some(100_000.0),
+        What::Tokens { .. } => Some(1_000_000.0),
+        What::Install { .. } => Some(100.0),
+        What::Energy | What::Power | What::Memory => None,
+    }
+}
+
 #[derive(Debug, Default)]
 struct DeviceLive {
     series: SeriesMap,
@@ -241,9 +257,8 @@ impl Ingest {
         {
             let mut shard = lock(self.shard(d));
             let live = shard.devices.entry(d.clone()).or_default();
-            if let Some(c) = decoded.class {
-                live.class = c;
-            }
+            // The class is the one the device enrolled with (read from the store by `ensure_loaded`), never the
+            // export's own attribute: one device must not count its numbers under another class's gates.
             if live.class.is_empty() {
                 live.class = "unknown".into();
             }
@@ -266,6 +281,12 @@ impl Ingest {
                     applied.accepted += 1;
                     continue;
                 }
+                if !live.series.contains_key(&key) && live.series.len() >= MAX_SERIES_PER_DEVICE {
+                    let why = format!("{metric}: this device already has {MAX_SERIES_PER_DEVICE} series");
+                    applied.refused.push((Reason::TooManySeries, why));
+                    continue;
+                }
+                let since_ns = live.series.get(&key).filter(|l| l.start_ns == start_ns).map_or(start_ns, |l| l.time_ns);
                 let delta = match series::step(live.series.get(&key), start_ns, time_ns, &values) {
                     Step::Delta(d) => d,
                     Step::Stale => {
@@ -278,6 +299,14 @@ impl Ingest {
                         continue;
                     }
                 };
+                if let Some(limit) = max_rate(&what) {
+                    let secs = (time_ns.saturating_sub(since_ns) as f64 / 1e9).max(1.0);
+                    if delta[0] / secs > limit {
+                        let why = format!("{metric} rose by {:.0} in {secs:.0} s, over {limit:.0}/s", delta[0]);
+                        applied.refused.push((Reason::Implausible, why));
+                        continue;
+                    }
+                }
                 live.series.insert(key, Last { start_ns, time_ns, values });
                 applied.accepted += 1;
                 let rollup_key =

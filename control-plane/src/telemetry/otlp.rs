@@ -39,10 +39,14 @@ pub enum Reason {
     UnknownModel,
     /// A counter below its last value with the same start time.
     CounterBackwards,
+    /// A new series past the cap of series one device may have.
+    TooManySeries,
+    /// A counter that rose faster than a device could possibly serve.
+    Implausible,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::DeviceMismatch,
         Reason::BadAttributes,
         Reason::NotCumulative,
@@ -53,6 +57,8 @@ impl Reason {
         Reason::BadTime,
         Reason::UnknownModel,
         Reason::CounterBackwards,
+        Reason::TooManySeries,
+        Reason::Implausible,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -67,6 +73,8 @@ impl Reason {
             Reason::BadTime => "bad_time",
             Reason::UnknownModel => "unknown_model",
             Reason::CounterBackwards => "counter_backwards",
+            Reason::TooManySeries => "too_many_series",
+            Reason::Implausible => "implausible_rate",
         }
     }
 }

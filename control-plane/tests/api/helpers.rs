@@ -54,10 +54,10 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
     pub admin: String,
     pub backend: Backend,
-    server_cert: CertificateDer<'static>,
+    pub server_cert: CertificateDer<'static>,
     shutdown: Option<oneshot::Sender<()>>,
     pg_db: Option<String>,
-    config: Config,
+    pub config: Config,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -195,7 +195,8 @@ impl TestApp {
         let url = format!("https://127.0.0.1:{}", listener.local_addr().expect("addr").port());
         let (tx, rx) = oneshot::channel::<()>();
         let router = edgefleet_server::api::router(built.state.clone());
-        tokio::spawn(edgefleet_server::server::serve(listener, router, built.tls.clone(), async {
+        let limits = edgefleet_server::server::ConnLimits::from_config(&built.state.config);
+        tokio::spawn(edgefleet_server::server::serve(listener, router, built.tls.clone(), limits, async {
             let _ = rx.await;
         }));
         let pem = std::fs::read(&built.cert_path).expect("server cert");

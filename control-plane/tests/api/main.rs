@@ -2,6 +2,7 @@
 
 mod dashboard;
 mod helpers;
+mod hostile;
 mod rollouts;
 mod telemetry;
 
@@ -183,8 +184,10 @@ async fn blobs_stream_with_range_etag_and_digest_checks(backend: Backend) {
         "not_found",
     )
     .await;
-    // Refused before its body was read: the connection is closed, so the client does not reuse it.
-    let refused = put("not-a-digest".into(), data.clone()).await.expect("put");
+    // Refused before its body was read: the connection is closed, so the client does not reuse it. (A small
+    // body: one still being written when the server closes meets a reset instead of the answer, a race of the
+    // client's, not the server's, seen under load.)
+    let refused = put("not-a-digest".into(), vec![0; 1024]).await.expect("put");
     assert_eq!(refused.headers().get("connection").and_then(|v| v.to_str().ok()), Some("close"));
     assert_error(refused, 400, "invalid_digest").await;
 
@@ -533,6 +536,31 @@ both_backends!(
     bad_input_gets_stable_json_errors,
 );
 
+/// The server's secrets are 0600, and a lost device CA stops the server with the reason instead of silently
+/// making a new CA that every enrolled device would refuse (and whose certificates no device holds).
+async fn a_lost_device_ca_stops_the_server_instead_of_orphaning_devices(backend: Backend) {
+    use std::os::unix::fs::PermissionsExt;
+    let app = TestApp::spawn(backend).await;
+    app.enroll("dev-ca", &[("region", "eu")], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    let data = app.config.data_dir.clone();
+    let (crt, key) = (data.join("ca/device-ca.crt"), data.join("ca/device-ca.key"));
+    for secret in [&key, &data.join("tls/server.key")] {
+        let mode = std::fs::metadata(secret).expect("secret").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", secret.display());
+    }
+    let built = || edgefleet_server::app::build(app.config.clone());
+    let aside = data.join("device-ca.key.bak");
+    std::fs::rename(&key, &aside).expect("move the key away");
+    let e = built().await.map(|_| ()).expect_err("a CA certificate without its key");
+    assert!(format!("{e:#}").contains("device-ca.key is missing"), "{e:#}");
+    std::fs::remove_file(&crt).expect("lose the certificate too");
+    let e = built().await.map(|_| ()).expect_err("no CA at all, with a device enrolled");
+    assert!(format!("{e:#}").contains("orphan"), "{e:#}");
+    assert!(!crt.exists() && !key.exists(), "no new CA was made");
+}
+
+both_backends!(a_lost_device_ca_stops_the_server_instead_of_orphaning_devices);
+
 async fn labels_renewal_and_root_rotation(backend: Backend) {
     let app = TestApp::spawn(backend).await;
     let publisher = app.token(TokenRole::Publisher).await;
@@ -597,8 +625,18 @@ async fn labels_renewal_and_root_rotation(backend: Backend) {
         app.server_cert(),
         Some((chain, rustls::pki_types::PrivateKeyDer::try_from(key2.serialize_der()).expect("key"))),
     ));
+    // Until the new certificate is used, the one it renewed with still works (a device that died before storing
+    // its new certificate is not locked out); the new one's first use retires it.
+    let r = dev.client.post(app.url("/device/checkin")).json(&serde_json::json!({})).send().await.expect("checkin");
+    assert_eq!(r.status(), 200);
     let r = renewed_client.post(app.url("/device/checkin")).json(&serde_json::json!({})).send().await.expect("checkin");
     assert_eq!(r.status(), 200);
+    // Retired: whoever holds the old certificate (and its key) is refused, renewal included.
+    let old = dev.client.post(app.url("/device/checkin")).json(&serde_json::json!({})).send().await.expect("checkin");
+    assert_error(old, 403, "forbidden").await;
+    let (csr3, _) = crate::helpers::csr();
+    let r = dev.client.post(app.url("/device/renew")).json(&serde_json::json!({"csr_pem": csr3})).send();
+    assert_error(r.await.expect("renew"), 403, "forbidden").await;
 
     // Root rotation through the API: v2 adds a release key; a v3 without this server's fleet key is refused.
     let roots: serde_json::Value =

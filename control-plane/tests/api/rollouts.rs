@@ -267,7 +267,8 @@ async fn a_wave_waits_for_every_class_it_reached(backend: Backend) {
     assert_eq!(publish(&app, &publisher, signed(&m2, &[key(10), key(11)])).await.status(), 201);
     let operator = app.token(TokenRole::Operator).await;
     let mut devices = Vec::new();
-    for (id, class) in [("srv-0", "x86-server"), ("srv-1", "x86-server"), ("pi-0", "raspberry-pi-5"), ("pi-1", "raspberry-pi-5")]
+    for (id, class) in
+        [("srv-0", "x86-server"), ("srv-1", "x86-server"), ("pi-0", "raspberry-pi-5"), ("pi-1", "raspberry-pi-5")]
     {
         let dev = app.enroll(id, &[("region", "eu")], hardware(class, &["CPUExecutionProvider"])).await;
         report_running(&app, &dev).await;
@@ -293,23 +294,8 @@ async fn a_wave_waits_for_every_class_it_reached(backend: Backend) {
         }
     }
     // The servers report both releases, the same speed; the Pis have not said a word of release 2.
-    let report = |d: &Device, release| {
-        let t = now_ns();
-        let served = Served {
-            device: &d.id,
-            model: "magika",
-            release,
-            bucket: 6,
-            start: t - 60_000_000_000,
-            time: t,
-            ok: 30,
-            err: 0,
-            joules: 3.0,
-        };
-        accepted(&app, &d.client, &served.export())
-    };
-    assert_eq!(report(&devices[0], 1).await.0, 0);
-    assert_eq!(report(&devices[1], 2).await.0, 0);
+    assert_eq!(report_served(&app, &devices[0], 1).await.0, 0);
+    assert_eq!(report_served(&app, &devices[1], 2).await.0, 0);
     let evaluate = || async {
         assert!(edgefleet_server::telemetry::flush(&app.state).await);
         let moved = edgefleet_server::rollout::engine::evaluate_all(&app.state, edgefleet_server::state::now_ms())
@@ -327,11 +313,62 @@ async fn a_wave_waits_for_every_class_it_reached(backend: Backend) {
     let pi = row.gates.iter().find(|g| g.class == "raspberry-pi-5").expect("the Pis are judged");
     assert_eq!((pi.verdict, pi.samples_new), (Verdict::TooFewSamples, 0), "{pi:?}");
     // Once the Pis report as well, the wave is judged on both classes and the rollout is done.
-    assert_eq!(report(&devices[2], 1).await.0, 0);
-    assert_eq!(report(&devices[3], 2).await.0, 0);
+    assert_eq!(report_served(&app, &devices[2], 1).await.0, 0);
+    assert_eq!(report_served(&app, &devices[3], 2).await.0, 0);
     let (moved, row) = evaluate().await;
     assert_eq!((moved, row.state.name()), (1, "done"), "{:#?}", row.gates);
     assert_eq!(verdict(&row, "raspberry-pi-5"), Some(Verdict::Pass), "{:#?}", row.gates);
 }
 
 crate::both_backends!(a_wave_waits_for_every_class_it_reached);
+
+/// A release's security floor reaches devices with it: neither an assignment nor a rollout's baseline (where a
+/// rollback or an abort sends devices) may then name a release below it, which every such device would refuse.
+async fn targets_below_a_floor_devices_saw_are_refused(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| c.rollout_eval_secs = 3600.0).await;
+    magika_release_1(&app).await;
+    let publisher = app.token(TokenRole::Publisher).await;
+    let operator = app.token(TokenRole::Operator).await;
+    for (v, floor) in [(2, 2), (3, 2)] {
+        let mut m = upload_release(&app, &publisher, "magika", v).await;
+        m.security_floor = edgefleet_protocol::ReleaseVersion::new(floor).expect("floor");
+        assert_eq!(publish(&app, &publisher, signed(&m, &[key(10), key(11)])).await.status(), 201);
+    }
+    let rollout = |release: u64, baseline: u64| {
+        let body = serde_json::json!({"model": "magika", "release": release, "baseline": baseline, "selector": "",
+            "waves": [{"percent": 100, "bake_secs": 3600}], "gates": [], "min_samples": 1, "on_failure": "roll_back"});
+        app.client().post(app.url("/rollouts")).bearer_auth(&operator).json(&body).send()
+    };
+    let assign = |version: u64| {
+        let body = serde_json::json!({"model": "magika", "version": version});
+        app.client().post(app.url("/assignments")).bearer_auth(&operator).json(&body).send()
+    };
+    // Release 2 carries floor 2: a rollout of it from release 1 would roll back to what its devices refuse.
+    let msg = assert_error(rollout(2, 1).await.expect("post"), 422, "below_security_floor").await;
+    assert!(msg.contains("below the security floor 2"), "{msg}");
+    // Assigned (to every device), release 2's floor is out there: release 1 can no longer be assigned, and a
+    // rollout of release 3 must start from 2 or later.
+    assert_eq!(assign(2).await.expect("post").status(), 201);
+    assert_error(assign(1).await.expect("post"), 422, "below_security_floor").await;
+    assert_error(rollout(3, 1).await.expect("post"), 422, "below_security_floor").await;
+    assert_eq!(rollout(3, 2).await.expect("post").status(), 201);
+}
+
+crate::both_backends!(targets_below_a_floor_devices_saw_are_refused);
+
+/// Device `d` reports 30 requests of release `release` of magika over the last minute, stamped now.
+async fn report_served(app: &TestApp, d: &Device, release: i64) -> (i64, String) {
+    let t = now_ns();
+    let served = Served {
+        device: &d.id,
+        model: "magika",
+        release,
+        bucket: 6,
+        start: t - 60_000_000_000,
+        time: t,
+        ok: 30,
+        err: 0,
+        joules: 3.0,
+    };
+    accepted(app, &d.client, &served.export()).await
+}

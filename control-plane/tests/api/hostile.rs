@@ -1,0 +1,94 @@
+//! Unauthenticated clients that hold connections without using them (slowloris): a connection that never
+//! completes its handshake, or trickles a request's headers, is closed after the header timeout; the
+//! connection cap makes further clients wait rather than cost the server descriptors; a long-poll in flight
+//! is not idle and is answered in full.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+fn addr(app: &TestApp) -> String {
+    app.url.trim_start_matches("https://").to_owned()
+}
+
+/// Waits (at most `within`) for the server to close `read`'s connection: true when it did.
+async fn closed_within<R: tokio::io::AsyncRead + Unpin>(read: &mut R, within: Duration) -> bool {
+    let mut buf = [0u8; 256];
+    let deadline = Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline.into(), read.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+async fn slow_clients_are_cut_off_and_long_polls_are_not(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.header_timeout_secs = 1.0;
+        c.idle_timeout_secs = 1.0;
+        c.max_connections = 3;
+    })
+    .await;
+    // A TCP connection that never starts TLS.
+    let mut silent = TcpStream::connect(addr(&app)).await.expect("connect");
+    // A TLS connection that trickles its request's headers, a byte every 100 ms, never finishing them.
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client_config(&app.server_cert, None)));
+    let tcp = TcpStream::connect(addr(&app)).await.expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let trickle = tls.connect(name, tcp).await.expect("handshake");
+    let (mut reader, mut writer) = tokio::io::split(trickle);
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        for b in b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nx-slow: ".iter().chain(b"a".repeat(200).iter()) {
+            if writer.write_all(&[*b]).await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    // Both hold a slot, and one of the three is left: a real client is served meanwhile.
+    let ok = app.client().get(format!("{}/healthz", app.url)).send().await.expect("healthz");
+    assert_eq!(ok.status(), 200);
+    assert!(closed_within(&mut silent, Duration::from_secs(10)).await, "the silent connection was not closed");
+    assert!(closed_within(&mut reader, Duration::from_secs(10)).await, "the trickling client was not cut off");
+    assert!(started.elapsed() < Duration::from_secs(10), "cut off long before its 21 s of trickle");
+    writer.abort();
+
+    // The cap: three idle connections fill every slot; a fourth client waits until the server drops them.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(addr(&app)).await.expect("connect"));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let waited = Instant::now();
+    let r = app.client().get(format!("{}/healthz", app.url)).send().await.expect("served once a slot frees");
+    assert_eq!(r.status(), 200);
+    assert!(waited.elapsed() >= Duration::from_millis(500), "served at once past the cap: {:?}", waited.elapsed());
+    for mut c in idle {
+        assert!(closed_within(&mut c, Duration::from_secs(10)).await);
+    }
+
+    // A long-poll check-in of 3 s, well past the 1 s idle timeout, is answered, not cut.
+    let dev = app.enroll("dev-poll", &[("region", "eu")], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    let first = dev.client.post(app.url("/device/checkin")).json(&serde_json::json!({})).send().await.expect("checkin");
+    let etag = first.headers().get("etag").expect("etag").clone();
+    let polled = Instant::now();
+    let r = dev
+        .client
+        .post(app.url("/device/checkin?wait=3"))
+        .header("if-none-match", etag)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .expect("a long-poll is answered");
+    assert_eq!(r.status(), 304);
+    assert!(polled.elapsed() >= Duration::from_millis(2500), "it did wait: {:?}", polled.elapsed());
+}
+
+crate::both_backends!(slow_clients_are_cut_off_and_long_polls_are_not);

@@ -1,0 +1,136 @@
+//! The device's identity over its life: enrollment (a key made here, a certificate from the server's device
+//! CA), the HTTPS client that presents it, and renewal well before expiry, without an operator.
+//!
+//! Renewal: once a third of the certificate's lifetime is left, a new key is made and the server signs a
+//! certificate for it (`POST /api/v1/device/renew`, with the current certificate). The new pair is written
+//! beside the old (`device.key.new`, `device.crt.new`, the key 0600 from its first byte) and then renamed over
+//! it, key first. A daemon that dies anywhere in between finishes the renaming at its next start
+//! ([`finish_renewal`]); one that died before the certificate was stored keeps the old pair, which the server
+//! accepts until the new certificate is first used.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use edgefleet_protocol::DeviceId;
+use edgefleet_protocol::api::{EnrollResponse, HardwareProfile};
+use model_registry::fsutil::{sync_dir, write_file_atomic, write_secret_atomic};
+
+use crate::agent::Layout;
+
+/// A device's HTTPS client: the server's certificate as trust anchor, the device's certificate once enrolled.
+pub fn http_client(
+    server_ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    read_timeout: Duration,
+) -> anyhow::Result<reqwest::Client> {
+    let pem = std::fs::read(server_ca).with_context(|| format!("reading {}", server_ca.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let tls = match identity {
+        Some((cert, key)) => {
+            let chain = rustls_pemfile::certs(&mut std::fs::read(cert)?.as_slice()).collect::<Result<Vec<_>, _>>()?;
+            let key = rustls_pemfile::private_key(&mut std::fs::read(key)?.as_slice())?
+                .with_context(|| format!("{}: no private key", key.display()))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(10))
+        // No total timeout (a large model on a slow link may take long); a connection silent for
+        // `read_timeout` is dropped, and the download resumes from its partial file on the next pass.
+        .read_timeout(read_timeout)
+        .build()?)
+}
+
+/// Enrolls once: a key pair made here (kept 0600), a CSR, the one-time token; the certificate is stored.
+pub async fn enroll(
+    layout: &Layout,
+    server: &str,
+    anonymous: &reqwest::Client,
+    token: &str,
+    device: &DeviceId,
+    hardware: &HardwareProfile,
+) -> anyhow::Result<()> {
+    if layout.cert().exists() && layout.key().exists() {
+        return Ok(());
+    }
+    let dir = layout.key().parent().map(Path::to_owned).unwrap_or_default();
+    std::fs::create_dir_all(&dir)?;
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?.pem()?;
+    let resp = anonymous
+        .post(format!("{server}/api/v1/enroll"))
+        .json(&serde_json::json!({"token": token, "device_id": device, "csr_pem": csr, "hardware": hardware}))
+        .send()
+        .await?;
+    if !resp.status().is_success() {
+        bail!("enrollment refused ({}): {}", resp.status(), crate::capped::text(resp).await);
+    }
+    let enrolled: EnrollResponse =
+        serde_json::from_slice(&crate::capped::body(resp, crate::capped::SMALL_BYTES, "enrollment answer").await?)?;
+    write_secret_atomic(&layout.key(), key.serialize_pem().as_bytes())?;
+    write_file_atomic(&layout.cert(), enrolled.certificate_pem.as_bytes())?;
+    Ok(())
+}
+
+/// Whether the certificate in `pem` should be renewed at `now` (unix seconds): a third or less of its lifetime
+/// left, or already expired. An unreadable certificate is an error, not a renewal.
+pub fn renewal_due(pem: &str, now: i64) -> anyhow::Result<bool> {
+    let params = rcgen::CertificateParams::from_ca_cert_pem(pem).context("reading the device certificate")?;
+    let (start, end) = (params.not_before.unix_timestamp(), params.not_after.unix_timestamp());
+    Ok(end - now <= (end - start) / 3)
+}
+
+/// The paths a renewal writes before it renames them into place.
+fn pending(layout: &Layout) -> (std::path::PathBuf, std::path::PathBuf) {
+    (layout.key().with_extension("key.new"), layout.cert().with_extension("crt.new"))
+}
+
+/// Finishes a renewal a crash interrupted: a new certificate that was stored is moved into place (with its key,
+/// if that was not moved yet); a new key without its certificate is dropped (the old pair still works).
+pub fn finish_renewal(layout: &Layout) -> anyhow::Result<()> {
+    let (key, cert) = pending(layout);
+    if cert.exists() {
+        if key.exists() {
+            std::fs::rename(&key, layout.key())?;
+        }
+        std::fs::rename(&cert, layout.cert())?;
+        sync_dir(layout.cert().parent().unwrap_or(Path::new(".")))?;
+        tracing::info!("finished a certificate renewal interrupted by a stop");
+    } else if key.exists() {
+        std::fs::remove_file(&key)?;
+    }
+    Ok(())
+}
+
+/// Renews the device's certificate through `client` (which presents the current one) and stores the new pair.
+pub async fn renew(layout: &Layout, server: &str, client: &reqwest::Client) -> anyhow::Result<()> {
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?.pem()?;
+    let resp = client
+        .post(format!("{server}/api/v1/device/renew"))
+        .json(&serde_json::json!({ "csr_pem": csr }))
+        .send()
+        .await
+        .context("certificate renewal")?;
+    if !resp.status().is_success() {
+        bail!("certificate renewal refused ({}): {}", resp.status(), crate::capped::text(resp).await);
+    }
+    let answer: serde_json::Value =
+        serde_json::from_slice(&crate::capped::body(resp, crate::capped::SMALL_BYTES, "renewal answer").await?)?;
+    let pem = answer["certificate_pem"].as_str().context("the renewal answer has no certificate")?;
+    renewal_due(pem, 0).context("the renewed certificate")?;
+    let (key_path, cert_path) = pending(layout);
+    write_secret_atomic(&key_path, key.serialize_pem().as_bytes())?;
+    write_file_atomic(&cert_path, pem.as_bytes())?;
+    finish_renewal(layout)
+}
