@@ -96,6 +96,8 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
         burst: config.telemetry_burst.max(1.0),
         recent_ms: 300_000,
     });
+    let checkin_limiter = crate::limiter::Limiter::new(config.checkins_per_sec, config.checkin_burst);
+    let event_limiter = crate::limiter::Limiter::new(config.events_per_sec, config.events_burst);
     let state = AppState(Arc::new(Inner {
         config,
         store,
@@ -116,6 +118,8 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
         checkins_unchanged: AtomicU64::new(0),
         reached: Default::default(),
         serials: Default::default(),
+        checkin_limiter,
+        event_limiter,
     }));
     let telemetry = tokio::spawn(crate::telemetry::background(state.clone()));
     let rollouts = tokio::spawn(crate::rollout::engine::run(state.clone()));

@@ -54,6 +54,16 @@ pub struct Config {
     /// Serve `/metrics` without a token (default false: a viewer token is needed, as Prometheus'
     /// `authorization` scrape setting sends).
     pub metrics_public: bool,
+    /// Check-ins one device may make per second (default 5), and the burst it may save up (default 60): a
+    /// device checks in every minute or long-polls, and at once after each change; far more is a broken or
+    /// hostile device, answered 429 with `Retry-After` before its body is read. Event reports likewise.
+    pub checkins_per_sec: f64,
+    pub checkin_burst: f64,
+    pub events_per_sec: f64,
+    pub events_burst: f64,
+    /// How long device events are kept, in days (default 90), and audit entries (default 400).
+    pub events_retention_days: u64,
+    pub audit_retention_days: u64,
     /// Connections served at once (default 10,000); more wait in the kernel's backlog.
     pub max_connections: usize,
     /// Seconds a client has for its TLS handshake, and for each request's headers (default 10).
@@ -90,6 +100,12 @@ impl Default for Config {
             rollout_eval_secs: 10.0,
             rollout_baseline_lookback_secs: 3600,
             metrics_public: false,
+            checkins_per_sec: 5.0,
+            checkin_burst: 60.0,
+            events_per_sec: 5.0,
+            events_burst: 60.0,
+            events_retention_days: 90,
+            audit_retention_days: 400,
             max_connections: 10_000,
             header_timeout_secs: 10.0,
             idle_timeout_secs: 120.0,

@@ -10,6 +10,7 @@ pub mod api;
 pub mod app;
 pub mod config;
 pub mod desired;
+pub mod limiter;
 pub mod rollout;
 pub mod server;
 pub mod state;

@@ -44,6 +44,9 @@ pub struct Inner {
     /// Each device's certificate serial (hex) and, during a renewal, the one it renewed from; read from the
     /// database at its first request. Only these are accepted.
     pub serials: Mutex<HashMap<DeviceId, (String, Option<String>)>>,
+    /// Per-device rates of check-ins and of event reports.
+    pub checkin_limiter: crate::limiter::Limiter,
+    pub event_limiter: crate::limiter::Limiter,
     /// Each device's last stored report (since this server started, or read back at its first export).
     pub reports: Mutex<HashMap<DeviceId, Reported>>,
     pub seen: mpsc::UnboundedSender<(DeviceId, i64)>,

@@ -586,6 +586,7 @@ impl Agent {
             hardware_digest: None,
             hardware: Some(self.hardware.clone()),
             root_version: Some(self.root.version),
+            desired_sequence: state.last_seen.desired_sequence,
         }
     }
 

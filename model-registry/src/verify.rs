@@ -73,6 +73,11 @@ pub enum Refusal {
     Expired { document: &'static str, expires: DateTime<Utc>, now: DateTime<Utc> },
     #[error("desired state sequence {sequence} is not above the last accepted {last_accepted}")]
     Replayed { sequence: u64, last_accepted: u64 },
+    #[error(
+        "desired state sequence {sequence} jumps more than {MAX_SEQUENCE_JUMP} past the last accepted \
+         {last_accepted}: taken, it would leave no sequence for the real server"
+    )]
+    SequenceJump { sequence: u64, last_accepted: u64 },
     #[error("release {version} of {model} is below the security floor {floor} this device has seen")]
     BelowFloor { model: ModelName, version: ReleaseVersion, floor: ReleaseVersion },
     #[error("desired state is for device {found}, not {expected}")]
@@ -105,12 +110,17 @@ impl Refusal {
             Refusal::Threshold { .. } => Defence::ArbitraryModel,
             Refusal::RootVersion { trusted, found } if found <= trusted => Defence::Rollback,
             Refusal::RootVersion { .. } => Defence::KeyCompromise,
-            Refusal::Expired { .. } | Refusal::Replayed { .. } => Defence::Freeze,
+            Refusal::Expired { .. } | Refusal::Replayed { .. } | Refusal::SequenceJump { .. } => Defence::Freeze,
             Refusal::BelowFloor { .. } => Defence::Rollback,
             Refusal::Artifact(e) => e.defence(),
         }
     }
 }
+
+/// The most a desired-state sequence may move past the last accepted one. A server adds one per document (a
+/// few dozen a day at most); a compromised one that could send `u64::MAX` would leave the real one no sequence
+/// a device would take again. 2^32 is centuries of documents, and leaves the sequence space for ever.
+pub const MAX_SEQUENCE_JUMP: u64 = 1 << 32;
 
 /// What a device remembers between documents, persisted by the device after each accepted one.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,6 +231,10 @@ impl<'a> Verifier<'a> {
             && state.sequence <= last
         {
             return Err(Refusal::Replayed { sequence: state.sequence, last_accepted: last });
+        }
+        let last = self.last_seen.desired_sequence.unwrap_or(0);
+        if state.sequence - last > MAX_SEQUENCE_JUMP {
+            return Err(Refusal::SequenceJump { sequence: state.sequence, last_accepted: last });
         }
         let mut models = BTreeSet::new();
         let mut releases = Vec::with_capacity(state.models.len());

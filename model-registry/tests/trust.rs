@@ -212,6 +212,12 @@ fn each_attack_is_refused_by_its_own_defence() {
     );
     let older = fleet_signed(&desired(6, later, vec![release(3, 1)]));
     check("older desired state", desired_case(older, &seen_seq), Some(Defence::Freeze), "not above");
+    // A jump that would use up the sequence space (a compromised server's u64::MAX) is refused; a large honest
+    // one is taken.
+    let exhausting = fleet_signed(&desired(u64::MAX, later, vec![release(3, 1)]));
+    check("sequence jump", desired_case(exhausting, &seen_seq), Some(Defence::Freeze), "jumps more than");
+    let far = fleet_signed(&desired(7 + (1 << 32), later, vec![release(3, 1)]));
+    check("the largest jump allowed", desired_case(far, &seen_seq), None, "");
 
     // Freeze: the trusted root itself has expired.
     let mut stale = World::new();

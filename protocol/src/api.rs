@@ -233,6 +233,10 @@ pub struct DeviceReport {
     /// The version of the trust root the device verifies with.
     #[serde(default)]
     pub root_version: Option<u64>,
+    /// The sequence of the last desired state the device accepted: a server restored from an older backup
+    /// continues above it (the device refuses anything at or below it).
+    #[serde(default)]
+    pub desired_sequence: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

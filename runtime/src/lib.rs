@@ -124,7 +124,7 @@ pub struct Options {
 /// model-sized buffers (weights, activations) come from the heap and fragment it: a process that loads and drops
 /// sessions all day, as the daemon does on every swap, kept growing (BENCHMARKS.md). Other C libraries: nothing.
 #[allow(unsafe_code)]
-fn keep_large_allocations_mapped() {
+pub(crate) fn keep_large_allocations_mapped() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only sets an allocator tunable; it is safe to call at any time, from any thread.
     unsafe {

@@ -328,6 +328,14 @@ async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) ->
         None => None,
     };
     state.store.set_report(id, &text, hardware.as_deref(), &reported.active, !reported.healthy).await?;
+    // The device accepted a higher sequence than this database remembers (restored from an older backup): go
+    // on above it, or the device would refuse every document as a replay.
+    if let Some(seq) = report.desired_sequence.and_then(|s| i64::try_from(s).ok())
+        && state.store.raise_desired_seq(id, seq).await?
+    {
+        tracing::warn!(device = %id, sequence = seq, "the device is ahead of the database's sequence; continuing above it");
+        state.desired.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+    }
     if hardware.is_some() {
         // A changed hardware profile can change the variant chosen.
         state.desired.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
@@ -340,7 +348,7 @@ async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) ->
 /// `If-None-Match` already names it.
 pub async fn checkin(
     State(state): State<AppState>,
-    DeviceCaller(id): DeviceCaller,
+    super::Limited(id, _): super::Limited<super::Checkins>,
     Query(q): Query<CheckinQuery>,
     headers: HeaderMap,
     ApiJson(report): ApiJson<DeviceReport>,
@@ -387,7 +395,7 @@ pub async fn checkin(
 /// `POST /api/v1/device/events`: a batch of events, each with its own idempotency id.
 pub async fn events(
     State(state): State<AppState>,
-    DeviceCaller(id): DeviceCaller,
+    super::Limited(id, _): super::Limited<super::Events>,
     ApiJson(events): ApiJson<Vec<DeviceEvent>>,
 ) -> ApiResult<Json<EventsAccepted>> {
     if events.len() > 1000 {

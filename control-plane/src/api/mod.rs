@@ -192,6 +192,55 @@ impl FromRequestParts<AppState> for DeviceCaller {
     }
 }
 
+/// A route a device calls on its own, rate-limited per device.
+pub trait DeviceRoute {
+    const WHAT: &'static str;
+    fn limiter(state: &AppState) -> &crate::limiter::Limiter;
+}
+
+#[derive(Debug)]
+pub struct Checkins;
+impl DeviceRoute for Checkins {
+    const WHAT: &'static str = "check-ins";
+    fn limiter(state: &AppState) -> &crate::limiter::Limiter {
+        &state.checkin_limiter
+    }
+}
+
+#[derive(Debug)]
+pub struct Events;
+impl DeviceRoute for Events {
+    const WHAT: &'static str = "event reports";
+    fn limiter(state: &AppState) -> &crate::limiter::Limiter {
+        &state.event_limiter
+    }
+}
+
+/// A caller with a device certificate, within its rate for route `R`: past it, 429 with `Retry-After` before
+/// the body is read.
+#[derive(Debug)]
+pub struct Limited<R>(pub DeviceId, std::marker::PhantomData<R>);
+
+impl<R: DeviceRoute + Send + Sync> FromRequestParts<AppState> for Limited<R> {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let DeviceCaller(id) =
+            DeviceCaller::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
+        if let Err(wait) = R::limiter(state).admit(&id, crate::state::now_ms()) {
+            let mut resp = ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!("device {id} sends {} faster than the server takes them; retry in {wait} s", R::WHAT),
+            )
+            .into_response();
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(wait));
+            return Err(resp);
+        }
+        Ok(Self(id, std::marker::PhantomData))
+    }
+}
+
 /// The caller's address, for the audit log.
 #[derive(Debug)]
 pub struct Source(pub String);

@@ -886,6 +886,21 @@ impl Store {
         Ok(())
     }
 
+    /// Raises the device's desired-state sequence to `seq` when it is below (a device accepted documents this
+    /// database does not remember: it was restored from an older backup), forgetting the stored document so the
+    /// next one is signed above it. Answers whether it was below.
+    pub async fn raise_desired_seq(&self, id: &DeviceId, seq: i64) -> Result<bool, StoreError> {
+        let r = sqlx::query(
+            "UPDATE devices SET desired_seq = $1, desired_digest = NULL, desired_doc = NULL WHERE id = $2 \
+             AND desired_seq < $1",
+        )
+        .bind(seq)
+        .bind(id.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Records a newly issued desired-state document; the sequence only goes up (a stale writer loses).
     pub async fn set_desired(
         &self,

@@ -225,6 +225,17 @@ impl Store {
     }
 
     /// Drops rollups of windows that started before `before` (ms); answers how many.
+    /// Deletes device events received before `events_before` and audit entries before `audit_before` (ms);
+    /// answers how many of each.
+    pub async fn delete_history_before(&self, events_before: i64, audit_before: i64) -> Result<(u64, u64), StoreError> {
+        let events = sqlx::query("DELETE FROM device_events WHERE received_at < $1")
+            .bind(events_before)
+            .execute(&self.pool)
+            .await?;
+        let audit = sqlx::query("DELETE FROM audit_log WHERE at < $1").bind(audit_before).execute(&self.pool).await?;
+        Ok((events.rows_affected(), audit.rows_affected()))
+    }
+
     pub async fn delete_rollups_before(&self, before: i64) -> Result<u64, StoreError> {
         let r = sqlx::query("DELETE FROM telemetry_rollups WHERE window_start < $1")
             .bind(before)

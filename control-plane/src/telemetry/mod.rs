@@ -464,7 +464,8 @@ pub async fn flush(state: &AppState) -> bool {
     }
 }
 
-/// Flushes every `telemetry_flush_ms` and drops rollups past their retention every ten minutes.
+/// Flushes every `telemetry_flush_ms`; every ten minutes drops rollups, device events and audit entries past
+/// their retention.
 pub async fn background(state: AppState) {
     let mut tick = tokio::time::interval(Duration::from_millis(state.config.telemetry_flush_ms.max(10)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -480,6 +481,18 @@ pub async fn background(state: AppState) {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rollups = n, "dropped rollups past their retention"),
                 Err(e) => tracing::warn!(error = %e, "dropping old rollups failed"),
+            }
+            let days = |d: u64| (d as i64).saturating_mul(86_400_000);
+            let (events, audit) =
+                (now - days(state.config.events_retention_days), now - days(state.config.audit_retention_days));
+            match state.store.delete_history_before(events, audit).await {
+                Ok((0, 0)) => {}
+                Ok((e, a)) => tracing::info!(
+                    events = e,
+                    audit = a,
+                    "dropped device events and audit entries past their retention"
+                ),
+                Err(e) => tracing::warn!(error = %e, "dropping old events and audit entries failed"),
             }
         }
     }

@@ -92,3 +92,72 @@ async fn slow_clients_are_cut_off_and_long_polls_are_not(backend: Backend) {
 }
 
 crate::both_backends!(slow_clients_are_cut_off_and_long_polls_are_not);
+
+/// A database restored from an older backup remembers a lower desired-state sequence than its devices accepted:
+/// the device's report says what it accepted, and the server continues above it instead of sending documents the
+/// device refuses as replays.
+async fn the_sequence_continues_above_what_the_device_accepted(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let dev = app.enroll("dev-seq", &[("region", "eu")], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    let sequence = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200);
+        let env: model_registry::Envelope = r.json().await.expect("document");
+        env.typed::<model_registry::DesiredState>().expect("desired state").sequence
+    };
+    let checkin = |body: serde_json::Value| dev.client.post(app.url("/device/checkin")).json(&body).send();
+    let first = sequence(checkin(serde_json::json!({})).await.expect("checkin")).await;
+    assert_eq!(first, 1);
+    let next = sequence(checkin(serde_json::json!({"desired_sequence": 5000})).await.expect("checkin")).await;
+    assert_eq!(next, 5001, "signed above what the device accepted");
+}
+
+crate::both_backends!(the_sequence_continues_above_what_the_device_accepted);
+
+/// Device events and audit entries are kept for their configured lifetimes, not for ever: what is older is
+/// deleted by time (the background task does this every ten minutes with `events_retention_days` and
+/// `audit_retention_days`).
+async fn events_and_audit_entries_past_their_retention_are_dropped(backend: Backend) {
+    let app = TestApp::spawn(backend).await;
+    let dev = app.enroll("dev-old", &[("region", "eu")], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    let event = serde_json::json!([{"id": "e1", "kind": "refused", "detail": "x", "at": "2026-11-29T00:00:00Z"}]);
+    let r = dev.client.post(app.url("/device/events")).json(&event).send().await.expect("events");
+    assert_eq!(r.status(), 200);
+    let id: edgefleet_protocol::DeviceId = "dev-old".parse().expect("id");
+    assert_eq!(app.state.store.events(&id, 10).await.expect("events").len(), 1);
+    let now = edgefleet_server::state::now_ms();
+    // Cut-offs in the past keep everything; cut-offs after now drop it all.
+    assert_eq!(app.state.store.delete_history_before(now - 60_000, now - 60_000).await.expect("delete"), (0, 0));
+    let (events, audit) = app.state.store.delete_history_before(now + 1, now + 1).await.expect("delete");
+    assert_eq!(events, 1);
+    assert!(audit >= 2, "the enrollment token and the enrollment: {audit}");
+    assert!(app.state.store.events(&id, 10).await.expect("events").is_empty());
+}
+
+crate::both_backends!(events_and_audit_entries_past_their_retention_are_dropped);
+
+/// One device checking in (or reporting events) far faster than a device does is answered 429 with
+/// `Retry-After`, before its body is read; other devices are not affected.
+async fn a_device_past_its_rate_is_answered_429(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        (c.checkins_per_sec, c.checkin_burst) = (0.1, 3.0);
+        (c.events_per_sec, c.events_burst) = (0.1, 2.0);
+    })
+    .await;
+    let noisy = app.enroll("dev-noisy", &[("region", "eu")], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    let calm = app.enroll("dev-calm", &[("region", "eu")], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    let checkin = |d: &Device| d.client.post(app.url("/device/checkin")).json(&serde_json::json!({})).send();
+    for _ in 0..3 {
+        assert_eq!(checkin(&noisy).await.expect("checkin").status(), 200);
+    }
+    let r = checkin(&noisy).await.expect("checkin");
+    assert!(r.headers().get("retry-after").is_some_and(|v| v.to_str().unwrap_or("0").parse::<u64>().unwrap_or(0) >= 1));
+    assert_error(r, 429, "rate_limited").await;
+    assert_eq!(checkin(&calm).await.expect("checkin").status(), 200, "another device is not affected");
+    let events = |d: &Device| d.client.post(app.url("/device/events")).json(&serde_json::json!([])).send();
+    for _ in 0..2 {
+        assert_eq!(events(&noisy).await.expect("events").status(), 200);
+    }
+    assert_error(events(&noisy).await.expect("events"), 429, "rate_limited").await;
+}
+
+crate::both_backends!(a_device_past_its_rate_is_answered_429);

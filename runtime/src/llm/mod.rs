@@ -95,6 +95,8 @@ fn backend() -> Result<&'static LlamaBackend, LlmError> {
     BACKEND
         .get_or_init(|| {
             cpu_supports_build()?;
+            // llama.cpp's KV caches and compute buffers are model-sized too: the same reason as ONNX Runtime's.
+            crate::keep_large_allocations_mapped();
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
             LlamaBackend::init().map_err(|e| e.to_string())
         })
