@@ -116,17 +116,13 @@ pub struct DeviceState {
     /// again while the desired state names it, across restarts too.
     #[serde(default)]
     pub failed: BTreeMap<ModelName, (ReleaseVersion, VariantId)>,
-    /// Per model, the install under way and how many times it was begun: written before each attempt and
-    /// cleared when it ends, so attempts that never ended (the daemon died during them) are counted.
-    #[serde(default)]
-    pub attempts: BTreeMap<ModelName, (ReleaseVersion, VariantId, u32)>,
 }
 
 pub const MAX_PENDING_EVENTS: usize = 1000;
 
-/// Installs of one release begun this many times without ending (the daemon died each time: a model that
-/// crashes its runtime, say) are not begun again.
-pub const MAX_INSTALL_ATTEMPTS: u32 = 3;
+/// A release whose model the daemon began to load this many times without the install ending (it died each
+/// time: a model that crashes its runtime, say) is not loaded again.
+pub const MAX_LOADS_BEGUN: u32 = 3;
 
 impl DeviceState {
     /// Queues events for the control plane, dropping the oldest beyond the cap.
@@ -240,6 +236,35 @@ impl Layout {
     pub fn cert(&self) -> PathBuf {
         self.root.join("identity").join("device.crt")
     }
+    /// The record of a model's loads begun by the install under way.
+    fn loading(&self, model: &ModelName) -> PathBuf {
+        self.root.join("models").join(model.as_str()).join("loading.json")
+    }
+
+    /// How many loads of `release`/`variant` of `model` were begun without their install ending.
+    pub fn loads_begun(&self, model: &ModelName, release: ReleaseVersion, variant: &VariantId) -> u32 {
+        let read = std::fs::read(self.loading(model)).ok();
+        let record: Option<(ReleaseVersion, VariantId, u32)> = read.and_then(|b| serde_json::from_slice(&b).ok());
+        match record {
+            Some((r, v, n)) if r == release && v == *variant => n,
+            _ => 0,
+        }
+    }
+
+    /// Counts one more load begun (written to disk before the load, so a load the daemon dies in is counted).
+    pub fn begin_load(&self, model: &ModelName, release: ReleaseVersion, variant: &VariantId) {
+        let n = self.loads_begun(model, release, variant) + 1;
+        let body = serde_json::to_vec(&(release, variant, n)).unwrap_or_default();
+        if let Err(e) = write_file_atomic(&self.loading(model), &body) {
+            tracing::warn!(%model, error = %e, "recording a load begun");
+        }
+    }
+
+    /// The install ended (either way): its loads are no longer counted.
+    pub fn end_load(&self, model: &ModelName) {
+        let _ = std::fs::remove_file(self.loading(model));
+    }
+
     pub fn partial(&self, r: &ArtifactRef) -> PathBuf {
         self.root.join("downloads").join(format!("{}.partial", r.sha256))
     }
@@ -687,12 +712,12 @@ impl Agent {
             self.layout.save_state(state)?;
             bail!(msg);
         };
-        // Kept to undo: a document whose download was interrupted is taken again, whole, at the next check-in.
-        // Only its sequence and tag are undone: the security floors its signed releases raised stay raised
-        // (floors only ever rise; restoring them would let the server reinstall what a floor forbids).
-        let before = (state.last_seen.desired_sequence, state.etag.clone());
-        state.last_seen.record(&verified);
-        state.etag = etag;
+        // The floors its signed releases carry count from now on (floors only rise); its sequence and tag only
+        // once every install it asks for has ended: after a crash, or an interrupted download, the device takes
+        // the same document again (a recorded tag would be answered 304, a recorded sequence refused as a replay).
+        for release in &verified.releases {
+            state.last_seen.record_release(&release.manifest);
+        }
         let mut interrupted = None;
         for (action, (assignment, release)) in
             plan(state, &verified).into_iter().zip(verified.state.models.iter().zip(&verified.releases))
@@ -712,14 +737,11 @@ impl Agent {
                 self.layout.save_state(state)?;
                 continue;
             }
-            let begun = match state.attempts.get(&model) {
-                Some((v, id, n)) if *v == version && *id == variant => *n,
-                _ => 0,
-            };
-            if begun >= MAX_INSTALL_ATTEMPTS {
-                let msg = format!("the daemon stopped during each of {begun} attempts to install this (a crash?)");
+            let begun = self.layout.loads_begun(&model, version, &variant);
+            if begun >= MAX_LOADS_BEGUN {
+                let msg = format!("the daemon stopped during each of {begun} attempts to load this model (a crash?)");
                 tracing::warn!(%model, %version, %msg, "not trying again");
-                state.attempts.remove(&model);
+                self.layout.end_load(&model);
                 state.failed.insert(model.clone(), (version, variant.clone()));
                 events.push(event(EventKind::Refused, &model, version, &variant, msg.clone()));
                 state.last_error = Some(format!("{model} {version}: {msg}"));
@@ -727,10 +749,8 @@ impl Agent {
                 self.layout.save_state(state)?;
                 continue;
             }
-            state.attempts.insert(model.clone(), (version, variant.clone(), begun + 1));
-            self.layout.save_state(state)?;
             let result = self.install(&model, version, v, slot, state.committed.get(&model), &mut events).await;
-            state.attempts.remove(&model);
+            self.layout.end_load(&model);
             match result {
                 Ok(installed) => {
                     events.push(event(
@@ -759,10 +779,9 @@ impl Agent {
             state.queue_events(events);
             self.layout.save_state(state)?;
         }
-        if interrupted.is_some() {
-            // As if this document had not arrived: otherwise the next check-in is answered 304 (its tag) or the
-            // same document is refused as a replay (its sequence), and the download never resumes.
-            (state.last_seen.desired_sequence, state.etag) = before;
+        if interrupted.is_none() {
+            state.last_seen.desired_sequence = Some(verified.state.sequence);
+            state.etag = etag;
         }
         self.layout.save_state(state)?;
         self.flush_events(state).await?;
@@ -882,6 +901,8 @@ impl Agent {
                 } else {
                     w.before = self.models.get(w.model.as_str());
                 }
+                // Counted before, cleared when the install ends: loads that never ended are crashes.
+                self.layout.begin_load(w.model, w.release, &w.variant.id);
                 match self.load(w.model, w.release, &w.variant.id, w.slot, w.variant.llm.as_ref()).await {
                     Ok(s) => {
                         w.loaded = Some(Arc::new(s));

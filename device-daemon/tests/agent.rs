@@ -650,21 +650,23 @@ async fn a_variant_the_device_cannot_run_is_refused_before_download() {
     assert_eq!(saved.failed.get(&"magika".parse().expect("m")).map(|f| f.0.get()), Some(2), "remembered");
 }
 
-/// A release whose install the daemon died during three times (what a model that crashes the runtime leaves in
-/// `state.json`: three attempts begun, none ended) is not begun a fourth time; the device says why.
+/// A release whose model the daemon died while loading three times (what a model that crashes the runtime leaves
+/// on disk: three loads begun, no install ended) is not loaded a fourth time; the device says why. Crashes
+/// before the load (a download, a decompression) do not count: those resume.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_install_that_crashed_the_daemon_three_times_is_not_begun_again() {
+async fn a_model_that_crashed_the_daemon_three_times_is_not_loaded_again() {
     let mut rig = Rig::new().await;
     let (r1, _) = release(&rig.fake, 1, "models/magika/model.onnx", "models/magika/model.onnx");
     rig.offer(&r1).await.expect("release 1 installs");
-    assert!(rig.state.attempts.is_empty(), "an install that ended leaves no attempt behind");
-    let (r2, _) = release(&rig.fake, 2, "models/magika/model.onnx", "models/magika/model.onnx");
     let magika: ModelName = "magika".parse().expect("m");
+    let (v1, cpu): (ReleaseVersion, VariantId) = (ReleaseVersion::new(1).expect("v"), "cpu-int8".parse().expect("id"));
+    assert_eq!(rig.agent.layout.loads_begun(&magika, v1, &cpu), 0, "an install that ended leaves no count behind");
+    let (r2, _) = release(&rig.fake, 2, "models/magika/model.onnx", "models/magika/model.onnx");
     let v2 = ReleaseVersion::new(2).expect("v");
-    rig.state.attempts.insert(magika.clone(), (v2, "cpu-int8".parse().expect("variant"), 3));
-    let before = rig.fake.served_bytes.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        rig.agent.layout.begin_load(&magika, v2, &cpu);
+    }
     rig.offer(&r2).await.expect("the pass itself succeeds");
-    assert_eq!(rig.fake.served_bytes.load(Ordering::Relaxed), before, "nothing downloaded");
     assert_eq!(serving(&rig.models), 1);
     assert!(rig.events(2).iter().any(|(k, d)| k == "refused" && d.contains("3 attempts")), "{:?}", rig.events(2));
     assert_eq!(rig.state.failed.get(&magika).map(|f| f.0), Some(v2));
