@@ -1,9 +1,9 @@
 //! Building the server from its configuration: storage, blobs, trust material, the device CA, TLS, and the
 //! background task that writes `last_seen` in batches.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, bail};
 use model_registry::verify::{self_signed_root, update_root};
@@ -98,6 +98,8 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
     });
     let checkin_limiter = crate::limiter::Limiter::new(config.checkins_per_sec, config.checkin_burst);
     let event_limiter = crate::limiter::Limiter::new(config.events_per_sec, config.events_burst);
+    let enroll_limiter = crate::limiter::Limiter::new(config.enrollments_per_sec, config.enrollment_burst);
+    let cache = config.device_cache_entries;
     let state = AppState(Arc::new(Inner {
         config,
         store,
@@ -109,17 +111,18 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
         generation,
         assignments: RwLock::new(None),
         rebuilding: tokio::sync::Mutex::new(()),
-        desired: Mutex::new(HashMap::new()),
+        desired: crate::state::device_cache(cache),
         revoked: RwLock::new(revoked),
-        reports: Mutex::new(HashMap::new()),
+        reports: crate::state::device_cache(cache),
         seen,
         ingest,
         checkins_changed: AtomicU64::new(0),
         checkins_unchanged: AtomicU64::new(0),
         reached: Default::default(),
-        serials: Default::default(),
+        serials: crate::state::device_cache(cache),
         checkin_limiter,
         event_limiter,
+        enroll_limiter,
     }));
     let telemetry = tokio::spawn(crate::telemetry::background(state.clone()));
     let rollouts = tokio::spawn(crate::rollout::engine::run(state.clone()));

@@ -61,6 +61,14 @@ pub struct Config {
     pub checkin_burst: f64,
     pub events_per_sec: f64,
     pub events_burst: f64,
+    /// Enrollments per second from one source address (default 20, bursts of 200: a provisioning station
+    /// enrolls in batches; a stranger guessing tokens does not get far).
+    pub enrollments_per_sec: f64,
+    pub enrollment_burst: f64,
+    /// Devices each per-device cache of the server holds (documents, reports, certificate serials, telemetry
+    /// series; default 250,000): the least recently active beyond it are read back from the database when they
+    /// return.
+    pub device_cache_entries: u64,
     /// How long device events are kept, in days (default 90), and audit entries (default 400).
     pub events_retention_days: u64,
     pub audit_retention_days: u64,
@@ -104,6 +112,9 @@ impl Default for Config {
             checkin_burst: 60.0,
             events_per_sec: 5.0,
             events_burst: 60.0,
+            enrollments_per_sec: 20.0,
+            enrollment_burst: 200.0,
+            device_cache_entries: 250_000,
             events_retention_days: 90,
             audit_retention_days: 400,
             max_connections: 10_000,

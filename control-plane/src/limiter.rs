@@ -1,5 +1,5 @@
-//! Per-device token buckets: `per_sec` requests a second with a burst of `burst`, for the routes a device calls
-//! on its own (check-ins, events). Bounded in memory: a bucket that has refilled to its burst is the same as
+//! Token buckets per caller (a device, or a source address): `per_sec` requests a second with a burst of
+//! `burst`, for the routes a device calls on its own (check-ins, events) and for enrollment. Bounded in memory: a bucket that has refilled to its burst is the same as
 //! no bucket, so when a shard grows past its cap those are dropped; what remains are devices that called within
 //! the last `burst / per_sec` seconds.
 
@@ -20,13 +20,13 @@ struct Bucket {
 }
 
 #[derive(Debug)]
-pub struct Limiter {
+pub struct Limiter<K = DeviceId> {
     per_sec: f64,
     burst: f64,
-    shards: Vec<Mutex<HashMap<DeviceId, Bucket>>>,
+    shards: Vec<Mutex<HashMap<K, Bucket>>>,
 }
 
-impl Limiter {
+impl<K: Hash + Eq + Clone> Limiter<K> {
     pub fn new(per_sec: f64, burst: f64) -> Self {
         Self {
             per_sec: per_sec.max(1e-6),
@@ -35,14 +35,14 @@ impl Limiter {
         }
     }
 
-    fn shard(&self, d: &DeviceId) -> &Mutex<HashMap<DeviceId, Bucket>> {
+    fn shard(&self, d: &K) -> &Mutex<HashMap<K, Bucket>> {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         d.hash(&mut h);
         &self.shards[h.finish() as usize % SHARDS]
     }
 
     /// Takes one token for `d` at `now_ms`; `Err(seconds)` to wait when there is none.
-    pub fn admit(&self, d: &DeviceId, now_ms: i64) -> Result<(), u64> {
+    pub fn admit(&self, d: &K, now_ms: i64) -> Result<(), u64> {
         let mut shard = self.shard(d).lock().unwrap_or_else(|p| p.into_inner());
         let (per_sec, burst) = (self.per_sec, self.burst);
         let refill = |b: &mut Bucket| {
@@ -81,7 +81,7 @@ mod tests {
 
     #[test]
     fn a_burst_then_the_rate_and_full_buckets_are_dropped_past_the_cap() {
-        let l = Limiter::new(2.0, 3.0);
+        let l: Limiter = Limiter::new(2.0, 3.0);
         let d: DeviceId = "dev-1".parse().expect("id");
         for _ in 0..3 {
             assert!(l.admit(&d, 0).is_ok());
@@ -92,7 +92,7 @@ mod tests {
         // Another device is not affected.
         assert!(l.admit(&"dev-2".parse().expect("id"), 500).is_ok());
         // Many devices, each calling once, long ago: past the cap, their full buckets are dropped.
-        let many = Limiter::new(1.0, 1.0);
+        let many: Limiter = Limiter::new(1.0, 1.0);
         for i in 0..(SHARDS * SHARD_CAP + 1000) {
             let _ = many.admit(&format!("d-{i}").parse().expect("id"), i as i64 * 10_000);
         }

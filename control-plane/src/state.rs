@@ -39,16 +39,18 @@ pub struct Inner {
     pub assignments: RwLock<Option<Arc<AssignmentSnapshot>>>,
     /// Held while the assignment snapshot is rebuilt, so concurrent check-ins rebuild it once, not each.
     pub rebuilding: tokio::sync::Mutex<()>,
-    pub desired: Mutex<HashMap<DeviceId, CachedDesired>>,
+    pub desired: DeviceCache<CachedDesired>,
     pub revoked: RwLock<HashSet<DeviceId>>,
     /// Each device's certificate serial (hex) and, during a renewal, the one it renewed from; read from the
     /// database at its first request. Only these are accepted.
-    pub serials: Mutex<HashMap<DeviceId, (String, Option<String>)>>,
+    pub serials: DeviceCache<(String, Option<String>)>,
     /// Per-device rates of check-ins and of event reports.
     pub checkin_limiter: crate::limiter::Limiter,
     pub event_limiter: crate::limiter::Limiter,
+    /// Enrollments per source address.
+    pub enroll_limiter: crate::limiter::Limiter<std::net::IpAddr>,
     /// Each device's last stored report (since this server started, or read back at its first export).
-    pub reports: Mutex<HashMap<DeviceId, Reported>>,
+    pub reports: DeviceCache<Arc<Reported>>,
     pub seen: mpsc::UnboundedSender<(DeviceId, i64)>,
     /// The OTLP receiver's series, pending rollups and fleet totals.
     pub ingest: Ingest,
@@ -80,6 +82,15 @@ impl Reported {
             healthy: r.last_error.is_none(),
         }
     }
+}
+
+/// A per-device cache, bounded (`device_cache_entries` devices; the least recently used go first, and any not
+/// used for an hour): whatever it holds can be read again from the database, so a fleet of millions costs the
+/// server the memory of the devices active lately, not of every device it ever saw.
+pub type DeviceCache<V> = moka::sync::Cache<DeviceId, V>;
+
+pub fn device_cache<V: Clone + Send + Sync + 'static>(entries: u64) -> DeviceCache<V> {
+    moka::sync::Cache::builder().max_capacity(entries).time_to_idle(std::time::Duration::from_secs(3600)).build()
 }
 
 /// The wave whose reached classes were counted, when (ms), and the online devices it put on the new release per
@@ -133,32 +144,24 @@ impl Inner {
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Whether a device runs, holds or was told to run a model: what it may send telemetry about.
-    pub fn device_knows(&self, id: &DeviceId, model: &ModelName) -> bool {
-        let reported =
-            self.reports.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|r| r.models.contains(model));
-        reported
-            || self.desired.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|c| c.models.contains(model))
-    }
-
     /// Whether `serial` (hex) is the certificate last issued to device `id`, or the one it renewed from while
     /// the new one has not been used yet (a device that died between the server's answer and storing its new
     /// certificate is not locked out). The new one's first use retires the old.
     pub async fn certificate_current(&self, id: &DeviceId, serial: &str) -> Result<bool, crate::store::StoreError> {
         let same = |stored: &str| stored.trim_start_matches('0') == serial.trim_start_matches('0');
-        let known = self.serials.lock().unwrap_or_else(|p| p.into_inner()).get(id).cloned();
+        let known = self.serials.get(id);
         let (current, previous) = match known {
             Some(k) => k,
             None => {
                 let Some(k) = self.store.cert_serials(id).await? else { return Ok(false) };
-                self.serials.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), k.clone());
+                self.serials.insert(id.clone(), k.clone());
                 k
             }
         };
         if same(&current) {
             if previous.is_some() {
                 self.store.retire_prev_cert(id).await?;
-                self.serials.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), (current, None));
+                self.serials.insert(id.clone(), (current, None));
             }
             return Ok(true);
         }

@@ -269,6 +269,15 @@ impl Layout {
         self.root.join("downloads").join(format!("{}.partial", r.sha256))
     }
     /// A slot's directory; model names are validated types, safe as path components.
+    /// Every file of `model`: its slots and load record.
+    pub fn model_dir(&self, model: &ModelName) -> PathBuf {
+        self.root.join("models").join(model.as_str())
+    }
+
+    pub fn downloads(&self) -> PathBuf {
+        self.root.join("downloads")
+    }
+
     pub fn slot(&self, model: &ModelName, slot: Slot) -> PathBuf {
         self.root.join("models").join(model.as_str()).join(slot.as_str())
     }
@@ -288,6 +297,19 @@ impl Layout {
         write_file_atomic(&self.state(), &serde_json::to_vec_pretty(s)?)?;
         Ok(())
     }
+}
+
+/// Bytes of the files under `dir` (0 when it does not exist).
+fn disk_usage(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => disk_usage(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// A download whose bytes are not the signed ones (as opposed to one that could not finish).
@@ -486,6 +508,8 @@ pub struct Agent {
     pub bake: Bake,
     /// Bytes all loaded models may take together (see `Served::memory`); `None`: no budget.
     pub memory_budget: Option<u64>,
+    /// Bytes the models and downloads may take on disk.
+    pub disk_budget: Option<u64>,
     pub pause: Option<PausePoint>,
     /// How long past the long-poll a check-in may take before the server is treated as gone.
     pub checkin_slack: Duration,
@@ -737,6 +761,16 @@ impl Agent {
                 self.layout.save_state(state)?;
                 continue;
             }
+            if let Some(why) = self.disk_shortfall(&model, slot, v) {
+                let msg = format!("release {version} does not fit the disk budget: {why}");
+                tracing::warn!(%model, %version, %msg, "refused");
+                state.failed.insert(model.clone(), (version, variant.clone()));
+                events.push(event(EventKind::Refused, &model, version, &variant, msg.clone()));
+                state.last_error = Some(format!("{model} {version}: {msg}"));
+                state.queue_events(events);
+                self.layout.save_state(state)?;
+                continue;
+            }
             let begun = self.layout.loads_begun(&model, version, &variant);
             if begun >= MAX_LOADS_BEGUN {
                 let msg = format!("the daemon stopped during each of {begun} attempts to load this model (a crash?)");
@@ -782,6 +816,7 @@ impl Agent {
         if interrupted.is_none() {
             state.last_seen.desired_sequence = Some(verified.state.sequence);
             state.etag = etag;
+            self.drop_unnamed(state, &verified).await;
         }
         self.layout.save_state(state)?;
         self.flush_events(state).await?;
@@ -789,6 +824,56 @@ impl Agent {
             bail!("a download was interrupted; it resumes at the next check-in: {msg}");
         }
         Ok(Checkin { interval, changed: true, root_version })
+    }
+
+    /// What the document no longer asks for goes: models it does not name are drained (requests in flight
+    /// finish), unloaded, their slots deleted and forgotten; partial downloads of anything it does not name are
+    /// deleted.
+    async fn drop_unnamed(&self, state: &mut DeviceState, verified: &VerifiedDesiredState) {
+        let named: std::collections::BTreeSet<&ModelName> = verified.state.models.iter().map(|a| &a.model).collect();
+        let gone: Vec<ModelName> = state.committed.keys().filter(|m| !named.contains(m)).cloned().collect();
+        for model in gone {
+            drop(self.models.drain(&model).await);
+            if let Err(e) = std::fs::remove_dir_all(self.layout.model_dir(&model)) {
+                tracing::warn!(%model, error = %e, "removing the model's slots");
+            }
+            if let Some(was) = state.committed.remove(&model) {
+                let detail = "no longer in the desired state: unloaded and its slots removed".to_owned();
+                state.queue_events(vec![event(EventKind::Removed, &model, was.release, &was.variant, detail)]);
+                tracing::info!(%model, release = %was.release, "removed: no longer in the desired state");
+            }
+            state.failed.remove(&model);
+        }
+        let wanted: std::collections::BTreeSet<String> = verified
+            .state
+            .models
+            .iter()
+            .zip(&verified.releases)
+            .filter_map(|(a, r)| r.manifest.variant(&a.variant))
+            .flat_map(|v| [format!("{}.partial", v.zstd.sha256), format!("{}.partial", v.golden.sha256)])
+            .collect();
+        for entry in std::fs::read_dir(self.layout.downloads()).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".partial") && !wanted.contains(&name) {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        if let Err(e) = self.layout.save_state(state) {
+            tracing::warn!(error = %e, "writing the state after removals");
+        }
+    }
+
+    /// Why `v` would not fit the disk budget in `slot` of `model`: its compressed download, its golden file and
+    /// its staged model, beside everything else the daemon keeps (the slot it replaces is freed first).
+    fn disk_shortfall(&self, model: &ModelName, slot: Slot, v: &Variant) -> Option<String> {
+        let budget = self.disk_budget?;
+        let used = disk_usage(&self.layout.root.join("models")) + disk_usage(&self.layout.downloads());
+        let freed = disk_usage(&self.layout.slot(model, slot))
+            + std::fs::metadata(self.layout.partial(&v.zstd)).map_or(0, |m| m.len());
+        let need = v.zstd.size + v.golden.size + v.raw.size;
+        let after = used.saturating_sub(freed) + need;
+        (after > budget)
+            .then(|| format!("it needs {need} bytes, and with what stays the daemon would use {after} of {budget}"))
     }
 
     /// Drives one install's state machine ([`Install`]) to its end, performing each effect it asks for. The

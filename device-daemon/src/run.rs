@@ -89,6 +89,10 @@ pub struct RunArgs {
     /// release being replaced and the new one do not both fit, the swap drains: requests wait, none fail.
     #[arg(long, env = "EDGEFLEET_MEMORY_BUDGET_MB")]
     pub memory_budget_mb: Option<u64>,
+    /// Disk the daemon's models and downloads may use, in MiB. A release whose download and staged model would
+    /// not fit (beside what stays) is refused before a byte is fetched, and reported.
+    #[arg(long, env = "EDGEFLEET_DISK_BUDGET_MB")]
+    pub disk_budget_mb: Option<u64>,
     /// Export OpenTelemetry metrics (OTLP/HTTP protobuf, cumulative) to this endpoint: by default the control
     /// plane's receiver, `<server>/v1/metrics` (the daemon's client certificate is presented; rollout gates
     /// judge what arrives there), or a collector's; `off` to send none.
@@ -300,6 +304,7 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
             min_requests: args.bake_min_requests,
         },
         memory_budget: args.memory_budget_mb.map(|mb| mb << 20),
+        disk_budget: args.disk_budget_mb.map(|mb| mb << 20),
         pause: args.pause_at,
         checkin_slack: Duration::from_secs(30),
     };

@@ -235,6 +235,7 @@ impl Rig {
             limits: Limits::default(),
             bake: bake(300, 100.0),
             memory_budget: None,
+            disk_budget: None,
             pause: None,
             checkin_slack: std::time::Duration::from_secs(1),
         };
@@ -670,4 +671,40 @@ async fn a_model_that_crashed_the_daemon_three_times_is_not_loaded_again() {
     assert_eq!(serving(&rig.models), 1);
     assert!(rig.events(2).iter().any(|(k, d)| k == "refused" && d.contains("3 attempts")), "{:?}", rig.events(2));
     assert_eq!(rig.state.failed.get(&magika).map(|f| f.0), Some(v2));
+}
+
+/// The desired state stops naming magika: the device unloads it (requests in flight finish), deletes its slots
+/// and forgets it; a partial download nothing asks for any more is deleted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_dropped_from_the_desired_state_is_unloaded_and_its_files_removed() {
+    let mut rig = Rig::new().await;
+    let (r1, _) = release(&rig.fake, 1, "models/magika/model.onnx", "models/magika/model.onnx");
+    rig.offer(&r1).await.expect("release 1 installs");
+    let magika: ModelName = "magika".parse().expect("m");
+    let dir = rig.agent.layout.model_dir(&magika);
+    assert!(dir.join("a").exists());
+    let stale = rig.agent.layout.downloads().join(format!("{}.partial", Sha256Digest::of(b"an old release")));
+    std::fs::write(&stale, b"half of something").expect("stale partial");
+    rig.sequence += 1;
+    *rig.fake.checkin.lock().expect("lock") =
+        (200, desired_of(rig.sequence, Utc::now() + Duration::hours(1), &[], &key(20)));
+    rig.agent.reconcile(&mut rig.state, 0).await.expect("an empty document is taken");
+    assert_eq!(serving(&rig.models), 0, "magika no longer serves");
+    assert!(!dir.exists(), "its slots are gone");
+    assert!(!stale.exists(), "the stale partial download is gone");
+    assert_eq!(rig.committed(), None);
+    assert!(rig.events(1).iter().any(|(k, _)| k == "removed"), "{:?}", rig.events(1));
+}
+
+/// With a disk budget too small for the release's download and staged model, it is refused before a byte is
+/// fetched, and the device says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_over_the_disk_budget_is_refused_before_download() {
+    let mut rig = Rig::new().await;
+    rig.agent.disk_budget = Some(64 << 10);
+    let (r1, _) = release(&rig.fake, 1, "models/magika/model.onnx", "models/magika/model.onnx");
+    rig.offer(&r1).await.expect("the pass itself succeeds");
+    assert_eq!(rig.fake.served_bytes.load(Ordering::Relaxed), 0, "nothing downloaded");
+    assert_eq!(serving(&rig.models), 0);
+    assert!(rig.events(1).iter().any(|(k, d)| k == "refused" && d.contains("disk budget")), "{:?}", rig.events(1));
 }

@@ -8,6 +8,12 @@ use std::process::Command;
 
 use edgefleet_e2e::{Workdir, bin, server_and_token};
 
+/// The server's per-device check-in limit and per-address enrollment limit, lifted: the simulator's devices
+/// check in far more often than a device does (each session is a burst of check-ins on one device), and hundreds
+/// of them enroll from one address in a second.
+const SIMULATED: &str =
+    "checkins_per_sec = 1e9\ncheckin_burst = 1e9\nenrollments_per_sec = 1e9\nenrollment_burst = 1e9\n";
+
 /// Simulated devices here; `scripts/bench_sim.sh` runs the large fleets.
 const DEVICES: usize = 300;
 
@@ -15,9 +21,7 @@ const DEVICES: usize = 300;
 fn a_simulated_fleet_is_served_and_its_misbehaviour_refused() {
     let w = Workdir::new();
     w.trust(&["alice"], 1);
-    // The simulator's devices check in far more often than a device does (each session is a burst of check-ins
-    // on one device): the per-device check-in limit is lifted for them.
-    let (server, _) = server_and_token(&w, Some("checkins_per_sec = 1e9\ncheckin_burst = 1e9\n"));
+    let (server, _) = server_and_token(&w, Some(SIMULATED));
     let operator = server.token("sim", "operator");
     let out = Command::new(bin("edgefleet-sim"))
         .args(["--server", &server.url, "--server-ca"])
@@ -67,9 +71,7 @@ fn a_simulated_fleet_converges_on_an_assignment() {
     let w = Workdir::new();
     w.trust(&["alice"], 1);
     w.pack_magika("1", "cpu", "model.onnx", "fp32", None);
-    // The simulator's devices check in far more often than a device does (each session is a burst of check-ins
-    // on one device): the per-device check-in limit is lifted for them.
-    let (server, _) = server_and_token(&w, Some("checkins_per_sec = 1e9\ncheckin_burst = 1e9\n"));
+    let (server, _) = server_and_token(&w, Some(SIMULATED));
     w.edgefleet(&["release", "push", "magika-1"]).ok();
     let operator = server.token("sim", "operator");
     let identities = w.path("identities.jsonl");

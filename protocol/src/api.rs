@@ -296,6 +296,8 @@ pub enum EventKind {
     RolledBack,
     NoVariantFits,
     Refused,
+    /// The desired state no longer names the model: unloaded, its slots deleted.
+    Removed,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -82,23 +82,9 @@ fn check_hardware(hw: &HardwareProfile) -> ApiResult<()> {
     Ok(())
 }
 
-/// `POST /api/v1/enroll`: no credentials but the one-time token in the body.
-pub async fn enroll(
-    State(state): State<AppState>,
-    source: Source,
-    ApiJson(req): ApiJson<EnrollRequest>,
-) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
-    check_hardware(&req.hardware)?;
-    let (certificate_pem, serial) = state
-        .ca
-        .issue(&req.csr_pem, &req.device_id, state.config.device_cert_days)
-        .map_err(|e| ApiError::bad_request("invalid_csr", e.to_string()))?;
-    let hardware = serde_json::to_string(&req.hardware).map_err(|e| ApiError::internal(&e))?;
-    let outcome = state
-        .store
-        .enroll(&token_hash(&req.token), &req.device_id, &req.hardware.device_class, &hardware, &serial, now_ms())
-        .await?;
-    let labels = outcome.map_err(|r| match r {
+/// Why an enrollment token was refused, as the API says it.
+fn enroll_refusal(r: EnrollRefusal, device: &DeviceId) -> ApiError {
+    match r {
         EnrollRefusal::UnknownToken => {
             ApiError::new(StatusCode::UNAUTHORIZED, "enrollment_token_invalid", "unknown enrollment token")
         }
@@ -109,9 +95,30 @@ pub async fn enroll(
             ApiError::new(StatusCode::UNAUTHORIZED, "enrollment_token_expired", "this enrollment token has expired")
         }
         EnrollRefusal::DeviceExists => {
-            ApiError::conflict("device_exists", format!("device {} is already enrolled", req.device_id))
+            ApiError::conflict("device_exists", format!("device {device} is already enrolled"))
         }
-    })?;
+    }
+}
+
+/// `POST /api/v1/enroll`: no credentials but the one-time token in the body. Rate-limited per source address
+/// (before the body is read), and the token is checked before any CA work.
+pub async fn enroll(
+    State(state): State<AppState>,
+    source: Source,
+    _: super::EnrollAllowed,
+    ApiJson(req): ApiJson<EnrollRequest>,
+) -> ApiResult<(StatusCode, Json<EnrollResponse>)> {
+    check_hardware(&req.hardware)?;
+    let hash = token_hash(&req.token);
+    state.store.enroll_token_usable(&hash, now_ms()).await?.map_err(|r| enroll_refusal(r, &req.device_id))?;
+    let (certificate_pem, serial) = state
+        .ca
+        .issue(&req.csr_pem, &req.device_id, state.config.device_cert_days)
+        .map_err(|e| ApiError::bad_request("invalid_csr", e.to_string()))?;
+    let hardware = serde_json::to_string(&req.hardware).map_err(|e| ApiError::internal(&e))?;
+    let outcome =
+        state.store.enroll(&hash, &req.device_id, &req.hardware.device_class, &hardware, &serial, now_ms()).await?;
+    let labels = outcome.map_err(|r| enroll_refusal(r, &req.device_id))?;
     let who = Principal::Device(req.device_id.clone());
     state
         .audit(
@@ -150,7 +157,7 @@ pub async fn renew(
     // The new certificate is the device's; the one it renewed with is retired at the new one's first use.
     let presented = conn.client.map(|c| c.serial).unwrap_or_default();
     state.store.renew_cert(&id, &serial, &presented).await?;
-    state.serials.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), (serial.clone(), Some(presented)));
+    state.serials.insert(id.clone(), (serial.clone(), Some(presented)));
     state.audit(&who, &source, "device.renew", id.as_str(), serde_json::json!({"serial": serial})).await?;
     Ok(Json(serde_json::json!({"certificate_pem": pem, "ca_pem": state.ca.pem})))
 }
@@ -227,7 +234,7 @@ async fn snapshot(state: &AppState) -> ApiResult<Arc<AssignmentSnapshot>> {
 async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired> {
     let generation = *state.generation.borrow();
     let now = now_ms();
-    if let Some(c) = state.desired.lock().unwrap_or_else(|p| p.into_inner()).get(id)
+    if let Some(c) = state.desired.get(id)
         && c.generation == generation
         && now < c.refresh_at
     {
@@ -275,7 +282,7 @@ async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired
         }
     }
     let cached = cached.ok_or_else(|| ApiError::internal(&"desired state kept changing under concurrent check-ins"))?;
-    state.desired.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), cached.clone());
+    state.desired.insert(id.clone(), cached.clone());
     Ok(cached)
 }
 
@@ -315,8 +322,7 @@ async fn record_unfit(
 async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) -> ApiResult<()> {
     let text = serde_json::to_string(report).map_err(|e| ApiError::internal(&e))?;
     let reported = Reported::new(report, &text);
-    let unchanged =
-        state.reports.lock().unwrap_or_else(|p| p.into_inner()).get(id).is_some_and(|r| r.digest == reported.digest);
+    let unchanged = state.reports.get(id).is_some_and(|r| r.digest == reported.digest);
     if unchanged {
         return Ok(());
     }
@@ -334,13 +340,13 @@ async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) ->
         && state.store.raise_desired_seq(id, seq).await?
     {
         tracing::warn!(device = %id, sequence = seq, "the device is ahead of the database's sequence; continuing above it");
-        state.desired.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        state.desired.invalidate(id);
     }
     if hardware.is_some() {
         // A changed hardware profile can change the variant chosen.
-        state.desired.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        state.desired.invalidate(id);
     }
-    state.reports.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), reported);
+    state.reports.insert(id.clone(), Arc::new(reported));
     Ok(())
 }
 
@@ -564,7 +570,7 @@ pub async fn revoke(
     }
     state.store.revoke_device(&id, now_ms()).await?;
     state.revoked.write().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
-    state.desired.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    state.desired.invalidate(&id);
     state.audit(&who, &source, "device.revoke", id.as_str(), serde_json::json!({})).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -57,19 +57,18 @@ pub async fn prometheus(State(state): State<AppState>, mut parts: axum::http::re
     for (class, status, n) in state.store.device_counts(online_after).await? {
         o.line("edgefleet_devices", &[("device_class", &class), ("status", &status)], n as f64);
     }
-    let mut by_release: std::collections::BTreeMap<(String, String, &str), u64> = Default::default();
-    for r in state.reports.lock().unwrap_or_else(|p| p.into_inner()).values() {
-        for (m, v) in &r.active {
-            *by_release.entry((m.to_string(), v.to_string(), if r.healthy { "ok" } else { "error" })).or_default() += 1;
-        }
-    }
     o.help(
         "edgefleet_devices_running",
         "gauge",
-        "Devices by the release in their active slot and whether they report an error (devices that checked in since the server started)",
+        "Devices by the release in their active slot and whether they report an error (from their last reports)",
     );
-    for ((m, v, health), n) in by_release {
-        o.line("edgefleet_devices_running", &[("model", &m), ("release", &v), ("health", health)], n as f64);
+    for (m, v, failing, n) in state.store.running_counts().await? {
+        let health = if failing { "error" } else { "ok" };
+        o.line(
+            "edgefleet_devices_running",
+            &[("model", &m), ("release", &v.to_string()), ("health", health)],
+            n as f64,
+        );
     }
     o.help(
         "edgefleet_checkins_total",

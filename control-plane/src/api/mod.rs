@@ -228,17 +228,35 @@ impl<R: DeviceRoute + Send + Sync> FromRequestParts<AppState> for Limited<R> {
         let DeviceCaller(id) =
             DeviceCaller::from_request_parts(parts, state).await.map_err(IntoResponse::into_response)?;
         if let Err(wait) = R::limiter(state).admit(&id, crate::state::now_ms()) {
-            let mut resp = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                format!("device {id} sends {} faster than the server takes them; retry in {wait} s", R::WHAT),
-            )
-            .into_response();
-            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(wait));
-            return Err(resp);
+            let why = format!("device {id} sends {} faster than the server takes them; retry in {wait} s", R::WHAT);
+            return Err(too_many(why, wait));
         }
         Ok(Self(id, std::marker::PhantomData))
     }
+}
+
+/// An enrollment within its source address's rate (`enrollments_per_sec`, `enrollment_burst`): past it, 429
+/// with `Retry-After` before the body is read.
+#[derive(Debug)]
+pub struct EnrollAllowed;
+
+impl FromRequestParts<AppState> for EnrollAllowed {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let Some(ip) = parts.extensions.get::<ConnInfo>().map(|c| c.remote.ip()) else { return Ok(Self) };
+        match state.enroll_limiter.admit(&ip, crate::state::now_ms()) {
+            Ok(()) => Ok(Self),
+            Err(wait) => Err(too_many(format!("too many enrollments from {ip}; retry in {wait} s"), wait)),
+        }
+    }
+}
+
+/// 429 in the API's error shape, with `Retry-After`.
+fn too_many(message: String, wait: u64) -> Response {
+    let mut resp = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message).into_response();
+    resp.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(wait));
+    resp
 }
 
 /// The caller's address, for the audit log.

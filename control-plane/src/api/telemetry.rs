@@ -81,9 +81,9 @@ pub async fn export(
         Encoding::Json => serde_json::from_slice::<ExportMetricsServiceRequest>(&bytes)
             .map_err(|e| malformed(&state, format!("not an OTLP metrics export: {e}")))?,
     };
-    ensure_loaded(&state, &id).await?;
+    let known = ensure_loaded(&state, &id).await?;
     let decoded = otlp::decode(&req, &id, (now.max(0) as u64).saturating_mul(1_000_000));
-    let applied = state.ingest.apply(&id, decoded, |m| state.device_knows(&id, m), now);
+    let applied = state.ingest.apply(&id, decoded, |m| known.contains(m), now);
     let partial_success = (!applied.refused.is_empty()).then(|| {
         let mut reasons: Vec<&str> = applied.refused.iter().map(|(r, _)| r.as_str()).collect();
         reasons.sort_unstable();

@@ -590,6 +590,28 @@ impl Store {
 
     /// Enrolls a device with a one-time token, in one transaction: the token is spent and the device created,
     /// or neither. Answers the token's labels, or why not.
+    /// Whether an enrollment token could be spent now (known, unused, unexpired): checked before any CA work,
+    /// so a caller without a token costs the server a lookup, not a signature. `enroll` checks again, in the
+    /// transaction that spends it.
+    pub async fn enroll_token_usable(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<Result<(), EnrollRefusal>, StoreError> {
+        let row = sqlx::query("SELECT expires_at, used_at FROM enroll_tokens WHERE token_hash = $1")
+            .bind(token_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else { return Ok(Err(EnrollRefusal::UnknownToken)) };
+        if row.try_get::<Option<i64>, _>("used_at")?.is_some() {
+            return Ok(Err(EnrollRefusal::TokenUsed));
+        }
+        if row.try_get::<i64, _>("expires_at")? <= now {
+            return Ok(Err(EnrollRefusal::TokenExpired));
+        }
+        Ok(Ok(()))
+    }
+
     pub async fn enroll(
         &self,
         token_hash: &str,
@@ -789,6 +811,22 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(|r| Ok((r.try_get("device_class")?, r.try_get("status")?, r.try_get("n")?))).collect()
+    }
+
+    /// Devices per (model, release in the active slot, whether the device reports an error), from their last
+    /// reports; revoked devices have none.
+    pub async fn running_counts(&self) -> Result<Vec<(String, i64, bool, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.model, r.release, d.failing, COUNT(*) AS n FROM device_running r JOIN devices d \
+             ON d.id = r.device_id GROUP BY r.model, r.release, d.failing ORDER BY r.model, r.release",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((r.try_get("model")?, r.try_get("release")?, r.try_get::<i64, _>("failing")? != 0, r.try_get("n")?))
+            })
+            .collect()
     }
 
     /// Every device ever enrolled, revoked or not.

@@ -16,8 +16,8 @@ pub mod series;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgefleet_protocol::telemetry::{INSTALL_COMMITTED, INSTALL_FAILURES};
@@ -110,13 +110,8 @@ fn max_rate(what: &What) -> Option<f64> {
 struct DeviceLive {
     series: SeriesMap,
     class: String,
-}
-
-/// A token bucket per device: exports per second with a burst.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    at_ms: i64,
+    /// When it last exported (ms), for eviction.
+    seen_ms: i64,
 }
 
 #[derive(Debug, Default)]
@@ -124,7 +119,6 @@ struct Shard {
     devices: HashMap<DeviceId, DeviceLive>,
     pending: HashMap<RollupKey, Rollup>,
     dirty: HashSet<DeviceId>,
-    buckets: HashMap<DeviceId, Bucket>,
 }
 
 /// Fleet totals for one (model, release, device class): what `/metrics` shows. The same sums as a rollup.
@@ -181,6 +175,8 @@ pub struct Applied {
 #[derive(Debug)]
 pub struct Ingest {
     shards: Vec<Mutex<Shard>>,
+    /// Exports per device: a token bucket each.
+    limiter: crate::limiter::Limiter,
     fleet: Mutex<Fleet>,
     pub settings: Settings,
     pub counters: Counters,
@@ -201,6 +197,7 @@ impl Ingest {
     pub fn new(settings: Settings) -> Self {
         Self {
             shards: (0..16).map(|_| Mutex::new(Shard::default())).collect(),
+            limiter: crate::limiter::Limiter::new(settings.exports_per_sec, settings.burst),
             fleet: Mutex::new(Fleet::default()),
             settings,
             counters: Counters::default(),
@@ -215,17 +212,38 @@ impl Ingest {
 
     /// Takes a token from the device's bucket, or says how many seconds until one is there.
     pub fn admit(&self, d: &DeviceId, now_ms: i64) -> Result<(), u64> {
-        let s = &self.settings;
-        let mut shard = lock(self.shard(d));
-        let b = shard.buckets.entry(d.clone()).or_insert(Bucket { tokens: s.burst, at_ms: now_ms });
-        b.tokens = (b.tokens + (now_ms - b.at_ms).max(0) as f64 / 1000.0 * s.exports_per_sec).min(s.burst);
-        b.at_ms = now_ms;
-        if b.tokens >= 1.0 {
-            b.tokens -= 1.0;
-            Ok(())
-        } else {
+        self.limiter.admit(d, now_ms).inspect_err(|_| {
             self.counters.exports_rate_limited.fetch_add(1, Ordering::Relaxed);
-            Err(((1.0 - b.tokens) / s.exports_per_sec.max(1e-6)).ceil() as u64)
+        })
+    }
+
+    /// Devices whose series are in memory.
+    pub fn devices_loaded(&self) -> usize {
+        self.shards.iter().map(|s| lock(s).devices.len()).sum()
+    }
+
+    /// Keeps at most `max` devices' series in memory: past it, those quiet longest whose series are written
+    /// (not dirty) are dropped; a device that exports again is read back from the store (`ensure_loaded`).
+    /// Call after a flush.
+    pub fn evict(&self, max: usize) {
+        let per_shard = max / self.shards.len();
+        for s in &self.shards {
+            let mut shard = lock(s);
+            if shard.devices.len() <= per_shard {
+                continue;
+            }
+            let keep = per_shard - per_shard / 10;
+            let mut quiet: Vec<(i64, DeviceId)> = shard
+                .devices
+                .iter()
+                .filter(|(d, _)| !shard.dirty.contains(*d))
+                .map(|(d, l)| (l.seen_ms, d.clone()))
+                .collect();
+            quiet.sort_unstable();
+            let excess = shard.devices.len().saturating_sub(keep);
+            for (_, d) in quiet.into_iter().take(excess) {
+                shard.devices.remove(&d);
+            }
         }
     }
 
@@ -235,7 +253,8 @@ impl Ingest {
 
     /// Puts a device's persisted series in place (after a restart), unless an export got there first.
     pub fn load(&self, d: &DeviceId, series: SeriesMap, class: String) {
-        lock(self.shard(d)).devices.entry(d.clone()).or_insert(DeviceLive { series, class });
+        let seen_ms = crate::state::now_ms();
+        lock(self.shard(d)).devices.entry(d.clone()).or_insert(DeviceLive { series, class, seen_ms });
     }
 
     /// Applies an export's checked points. `runs` says whether the device runs a model.
@@ -257,6 +276,7 @@ impl Ingest {
         {
             let mut shard = lock(self.shard(d));
             let live = shard.devices.entry(d.clone()).or_default();
+            live.seen_ms = now_ms;
             // The class is the one the device enrolled with (read from the store by `ensure_loaded`), never the
             // export's own attribute: one device must not count its numbers under another class's gates.
             if live.class.is_empty() {
@@ -455,7 +475,10 @@ pub async fn flush(state: &AppState) -> bool {
         return true;
     }
     match state.store.write_telemetry(&batch, now_ms()).await {
-        Ok(()) => true,
+        Ok(()) => {
+            state.ingest.evict(state.config.device_cache_entries as usize);
+            true
+        }
         Err(e) => {
             tracing::warn!(error = %e, rollups = batch.rollups.len(), "writing telemetry failed; will retry");
             state.ingest.restore(batch);
@@ -498,28 +521,39 @@ pub async fn background(state: AppState) {
     }
 }
 
-/// Makes sure a device's series are in memory: after a restart, read back from the store (with the device's
-/// class and, when it has not checked in since, the models its last report named).
-pub async fn ensure_loaded(state: &AppState, d: &DeviceId) -> Result<(), crate::store::StoreError> {
-    if state.ingest.is_loaded(d) {
-        return Ok(());
+/// Makes sure a device's series are in memory (after a restart, or after they left it: read back from the
+/// store, with the device's enrolled class), and answers the models the device may send points about: those its
+/// last report names (from the cache, else the store) and those its current document names.
+pub async fn ensure_loaded(state: &AppState, d: &DeviceId) -> Result<Vec<ModelName>, crate::store::StoreError> {
+    let mut models: Vec<ModelName> = state.desired.get(d).map(|c| c.models.to_vec()).unwrap_or_default();
+    let cached = state.reports.get(d);
+    if let Some(r) = &cached {
+        models.extend(r.models.iter().cloned());
     }
-    let series: SeriesMap = match state.store.telemetry_series(d).await? {
-        Some(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
-            tracing::warn!(device = %d, error = %e, "stored telemetry series unreadable; starting afresh");
-            SeriesMap::new()
-        }),
-        None => SeriesMap::new(),
-    };
+    let loaded = state.ingest.is_loaded(d);
+    if loaded && cached.is_some() {
+        return Ok(models);
+    }
     let row = state.store.device(d).await?;
-    if let Some(text) = row.as_ref().and_then(|r| r.report.as_deref())
+    if cached.is_none()
+        && let Some(text) = row.as_ref().and_then(|r| r.report.as_deref())
         && let Ok(report) = serde_json::from_str(text)
     {
-        let mut reports = state.reports.lock().unwrap_or_else(|p| p.into_inner());
-        reports.entry(d.clone()).or_insert_with(|| Reported::new(&report, text));
+        let reported = Arc::new(Reported::new(&report, text));
+        models.extend(reported.models.iter().cloned());
+        state.reports.insert(d.clone(), reported);
     }
-    state.ingest.load(d, series, row.map(|r| r.device_class).unwrap_or_default());
-    Ok(())
+    if !loaded {
+        let series: SeriesMap = match state.store.telemetry_series(d).await? {
+            Some(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+                tracing::warn!(device = %d, error = %e, "stored telemetry series unreadable; starting afresh");
+                SeriesMap::new()
+            }),
+            None => SeriesMap::new(),
+        };
+        state.ingest.load(d, series, row.map(|r| r.device_class).unwrap_or_default());
+    }
+    Ok(models)
 }
 
 /// The value below which `q` (0–1) of the observations in `buckets` fall, read by linear interpolation inside

@@ -161,3 +161,64 @@ async fn a_device_past_its_rate_is_answered_429(backend: Backend) {
 }
 
 crate::both_backends!(a_device_past_its_rate_is_answered_429);
+
+/// Enrollment, the one route a stranger can call: the token is checked before any CA work (a bad token with a
+/// CSR is refused as a bad token, the CSR never parsed or signed), and one address gets `enrollment_burst`
+/// attempts, then 429.
+async fn enrollment_checks_the_token_first_and_is_rate_limited(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| (c.enrollments_per_sec, c.enrollment_burst) = (0.01, 3.0)).await;
+    let stranger = app.client();
+    let enroll = |token: &str| {
+        let body = serde_json::json!({"token": token, "device_id": "dev-x", "csr_pem": "not a CSR",
+            "hardware": hardware("x86-server", &["CPUExecutionProvider"])});
+        stranger.post(app.url("/enroll")).json(&body).send()
+    };
+    for _ in 0..3 {
+        assert_error(enroll("efe_guess").await.expect("enroll"), 401, "enrollment_token_invalid").await;
+    }
+    let r = enroll("efe_guess").await.expect("enroll");
+    assert!(r.headers().get("retry-after").is_some());
+    assert_error(r, 429, "rate_limited").await;
+}
+
+crate::both_backends!(enrollment_checks_the_token_first_and_is_rate_limited);
+
+/// The server keeps the telemetry series of at most `device_cache_entries` devices in memory; one dropped from
+/// memory that exports again is read back from the store, and its numbers stay exact (nothing counted twice).
+async fn series_dropped_from_memory_come_back_exact(backend: Backend) {
+    use crate::telemetry::{Served, accepted, magika_release_1, now_ns, report_running};
+    let app = TestApp::spawn_with(backend, |c| {
+        c.telemetry_flush_ms = 3_600_000;
+        c.device_cache_entries = 0;
+    })
+    .await;
+    let (model, v1) = magika_release_1(&app).await;
+    let mut devices = Vec::new();
+    for i in 0..3 {
+        let d = app
+            .enroll(&format!("dev-m{i}"), &[("region", "eu")], hardware("x86-server", &["CPUExecutionProvider"]))
+            .await;
+        report_running(&app, &d).await;
+        devices.push(d);
+    }
+    let start = now_ns() - 60_000_000_000;
+    async fn export(app: &TestApp, d: &Device, ok: u64, start: u64, time: u64) -> (i64, String) {
+        let served =
+            Served { device: &d.id, model: "magika", release: 1, bucket: 6, start, time, ok, err: 0, joules: 1.0 };
+        accepted(app, &d.client, &served.export()).await
+    }
+    let t = now_ns();
+    for d in &devices {
+        assert_eq!(export(&app, d, 10, start, t - 2_000_000_000).await.0, 0);
+    }
+    assert!(edgefleet_server::telemetry::flush(&app.state).await);
+    assert_eq!(app.state.ingest.devices_loaded(), 0, "every written series left memory");
+    for d in &devices {
+        assert_eq!(export(&app, d, 25, start, t).await.0, 0);
+    }
+    assert!(edgefleet_server::telemetry::flush(&app.state).await);
+    let rows = app.state.store.release_stats(&model, [(v1, 0), (v1, 0)]).await.expect("stats");
+    assert_eq!(rows.iter().map(|r| r.stats.requests).sum::<u64>(), 75, "3 devices × 25, each counted once");
+}
+
+crate::both_backends!(series_dropped_from_memory_come_back_exact);
