@@ -5,6 +5,7 @@
 #
 #   DEVICES=10000 SECS=60 scripts/bench_sim.sh
 #   DEVICES=1000000 SECS=600 CONCURRENCY=256 scripts/bench_sim.sh     # issue 7's full-scale row
+#   SLOWLORIS=5000 DEVICES=10000 SECS=60 scripts/bench_sim.sh   # and 5,000 idle connections held meanwhile
 #   CONVERGE=1 DEVICES=10000 scripts/bench_sim.sh   # every device long-polls; a new magika release (packed from
 #                                                   # .cache/, scripts/setup.sh) is assigned; time to 99 % received
 set -euo pipefail
@@ -54,9 +55,16 @@ if [ -n "${CONVERGE:-}" ]; then
     --converge-to "magika:$v"
   exit
 fi
+if [ -n "${SLOWLORIS:-}" ]; then
+  # SLOWLORIS=5000: that many idle connections held against the server for the whole run (scripts/slowloris.py).
+  python3 ../../scripts/slowloris.py "${url#https://}" "$SLOWLORIS" "$((SECS + 600))" &
+  slowloris_pid=$!
+  sleep 5
+fi
 "$SIM" --server "$url" --server-ca "$EDGEFLEET_DATA_DIR/tls/server.crt" --token "$operator" \
   --devices "$DEVICES" --concurrency "$CONCURRENCY" --duration-secs "$SECS" --identities "identities-$DEVICES.jsonl" \
   --max-requests "$MAX_REQUESTS" \
   --session-checkins 100 --otlp-every 20 --event-every 100 --malformed-rate 0.001 --bad-cert-attempts 20 --flood-devices 2
+if [ -n "${SLOWLORIS:-}" ]; then kill -TERM "$slowloris_pid"; wait "$slowloris_pid" || true; fi
 # The server's memory after every device checked in, exported and reported (its per-device caches full).
 echo "server RSS after the run: $(awk '/^VmRSS/ {printf "%.0f MiB", $2 / 1024}' "/proc/$server_pid/status"), peak $(awk '/^VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$server_pid/status")"
