@@ -187,7 +187,7 @@ async fn ingest_bench(devices: usize, rounds: u64, url: Option<String>) -> anyho
                     for d in (w..devices).step_by(2) {
                         let req = ExportMetricsServiceRequest::decode(round[d].as_slice()).expect("decode");
                         let decoded = otlp::decode(&req, &ids[d], now_ns);
-                        refused += ingest.apply(&ids[d], decoded, |_| true, now_ms).refused.len();
+                        refused += ingest.apply(&ids[d], decoded, |_, _| true, now_ms).refused.len();
                     }
                 }
                 (refused, Instant::now())

@@ -63,8 +63,18 @@ pub struct CachedDesired {
     pub body: Bytes,
     /// When to issue a fresh document (half its lifetime), in ms.
     pub refresh_at: i64,
-    /// The models the plan names (fitting a variant or not).
-    pub models: Arc<[ModelName]>,
+    /// The release of each model this document tells the device to run, and those the document before it
+    /// told (a device exports its previous release's numbers for a while after a swap): the releases it may
+    /// send telemetry about.
+    pub releases: Arc<[(ModelName, ReleaseVersion)]>,
+    pub previous: Arc<[(ModelName, ReleaseVersion)]>,
+}
+
+impl CachedDesired {
+    /// Whether this device was told to run `release` of `model`, now or by the document before.
+    pub fn told(&self, model: &ModelName, release: ReleaseVersion) -> bool {
+        self.releases.iter().chain(self.previous.iter()).any(|(m, r)| m == model && *r == release)
+    }
 }
 
 impl CachedDesired {
@@ -120,8 +130,9 @@ pub fn plan(snapshot: &AssignmentSnapshot, device: &DeviceId, labels: &Labels, h
 }
 
 impl Plan {
-    pub fn model_names(&self) -> Arc<[ModelName]> {
-        self.models.iter().map(|c| c.model.clone()).chain(self.unfit.iter().map(|u| u.0.clone())).collect()
+    /// The release of each model the device is told to run.
+    pub fn releases(&self) -> Arc<[(ModelName, ReleaseVersion)]> {
+        self.models.iter().map(|c| (c.model.clone(), c.version)).collect()
     }
 }
 

@@ -231,7 +231,7 @@ async fn snapshot(state: &AppState) -> ApiResult<Arc<AssignmentSnapshot>> {
 
 /// The device's current document: from the cache when nothing changed and it is fresh, else planned again,
 /// and signed anew only when its content changed or it passed half its lifetime.
-async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired> {
+pub(crate) async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired> {
     let generation = *state.generation.borrow();
     let now = now_ms();
     if let Some(c) = state.desired.get(id)
@@ -258,7 +258,8 @@ async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired
                 sequence: row.desired_seq,
                 body: doc.clone().into(),
                 refresh_at: exp - ttl_ms / 2,
-                models: plan.model_names(),
+                releases: plan.releases(),
+                previous: Arc::from([]),
             });
             break;
         }
@@ -276,12 +277,17 @@ async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired
                 sequence,
                 body: body.into(),
                 refresh_at: now + ttl_ms / 2,
-                models: plan.model_names(),
+                releases: plan.releases(),
+                previous: Arc::from([]),
             });
             break;
         }
     }
     let cached = cached.ok_or_else(|| ApiError::internal(&"desired state kept changing under concurrent check-ins"))?;
+    let mut cached = cached;
+    if let Some(old) = state.desired.get(id) {
+        cached.previous = if old.releases != cached.releases { old.releases.clone() } else { old.previous.clone() };
+    }
     state.desired.insert(id.clone(), cached.clone());
     Ok(cached)
 }

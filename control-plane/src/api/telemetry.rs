@@ -81,9 +81,15 @@ pub async fn export(
         Encoding::Json => serde_json::from_slice::<ExportMetricsServiceRequest>(&bytes)
             .map_err(|e| malformed(&state, format!("not an OTLP metrics export: {e}")))?,
     };
-    let known = ensure_loaded(&state, &id).await?;
+    ensure_loaded(&state, &id).await?;
+    // What the server told this device to run (its current document and the one before), never what the export
+    // says it runs: one device cannot put numbers under a release its plan does not name.
+    let told = match state.desired.get(&id) {
+        Some(c) => c,
+        None => super::devices::desired_for(&state, &id).await?,
+    };
     let decoded = otlp::decode(&req, &id, (now.max(0) as u64).saturating_mul(1_000_000));
-    let applied = state.ingest.apply(&id, decoded, |m| known.contains(m), now);
+    let applied = state.ingest.apply(&id, decoded, |m, r| told.told(m, r), now);
     let partial_success = (!applied.refused.is_empty()).then(|| {
         let mut reasons: Vec<&str> = applied.refused.iter().map(|(r, _)| r.as_str()).collect();
         reasons.sort_unstable();

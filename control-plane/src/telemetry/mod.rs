@@ -16,8 +16,8 @@ pub mod series;
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::{Hash, Hasher};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use edgefleet_protocol::telemetry::{INSTALL_COMMITTED, INSTALL_FAILURES};
@@ -25,7 +25,7 @@ use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
 use otlp::{NBUCKETS, Point, Reason, Target, What};
 use series::{Last, Step};
 
-use crate::state::{AppState, Reported, now_ms};
+use crate::state::{AppState, now_ms};
 
 /// Deltas of one (device, model, release, variant, provider, window).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -257,12 +257,12 @@ impl Ingest {
         lock(self.shard(d)).devices.entry(d.clone()).or_insert(DeviceLive { series, class, seen_ms });
     }
 
-    /// Applies an export's checked points. `runs` says whether the device runs a model.
+    /// Applies an export's checked points. `told` says whether the server told the device to run a release.
     pub fn apply(
         &self,
         d: &DeviceId,
         decoded: otlp::Decoded,
-        runs: impl Fn(&ModelName) -> bool,
+        told: impl Fn(&ModelName, ReleaseVersion) -> bool,
         now_ms: i64,
     ) -> Applied {
         let mut applied = Applied { refused: decoded.refused, ..Default::default() };
@@ -291,9 +291,10 @@ impl Ingest {
                 | What::Ttft { target }
                 | What::Tpot { target }
                 | What::Tokens { target, .. } = &what
-                    && !runs(&target.model)
+                    && !told(&target.model, target.release)
                 {
-                    applied.refused.push((Reason::UnknownModel, format!("this device does not run {}", target.model)));
+                    let why = format!("this device was not told to run release {} of {}", target.release, target.model);
+                    applied.refused.push((Reason::UnknownModel, why));
                     continue;
                 }
                 if matches!(what, What::Power | What::Memory) {
@@ -521,39 +522,22 @@ pub async fn background(state: AppState) {
     }
 }
 
-/// Makes sure a device's series are in memory (after a restart, or after they left it: read back from the
-/// store, with the device's enrolled class), and answers the models the device may send points about: those its
-/// last report names (from the cache, else the store) and those its current document names.
-pub async fn ensure_loaded(state: &AppState, d: &DeviceId) -> Result<Vec<ModelName>, crate::store::StoreError> {
-    let mut models: Vec<ModelName> = state.desired.get(d).map(|c| c.models.to_vec()).unwrap_or_default();
-    let cached = state.reports.get(d);
-    if let Some(r) = &cached {
-        models.extend(r.models.iter().cloned());
+/// Makes sure a device's series are in memory: after a restart, or after they left it, read back from the store
+/// with the device's enrolled class.
+pub async fn ensure_loaded(state: &AppState, d: &DeviceId) -> Result<(), crate::store::StoreError> {
+    if state.ingest.is_loaded(d) {
+        return Ok(());
     }
-    let loaded = state.ingest.is_loaded(d);
-    if loaded && cached.is_some() {
-        return Ok(models);
-    }
-    let row = state.store.device(d).await?;
-    if cached.is_none()
-        && let Some(text) = row.as_ref().and_then(|r| r.report.as_deref())
-        && let Ok(report) = serde_json::from_str(text)
-    {
-        let reported = Arc::new(Reported::new(&report, text));
-        models.extend(reported.models.iter().cloned());
-        state.reports.insert(d.clone(), reported);
-    }
-    if !loaded {
-        let series: SeriesMap = match state.store.telemetry_series(d).await? {
-            Some(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
-                tracing::warn!(device = %d, error = %e, "stored telemetry series unreadable; starting afresh");
-                SeriesMap::new()
-            }),
-            None => SeriesMap::new(),
-        };
-        state.ingest.load(d, series, row.map(|r| r.device_class).unwrap_or_default());
-    }
-    Ok(models)
+    let series: SeriesMap = match state.store.telemetry_series(d).await? {
+        Some(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+            tracing::warn!(device = %d, error = %e, "stored telemetry series unreadable; starting afresh");
+            SeriesMap::new()
+        }),
+        None => SeriesMap::new(),
+    };
+    let class = state.store.device(d).await?.map(|r| r.device_class).unwrap_or_default();
+    state.ingest.load(d, series, class);
+    Ok(())
 }
 
 /// The value below which `q` (0–1) of the observations in `buckets` fall, read by linear interpolation inside

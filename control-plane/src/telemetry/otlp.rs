@@ -35,7 +35,7 @@ pub enum Reason {
     BadHistogram,
     /// A timestamp more than five minutes ahead of the server's clock, or before its start time.
     BadTime,
-    /// About a model the device does not run.
+    /// About a release the server did not tell the device to run.
     UnknownModel,
     /// A counter below its last value with the same start time.
     CounterBackwards,

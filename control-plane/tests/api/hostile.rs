@@ -222,3 +222,30 @@ async fn series_dropped_from_memory_come_back_exact(backend: Backend) {
 }
 
 crate::both_backends!(series_dropped_from_memory_come_back_exact);
+
+/// A device sends numbers about a release its plan does not name (release 2, while it was told release 1): the
+/// points are refused and counted; one device cannot put numbers under a release it does not run.
+async fn points_about_a_release_the_device_was_not_told_are_refused(backend: Backend) {
+    use crate::telemetry::{Served, accepted, magika_release_1, now_ns, report_running};
+    let app = TestApp::spawn_with(backend, |c| c.telemetry_flush_ms = 3_600_000).await;
+    magika_release_1(&app).await;
+    let d = app.enroll("dev-liar", &[("region", "eu")], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    report_running(&app, &d).await;
+    let t = now_ns();
+    let about = |release| Served {
+        device: &d.id,
+        model: "magika",
+        release,
+        bucket: 6,
+        start: t - 60_000_000_000,
+        time: t,
+        ok: 1000,
+        err: 0,
+        joules: 1.0,
+    };
+    let (refused, why) = accepted(&app, &d.client, &about(2).export()).await;
+    assert!(refused > 0 && why.contains("not told to run release 2"), "{refused} {why}");
+    assert_eq!(accepted(&app, &d.client, &about(1).export()).await.0, 0, "its own release is taken");
+}
+
+crate::both_backends!(points_about_a_release_the_device_was_not_told_are_refused);

@@ -283,7 +283,11 @@ async fn a_wave_waits_for_every_class_it_reached(backend: Backend) {
     let r = app.client().post(app.url("/rollouts")).bearer_auth(&operator).json(&spec).send().await.expect("post");
     assert_eq!(r.status(), 201);
     let id = r.json::<RolloutView>().await.expect("view").rollout.id;
-    // Every device's check-in is on record (last_seen is written in batches).
+    // Every device is told release 2 (the wave is 100 %), and its check-in is on record (last_seen is written in
+    // batches).
+    for d in &devices {
+        assert_eq!(told(&app, d).await, 2, "{}", d.id);
+    }
     for d in &devices {
         let dev: DeviceId = d.id.parse().expect("id");
         for _ in 0..500 {
