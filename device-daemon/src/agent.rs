@@ -749,35 +749,13 @@ impl Agent {
             let Action::Install { model, release: version, variant, slot } = action else { continue };
             let Some(v) = release.manifest.variant(&assignment.variant) else { continue };
             let mut events = Vec::new();
-            // The server chose this variant from what the device reported; the device checks the choice against
-            // its own hardware: a variant it cannot (or should not) run is refused before a byte is fetched.
-            if let Some(why) = v.requirements.unmet(v.format, &self.hardware) {
-                let msg = format!("variant {variant} does not fit this device: {why}");
-                tracing::warn!(%model, %version, %msg, "refused the server's choice of variant");
+            if let Some((kind, msg)) = self.refusal(&model, version, &variant, v, slot) {
+                tracing::warn!(%model, %version, %msg, "refused before install");
+                if kind == EventKind::Refused {
+                    self.layout.end_load(&model);
+                }
                 state.failed.insert(model.clone(), (version, variant.clone()));
-                events.push(event(EventKind::NoVariantFits, &model, version, &variant, msg.clone()));
-                state.last_error = Some(format!("{model} {version}: {msg}"));
-                state.queue_events(events);
-                self.layout.save_state(state)?;
-                continue;
-            }
-            if let Some(why) = self.disk_shortfall(&model, slot, v) {
-                let msg = format!("release {version} does not fit the disk budget: {why}");
-                tracing::warn!(%model, %version, %msg, "refused");
-                state.failed.insert(model.clone(), (version, variant.clone()));
-                events.push(event(EventKind::Refused, &model, version, &variant, msg.clone()));
-                state.last_error = Some(format!("{model} {version}: {msg}"));
-                state.queue_events(events);
-                self.layout.save_state(state)?;
-                continue;
-            }
-            let begun = self.layout.loads_begun(&model, version, &variant);
-            if begun >= MAX_LOADS_BEGUN {
-                let msg = format!("the daemon stopped during each of {begun} attempts to load this model (a crash?)");
-                tracing::warn!(%model, %version, %msg, "not trying again");
-                self.layout.end_load(&model);
-                state.failed.insert(model.clone(), (version, variant.clone()));
-                events.push(event(EventKind::Refused, &model, version, &variant, msg.clone()));
+                events.push(event(kind, &model, version, &variant, msg.clone()));
                 state.last_error = Some(format!("{model} {version}: {msg}"));
                 state.queue_events(events);
                 self.layout.save_state(state)?;
@@ -824,6 +802,30 @@ impl Agent {
             bail!("a download was interrupted; it resumes at the next check-in: {msg}");
         }
         Ok(Checkin { interval, changed: true, root_version })
+    }
+
+    /// Why `variant` of `release` of `model` is refused before its install begins, if it is: the server's choice
+    /// of variant does not fit this device's own hardware (the server chose from what the device reported; the
+    /// device checks), it would not fit the disk budget, or the daemon died while loading it too many times.
+    fn refusal(
+        &self,
+        model: &ModelName,
+        release: ReleaseVersion,
+        variant: &VariantId,
+        v: &Variant,
+        slot: Slot,
+    ) -> Option<(EventKind, String)> {
+        if let Some(why) = v.requirements.unmet(v.format, &self.hardware) {
+            return Some((EventKind::NoVariantFits, format!("variant {variant} does not fit this device: {why}")));
+        }
+        if let Some(why) = self.disk_shortfall(model, slot, v) {
+            return Some((EventKind::Refused, format!("release {release} does not fit the disk budget: {why}")));
+        }
+        let begun = self.layout.loads_begun(model, release, variant);
+        (begun >= MAX_LOADS_BEGUN).then(|| {
+            let msg = format!("the daemon stopped during each of {begun} attempts to load this model (a crash?)");
+            (EventKind::Refused, msg)
+        })
     }
 
     /// What the document no longer asks for goes: models it does not name are drained (requests in flight

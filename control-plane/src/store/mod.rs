@@ -187,6 +187,18 @@ fn selector_clause(selector: &Selector, n: &mut usize) -> String {
     sql
 }
 
+/// Whether an enrollment token's row (`expires_at`, `used_at`) can be spent at `now`.
+fn token_state(row: Option<&AnyRow>, now: i64) -> Result<Result<(), EnrollRefusal>, StoreError> {
+    let Some(row) = row else { return Ok(Err(EnrollRefusal::UnknownToken)) };
+    if row.try_get::<Option<i64>, _>("used_at")?.is_some() {
+        return Ok(Err(EnrollRefusal::TokenUsed));
+    }
+    if row.try_get::<i64, _>("expires_at")? <= now {
+        return Ok(Err(EnrollRefusal::TokenExpired));
+    }
+    Ok(Ok(()))
+}
+
 fn device_row(r: &AnyRow) -> Result<DeviceRow, StoreError> {
     Ok(DeviceRow {
         id: parse("device id", &r.try_get::<String, _>("id")?)?,
@@ -602,14 +614,7 @@ impl Store {
             .bind(token_hash)
             .fetch_optional(&self.pool)
             .await?;
-        let Some(row) = row else { return Ok(Err(EnrollRefusal::UnknownToken)) };
-        if row.try_get::<Option<i64>, _>("used_at")?.is_some() {
-            return Ok(Err(EnrollRefusal::TokenUsed));
-        }
-        if row.try_get::<i64, _>("expires_at")? <= now {
-            return Ok(Err(EnrollRefusal::TokenExpired));
-        }
-        Ok(Ok(()))
+        token_state(row.as_ref(), now)
     }
 
     pub async fn enroll(
@@ -626,13 +631,10 @@ impl Store {
             .bind(token_hash)
             .fetch_optional(&mut *tx)
             .await?;
+        if let Err(refused) = token_state(row.as_ref(), now)? {
+            return Ok(Err(refused));
+        }
         let Some(row) = row else { return Ok(Err(EnrollRefusal::UnknownToken)) };
-        if row.try_get::<Option<i64>, _>("used_at")?.is_some() {
-            return Ok(Err(EnrollRefusal::TokenUsed));
-        }
-        if row.try_get::<i64, _>("expires_at")? <= now {
-            return Ok(Err(EnrollRefusal::TokenExpired));
-        }
         let labels: Labels = json("enrollment token labels", &row.try_get::<String, _>("labels")?)?;
         let spent = sqlx::query(
             "UPDATE enroll_tokens SET used_at = $1, used_by = $2 WHERE token_hash = $3 AND used_at IS NULL",
