@@ -83,11 +83,13 @@ pub async fn enroll(
 }
 
 /// Whether the certificate in `pem` should be renewed at `now` (unix seconds): a third or less of its lifetime
-/// left, or already expired. An unreadable certificate is an error, not a renewal.
-pub fn renewal_due(pem: &str, now: i64) -> anyhow::Result<bool> {
+/// left (or fewer than `days_left` days, when given), or already expired. An unreadable certificate is an error,
+/// not a renewal.
+pub fn renewal_due(pem: &str, now: i64, days_left: Option<f64>) -> anyhow::Result<bool> {
     let params = rcgen::CertificateParams::from_ca_cert_pem(pem).context("reading the device certificate")?;
     let (start, end) = (params.not_before.unix_timestamp(), params.not_after.unix_timestamp());
-    Ok(end - now <= (end - start) / 3)
+    let threshold = days_left.map_or((end - start) / 3, |d| (d * 86_400.0) as i64);
+    Ok(end - now <= threshold)
 }
 
 /// The paths a renewal writes before it renames them into place.
@@ -128,7 +130,7 @@ pub async fn renew(layout: &Layout, server: &str, client: &reqwest::Client) -> a
     let answer: serde_json::Value =
         serde_json::from_slice(&crate::capped::body(resp, crate::capped::SMALL_BYTES, "renewal answer").await?)?;
     let pem = answer["certificate_pem"].as_str().context("the renewal answer has no certificate")?;
-    renewal_due(pem, 0).context("the renewed certificate")?;
+    renewal_due(pem, 0, None).context("the renewed certificate")?;
     let (key_path, cert_path) = pending(layout);
     write_secret_atomic(&key_path, key.serialize_pem().as_bytes())?;
     write_file_atomic(&cert_path, pem.as_bytes())?;

@@ -104,6 +104,10 @@ pub struct RunArgs {
     /// Test hook for crash tests: stop at this point of an install and wait to be killed.
     #[arg(long, env = "EDGEFLEET_PAUSE_AT", value_enum, hide = true)]
     pub pause_at: Option<crate::agent::PausePoint>,
+    /// Renew the device certificate once fewer than this many days of it are left (default: a third of its
+    /// lifetime). Above the certificates' lifetime it renews at every pass: what the renewal test uses.
+    #[arg(long, env = "EDGEFLEET_RENEW_WHEN_DAYS_LEFT", hide = true)]
+    pub renew_when_days_left: Option<f64>,
 }
 
 /// The trusted root: the stored one, else the provisioned one; then walked forward through the server's.
@@ -154,7 +158,7 @@ async fn renew_if_due(
     let layout = agent.layout.clone();
     let due = std::fs::read_to_string(layout.cert())
         .map_err(anyhow::Error::from)
-        .and_then(|pem| crate::identity::renewal_due(&pem, chrono::Utc::now().timestamp()));
+        .and_then(|pem| crate::identity::renewal_due(&pem, chrono::Utc::now().timestamp(), args.renew_when_days_left));
     match due {
         Ok(false) => return,
         Ok(true) => {}

@@ -24,12 +24,15 @@ const NOW: i64 = 1_795_910_400;
 #[test]
 fn renewal_is_due_with_a_third_of_the_lifetime_left() {
     // 90 days: issued 30 days ago, 60 left.
-    assert!(!renewal_due(&cert((2026, 10, 30), (2027, 1, 28)), NOW).expect("readable"));
+    assert!(!renewal_due(&cert((2026, 10, 30), (2027, 1, 28)), NOW, None).expect("readable"));
     // 90 days: issued 61 days ago, 29 left.
-    assert!(renewal_due(&cert((2026, 9, 29), (2026, 12, 28)), NOW).expect("readable"));
+    assert!(renewal_due(&cert((2026, 9, 29), (2026, 12, 28)), NOW, None).expect("readable"));
     // Expired.
-    assert!(renewal_due(&cert((2025, 1, 1), (2026, 1, 1)), NOW).expect("readable"));
-    assert!(renewal_due("not a certificate", NOW).is_err());
+    assert!(renewal_due(&cert((2025, 1, 1), (2026, 1, 1)), NOW, None).expect("readable"));
+    assert!(renewal_due("not a certificate", NOW, None).is_err());
+    // An operator's threshold in days: 60 days left is within 90, not within 30.
+    assert!(renewal_due(&cert((2026, 10, 30), (2027, 1, 28)), NOW, Some(90.0)).expect("readable"));
+    assert!(!renewal_due(&cert((2026, 10, 30), (2027, 1, 28)), NOW, Some(30.0)).expect("readable"));
 }
 
 struct Ca {
