@@ -81,8 +81,7 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
     }
     // A new device CA only for a fleet that has never enrolled a device (revoked ones count: their
     // certificates chain to the CA too).
-    let enrolled = store.device_total().await?;
-    let ca = DeviceCa::load_or_create(&config.data_dir, enrolled == 0)?;
+    let ca = DeviceCa::load_or_create(&config.data_dir, !store.has_devices().await?)?;
     let identity =
         ServerIdentity::load_or_create(&config.data_dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
     let tls = server_config(&identity, &ca)?;

@@ -71,13 +71,6 @@ pub struct CachedDesired {
 }
 
 impl CachedDesired {
-    /// Whether this device was told to run `release` of `model`, now or by the document before.
-    pub fn told(&self, model: &ModelName, release: ReleaseVersion) -> bool {
-        self.releases.iter().chain(self.previous.iter()).any(|(m, r)| m == model && *r == release)
-    }
-}
-
-impl CachedDesired {
     pub fn etag(&self) -> String {
         format!("\"{}\"", self.sequence)
     }

@@ -63,22 +63,25 @@ impl Activity {
     }
 
     /// Resolves when the connection should be closed: no request has begun within `first` of its start, or it
-    /// has been idle (no request in flight, nothing moving) for `idle`.
+    /// has been idle (no request in flight, nothing moving) for `idle`. Sleeps until the next moment that could
+    /// be true, not on a fixed tick.
     async fn expired(&self, first: Duration, idle: Duration) {
-        let tick = (idle.min(first) / 4).max(Duration::from_millis(20));
         loop {
-            tokio::time::sleep(tick).await;
-            let quiet =
-                self.start.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed) as u64));
-            if self.inflight.load(Ordering::Relaxed) > 0 {
-                continue;
-            }
-            if self.requests.load(Ordering::Relaxed) == 0 && self.start.elapsed() >= first {
-                return;
-            }
-            if quiet >= idle {
-                return;
-            }
+            let now = self.start.elapsed();
+            let wait = if self.inflight.load(Ordering::Relaxed) > 0 {
+                idle
+            } else {
+                let deadline = if self.requests.load(Ordering::Relaxed) == 0 {
+                    first
+                } else {
+                    Duration::from_millis(self.last_ms.load(Ordering::Relaxed) as u64) + idle
+                };
+                match deadline.checked_sub(now) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return,
+                }
+            };
+            tokio::time::sleep(wait.max(Duration::from_millis(20))).await;
         }
     }
 }

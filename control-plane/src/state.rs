@@ -50,7 +50,8 @@ pub struct Inner {
     /// Enrollments per source address.
     pub enroll_limiter: crate::limiter::Limiter<std::net::IpAddr>,
     /// Each device's last stored report (since this server started, or read back at its first export).
-    pub reports: DeviceCache<Arc<Reported>>,
+    /// Each device's last stored report, as its digest: an unchanged report costs no write.
+    pub reports: DeviceCache<String>,
     pub seen: mpsc::UnboundedSender<(DeviceId, i64)>,
     /// The OTLP receiver's series, pending rollups and fleet totals.
     pub ingest: Ingest,
@@ -62,13 +63,11 @@ pub struct Inner {
 }
 
 /// What a device reported: the digest of the stored report (an unchanged report costs no write), the releases
-/// in its active slots (`/metrics`), every model it mentions, active, staged or failing (what the OTLP receiver
-/// accepts points about), and whether it reported an error.
+/// in its active slots (written beside it for the fleet counts), and whether it reported an error.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Reported {
     pub digest: String,
     pub active: Vec<(ModelName, ReleaseVersion)>,
-    pub models: Vec<ModelName>,
     pub healthy: bool,
 }
 
@@ -78,7 +77,6 @@ impl Reported {
         Self {
             digest: model_registry::Sha256Digest::of(text.as_bytes()).to_hex(),
             active: r.models.iter().filter_map(|m| m.active.as_ref().map(|a| (m.model.clone(), a.release))).collect(),
-            models: r.models.iter().map(|m| m.model.clone()).collect(),
             healthy: r.last_error.is_none(),
         }
     }

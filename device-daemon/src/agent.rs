@@ -238,7 +238,7 @@ impl Layout {
     }
     /// The record of a model's loads begun by the install under way.
     fn loading(&self, model: &ModelName) -> PathBuf {
-        self.root.join("models").join(model.as_str()).join("loading.json")
+        self.model_dir(model).join("loading.json")
     }
 
     /// How many loads of `release`/`variant` of `model` were begun without their install ending.
@@ -266,20 +266,25 @@ impl Layout {
     }
 
     pub fn partial(&self, r: &ArtifactRef) -> PathBuf {
-        self.root.join("downloads").join(format!("{}.partial", r.sha256))
+        self.downloads().join(format!("{}.partial", r.sha256))
     }
-    /// A slot's directory; model names are validated types, safe as path components.
+
+    pub fn models(&self) -> PathBuf {
+        self.root.join("models")
+    }
+
     /// Every file of `model`: its slots and load record.
     pub fn model_dir(&self, model: &ModelName) -> PathBuf {
-        self.root.join("models").join(model.as_str())
+        self.models().join(model.as_str())
     }
 
     pub fn downloads(&self) -> PathBuf {
         self.root.join("downloads")
     }
 
+    /// A slot's directory; model names are validated types, safe as path components.
     pub fn slot(&self, model: &ModelName, slot: Slot) -> PathBuf {
-        self.root.join("models").join(model.as_str()).join(slot.as_str())
+        self.model_dir(model).join(slot.as_str())
     }
 
     pub fn load_state(&self) -> anyhow::Result<DeviceState> {
@@ -869,7 +874,7 @@ impl Agent {
     /// its staged model, beside everything else the daemon keeps (the slot it replaces is freed first).
     fn disk_shortfall(&self, model: &ModelName, slot: Slot, v: &Variant) -> Option<String> {
         let budget = self.disk_budget?;
-        let used = disk_usage(&self.layout.root.join("models")) + disk_usage(&self.layout.downloads());
+        let used = disk_usage(&self.layout.models()) + disk_usage(&self.layout.downloads());
         let freed = disk_usage(&self.layout.slot(model, slot))
             + std::fs::metadata(self.layout.partial(&v.zstd)).map_or(0, |m| m.len());
         let need = v.zstd.size + v.golden.size + v.raw.size;

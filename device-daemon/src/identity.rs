@@ -65,8 +65,7 @@ pub async fn enroll(
     }
     let dir = layout.key().parent().map(Path::to_owned).unwrap_or_default();
     std::fs::create_dir_all(&dir)?;
-    let key = rcgen::KeyPair::generate()?;
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?.pem()?;
+    let (key, csr) = key_and_csr()?;
     let resp = anonymous
         .post(format!("{server}/api/v1/enroll"))
         .json(&serde_json::json!({"token": token, "device_id": device, "csr_pem": csr, "hardware": hardware}))
@@ -77,19 +76,42 @@ pub async fn enroll(
     }
     let enrolled: EnrollResponse =
         serde_json::from_slice(&crate::capped::body(resp, crate::capped::SMALL_BYTES, "enrollment answer").await?)?;
-    write_secret_atomic(&layout.key(), key.serialize_pem().as_bytes())?;
-    write_file_atomic(&layout.cert(), enrolled.certificate_pem.as_bytes())?;
-    Ok(())
+    store_pair(layout, &key, &enrolled.certificate_pem)
 }
 
-/// Whether the certificate in `pem` should be renewed at `now` (unix seconds): a third or less of its lifetime
-/// left (or fewer than `days_left` days, when given), or already expired. An unreadable certificate is an error,
-/// not a renewal.
-pub fn renewal_due(pem: &str, now: i64, days_left: Option<f64>) -> anyhow::Result<bool> {
+/// A new device key and a certificate request for it (the server sets the subject).
+fn key_and_csr() -> anyhow::Result<(rcgen::KeyPair, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?.pem()?;
+    Ok((key, csr))
+}
+
+/// Stores a key and its certificate: both beside the pair in use first, then renamed into place (see
+/// [`finish_renewal`]), so a stop at any point leaves one whole pair or the other.
+fn store_pair(layout: &Layout, key: &rcgen::KeyPair, cert_pem: &str) -> anyhow::Result<()> {
+    cert_lifetime(cert_pem).context("the certificate the server issued")?;
+    let (key_path, cert_path) = pending(layout);
+    write_secret_atomic(&key_path, key.serialize_pem().as_bytes())?;
+    write_file_atomic(&cert_path, cert_pem.as_bytes())?;
+    finish_renewal(layout)
+}
+
+/// The validity of the certificate in `pem`: (not before, not after), unix seconds.
+fn cert_lifetime(pem: &str) -> anyhow::Result<(i64, i64)> {
     let params = rcgen::CertificateParams::from_ca_cert_pem(pem).context("reading the device certificate")?;
-    let (start, end) = (params.not_before.unix_timestamp(), params.not_after.unix_timestamp());
-    let threshold = days_left.map_or((end - start) / 3, |d| (d * 86_400.0) as i64);
-    Ok(end - now <= threshold)
+    Ok((params.not_before.unix_timestamp(), params.not_after.unix_timestamp()))
+}
+
+/// From when (unix seconds) the certificate in `pem` is due for renewal: once a third of its lifetime is left
+/// (or fewer than `days_left` days, when given). An unreadable certificate is an error, not a renewal.
+pub fn renew_from(pem: &str, days_left: Option<f64>) -> anyhow::Result<i64> {
+    let (start, end) = cert_lifetime(pem)?;
+    Ok(end - days_left.map_or((end - start) / 3, |d| (d * 86_400.0) as i64))
+}
+
+/// Whether the certificate in `pem` is due for renewal at `now` (unix seconds); see [`renew_from`].
+pub fn renewal_due(pem: &str, now: i64, days_left: Option<f64>) -> anyhow::Result<bool> {
+    Ok(now >= renew_from(pem, days_left)?)
 }
 
 /// The paths a renewal writes before it renames them into place.
@@ -97,7 +119,7 @@ fn pending(layout: &Layout) -> (std::path::PathBuf, std::path::PathBuf) {
     (layout.key().with_extension("key.new"), layout.cert().with_extension("crt.new"))
 }
 
-/// Finishes a renewal a crash interrupted: a new certificate that was stored is moved into place (with its key,
+/// Finishes storing a pair (an enrollment's or a renewal's) that a crash interrupted: a new certificate that was stored is moved into place (with its key,
 /// if that was not moved yet); a new key without its certificate is dropped (the old pair still works).
 pub fn finish_renewal(layout: &Layout) -> anyhow::Result<()> {
     let (key, cert) = pending(layout);
@@ -116,8 +138,7 @@ pub fn finish_renewal(layout: &Layout) -> anyhow::Result<()> {
 
 /// Renews the device's certificate through `client` (which presents the current one) and stores the new pair.
 pub async fn renew(layout: &Layout, server: &str, client: &reqwest::Client) -> anyhow::Result<()> {
-    let key = rcgen::KeyPair::generate()?;
-    let csr = rcgen::CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?.pem()?;
+    let (key, csr) = key_and_csr()?;
     let resp = client
         .post(format!("{server}/api/v1/device/renew"))
         .json(&serde_json::json!({ "csr_pem": csr }))
@@ -130,9 +151,5 @@ pub async fn renew(layout: &Layout, server: &str, client: &reqwest::Client) -> a
     let answer: serde_json::Value =
         serde_json::from_slice(&crate::capped::body(resp, crate::capped::SMALL_BYTES, "renewal answer").await?)?;
     let pem = answer["certificate_pem"].as_str().context("the renewal answer has no certificate")?;
-    renewal_due(pem, 0, None).context("the renewed certificate")?;
-    let (key_path, cert_path) = pending(layout);
-    write_secret_atomic(&key_path, key.serialize_pem().as_bytes())?;
-    write_file_atomic(&cert_path, pem.as_bytes())?;
-    finish_renewal(layout)
+    store_pair(layout, &key, pem)
 }

@@ -147,26 +147,31 @@ async fn trusted_root(
 
 /// Serves the v2 API on `listen`: `host:port`, or `unix:/path/to.sock` for a Unix socket (made 0660, an
 /// existing stale socket file replaced). Prints where it serves.
-/// Renews the device certificate once a third of its lifetime is left; the agent and the telemetry exporter
-/// then use the new one. A failure is logged and tried again at the next pass.
+/// When the device certificate is due for renewal (unix seconds), read from its file once per certificate
+/// rather than at every pass; unreadable: now (renewal then says why).
+fn renew_from(layout: &Layout, days_left: Option<f64>) -> i64 {
+    let from = std::fs::read_to_string(layout.cert())
+        .map_err(anyhow::Error::from)
+        .and_then(|pem| crate::identity::renew_from(&pem, days_left));
+    from.unwrap_or_else(|e| {
+        tracing::warn!(error = %format!("{e:#}"), "reading the device certificate");
+        0
+    })
+}
+
+/// Renews the device certificate once it is due (`renew_at`, moved on to the new certificate's time); the
+/// agent and the telemetry exporter then use the new one. A failure is logged and tried again next pass.
 async fn renew_if_due(
     agent: &mut Agent,
     args: &RunArgs,
     shared: &crate::telemetry::SharedClient,
     read_timeout: Duration,
+    renew_at: &mut i64,
 ) {
-    let layout = agent.layout.clone();
-    let due = std::fs::read_to_string(layout.cert())
-        .map_err(anyhow::Error::from)
-        .and_then(|pem| crate::identity::renewal_due(&pem, chrono::Utc::now().timestamp(), args.renew_when_days_left));
-    match due {
-        Ok(false) => return,
-        Ok(true) => {}
-        Err(e) => {
-            tracing::warn!(error = %format!("{e:#}"), "reading the device certificate");
-            return;
-        }
+    if chrono::Utc::now().timestamp() < *renew_at {
+        return;
     }
+    let layout = agent.layout.clone();
     let renewed = async {
         crate::identity::renew(&layout, &args.server, &agent.client).await?;
         http_client(&args.server_ca, Some((&layout.cert(), &layout.key())), read_timeout)
@@ -175,6 +180,7 @@ async fn renew_if_due(
         Ok(client) => {
             agent.client = client.clone();
             shared.store(Arc::new(client));
+            *renew_at = renew_from(&layout, args.renew_when_days_left);
             tracing::info!("device certificate renewed");
         }
         Err(e) => tracing::warn!(error = %format!("{e:#}"), "certificate renewal failed; trying again next pass"),
@@ -250,12 +256,13 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
     let read_timeout = Duration::from_secs(args.read_timeout_secs);
     let anonymous = http_client(&args.server_ca, None, read_timeout)?;
     let root = trusted_root(&layout, &args, &limits, &anonymous).await?;
+    // A key and certificate whose storing a stop interrupted (at enrollment or renewal) are put in place first.
+    crate::identity::finish_renewal(&layout)?;
     if !layout.cert().exists() {
         let token = args.enroll_token.as_deref().context("not enrolled yet: give --enroll-token")?;
         enroll(&layout, &args.server, &anonymous, token, &args.device_id, &detection.profile).await?;
         tracing::info!(device = %args.device_id, "enrolled");
     }
-    crate::identity::finish_renewal(&layout)?;
     let client = http_client(&args.server_ca, Some((&layout.cert(), &layout.key())), read_timeout)?;
     let shared = crate::telemetry::shared(client.clone());
     // Before any model loads, so every release's instruments report to it.
@@ -320,10 +327,11 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
     let app = router(V2State { models: models.clone() }, 64 << 20).merge(crate::openai::router(OpenAiState { models }));
     let stop = stop_signal()?;
     let server = serve_v2(&args.listen, app, stop.clone()).await?;
+    let mut renew_at = renew_from(&layout, args.renew_when_days_left);
     let mut failures = 0u32;
     loop {
         let started = std::time::Instant::now();
-        renew_if_due(&mut agent, &args, &shared, read_timeout).await;
+        renew_if_due(&mut agent, &args, &shared, read_timeout, &mut renew_at).await;
         // A stop drops a pass in flight: an install is crash-safe at every step, and resumes at the next start.
         let pass = tokio::select! {
             pass = agent.reconcile(&mut state, args.wait) => pass,

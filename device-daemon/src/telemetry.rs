@@ -189,19 +189,14 @@ impl HttpClient for DaemonHttp {
         let resp = self
             .runtime
             .spawn(async move {
-                let mut r = req.send().await?;
+                let r = req.send().await?;
                 let status = r.status();
-                // The collector's answer is a few bytes; what a hostile one sends past 64 KiB is not read.
-                let mut body = Vec::new();
-                while let Some(chunk) = r.chunk().await? {
-                    body.extend_from_slice(&chunk);
-                    if body.len() as u64 > crate::capped::SMALL_BYTES {
-                        break;
-                    }
-                }
-                Ok::<_, reqwest::Error>((status, Bytes::from(body)))
+                // The collector's answer is a few bytes; one past 64 KiB is an error, read no further.
+                let body = crate::capped::body(r, crate::capped::SMALL_BYTES, "the collector's answer").await?;
+                anyhow::Ok((status, Bytes::from(body)))
             })
-            .await??;
+            .await?
+            .map_err(HttpError::from)?;
         Ok(Response::builder().status(resp.0).body(resp.1)?)
     }
 }

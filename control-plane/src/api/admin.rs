@@ -177,7 +177,7 @@ pub async fn create_assignment(
     ApiJson(req): ApiJson<CreateAssignment>,
 ) -> ApiResult<(StatusCode, Json<Assignment>)> {
     super::trusted_release(&state, &req.model, req.version).await?;
-    super::above_floor(&state, &req.model, req.version, None).await?;
+    super::above_floor(&state, &req.model, &[req.version]).await?;
     let now = now_ms();
     let id = state.store.add_assignment(&req.model, req.version, &req.selector, &who.actor(), now).await?;
     state.invalidate();

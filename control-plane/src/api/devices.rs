@@ -231,7 +231,7 @@ async fn snapshot(state: &AppState) -> ApiResult<Arc<AssignmentSnapshot>> {
 
 /// The device's current document: from the cache when nothing changed and it is fresh, else planned again,
 /// and signed anew only when its content changed or it passed half its lifetime.
-pub(crate) async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired> {
+async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<CachedDesired> {
     let generation = *state.generation.borrow();
     let now = now_ms();
     if let Some(c) = state.desired.get(id)
@@ -292,6 +292,19 @@ pub(crate) async fn desired_for(state: &AppState, id: &DeviceId) -> ApiResult<Ca
     Ok(cached)
 }
 
+/// The releases device `id` was told to run, which the telemetry receiver takes points about: those of its
+/// cached document and of the one before it; else (the cache let it go) planned afresh from the assignments —
+/// reads only: nothing is signed or written on the telemetry path.
+pub(crate) async fn told_releases(state: &AppState, id: &DeviceId) -> ApiResult<Vec<(ModelName, ReleaseVersion)>> {
+    if let Some(c) = state.desired.get(id) {
+        return Ok(c.releases.iter().chain(c.previous.iter()).cloned().collect());
+    }
+    let snap = snapshot(state).await?;
+    let Some(row) = state.store.device(id).await? else { return Ok(Vec::new()) };
+    let hw: HardwareProfile = serde_json::from_str(&row.hardware).map_err(|e| ApiError::internal(&e))?;
+    Ok(desired::plan(&snap, id, &row.labels, &hw).releases().to_vec())
+}
+
 /// Records, as the device's events, each assigned model for which no variant fits its hardware: the device gets
 /// no entry for it (nothing is guessed), and operators see why. One event per (model, release) and device.
 async fn record_unfit(
@@ -328,7 +341,7 @@ async fn record_unfit(
 async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) -> ApiResult<()> {
     let text = serde_json::to_string(report).map_err(|e| ApiError::internal(&e))?;
     let reported = Reported::new(report, &text);
-    let unchanged = state.reports.get(id).is_some_and(|r| r.digest == reported.digest);
+    let unchanged = state.reports.get(id).is_some_and(|d| d == reported.digest);
     if unchanged {
         return Ok(());
     }
@@ -352,7 +365,7 @@ async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) ->
         // A changed hardware profile can change the variant chosen.
         state.desired.invalidate(id);
     }
-    state.reports.insert(id.clone(), Arc::new(reported));
+    state.reports.insert(id.clone(), reported.digest);
     Ok(())
 }
 

@@ -400,21 +400,22 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Refuses to point devices at `version` of `model` when some of them may have seen a higher security floor:
-/// the highest floor of any release of the model that an assignment or a rollout (either side, in any state)
-/// named, and of `also` (the new release of a rollout whose baseline this is). Devices refuse a release below
-/// a floor they have seen, so such a target would leave them refusing every document (422
-/// `below_security_floor`).
+/// Refuses to point devices at any of `targets` of `model` when some of them may have seen a higher security
+/// floor: the highest floor of any release of the model that an assignment or a rollout (either side, in any
+/// state) named, and of the targets themselves (a rollout's baseline below its new release's floor). Devices
+/// refuse a release below a floor they have seen, so such a target would leave them refusing every document
+/// (422 `below_security_floor`).
 pub async fn above_floor(
     state: &AppState,
     model: &edgefleet_protocol::ModelName,
-    version: edgefleet_protocol::ReleaseVersion,
-    also: Option<edgefleet_protocol::ReleaseVersion>,
+    targets: &[edgefleet_protocol::ReleaseVersion],
 ) -> ApiResult<()> {
     let assigned = state.store.assignments().await?.into_iter().filter(|a| a.model == *model).map(|a| a.version);
     let rolled = state.store.rollouts().await?.into_iter().filter(|r| r.rollout.model == *model);
-    let given: std::collections::BTreeSet<_> =
-        assigned.chain(rolled.flat_map(|r| [r.rollout.release, r.rollout.baseline])).chain(also).collect();
+    let given: std::collections::BTreeSet<_> = assigned
+        .chain(rolled.flat_map(|r| [r.rollout.release, r.rollout.baseline]))
+        .chain(targets.iter().copied())
+        .collect();
     let mut highest = None;
     for v in given {
         if let Some(row) = state.store.get_release(model, v).await?
@@ -423,8 +424,9 @@ pub async fn above_floor(
             highest = Some((row.security_floor, v));
         }
     }
-    match highest {
-        Some((floor, from)) if version < floor => Err(ApiError::new(
+    let below = targets.iter().copied().filter(|v| highest.is_some_and(|(floor, _)| *v < floor)).min();
+    match highest.zip(below) {
+        Some(((floor, from), version)) => Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "below_security_floor",
             format!(

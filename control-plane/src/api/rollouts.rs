@@ -85,8 +85,7 @@ pub async fn create(
     }
     // Both sides must be at or above every floor devices may have seen, the new release's own included: a
     // rollback or an abort sends the wave's devices back to the baseline.
-    super::above_floor(&state, &req.model, req.release, None).await?;
-    super::above_floor(&state, &req.model, baseline, Some(req.release)).await?;
+    super::above_floor(&state, &req.model, &[req.release, baseline]).await?;
     let suffix = new_token("r")?;
     let id = format!("{}-{}-{}", req.model, req.release, &suffix[2..10]);
     let now = now_ms();

@@ -84,12 +84,9 @@ pub async fn export(
     ensure_loaded(&state, &id).await?;
     // What the server told this device to run (its current document and the one before), never what the export
     // says it runs: one device cannot put numbers under a release its plan does not name.
-    let told = match state.desired.get(&id) {
-        Some(c) => c,
-        None => super::devices::desired_for(&state, &id).await?,
-    };
+    let told = super::devices::told_releases(&state, &id).await?;
     let decoded = otlp::decode(&req, &id, (now.max(0) as u64).saturating_mul(1_000_000));
-    let applied = state.ingest.apply(&id, decoded, |m, r| told.told(m, r), now);
+    let applied = state.ingest.apply(&id, decoded, |m, r| told.iter().any(|(tm, tr)| tm == m && *tr == r), now);
     let partial_success = (!applied.refused.is_empty()).then(|| {
         let mut reasons: Vec<&str> = applied.refused.iter().map(|(r, _)| r.as_str()).collect();
         reasons.sort_unstable();

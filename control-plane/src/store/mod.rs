@@ -831,10 +831,9 @@ impl Store {
             .collect()
     }
 
-    /// Every device ever enrolled, revoked or not.
-    pub async fn device_total(&self) -> Result<u64, StoreError> {
-        let r = sqlx::query("SELECT COUNT(*) AS n FROM devices").fetch_one(&self.pool).await?;
-        Ok(r.try_get::<i64, _>("n")?.max(0) as u64)
+    /// Whether any device was ever enrolled, revoked or not.
+    pub async fn has_devices(&self) -> Result<bool, StoreError> {
+        Ok(sqlx::query("SELECT 1 AS one FROM devices LIMIT 1").fetch_optional(&self.pool).await?.is_some())
     }
 
     pub async fn revoked_devices(&self) -> Result<Vec<DeviceId>, StoreError> {
