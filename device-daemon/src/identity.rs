@@ -6,7 +6,7 @@
 //! beside the old (`device.key.new`, `device.crt.new`, the key 0600 from its first byte) and then renamed over
 //! it, key first. A daemon that dies anywhere in between finishes the renaming at its next start
 //! ([`finish_renewal`]); one that died before the certificate was stored keeps the old pair, which the server
-//! accepts until the new certificate is first used.
+//! accepts until the new certificate is first used. Enrollment stores its pair the same way.
 
 use std::path::Path;
 use std::sync::Arc;
