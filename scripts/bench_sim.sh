@@ -8,6 +8,9 @@
 #   SLOWLORIS=5000 DEVICES=10000 SECS=60 scripts/bench_sim.sh   # and 5,000 idle connections held meanwhile
 #   CONVERGE=1 DEVICES=10000 scripts/bench_sim.sh   # every device long-polls; a new magika release (packed from
 #                                                   # .cache/, scripts/setup.sh) is assigned; time to 99 % received
+#   MEMORY=1 DEVICES=1000000 scripts/bench_sim.sh   # the server's RSS after enrolling the fleet, after every device
+#                                                   # checked in and exported once, and after every one is revoked
+#                                                   # (and refused at its next check-in); a fresh server each time
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEVICES=${DEVICES:-10000}
@@ -21,6 +24,8 @@ S="$PWD/target/release/edgefleet-server"
 SIM="$PWD/target/release/edgefleet-sim"
 D="$PWD/build/bench-sim"
 mkdir -p "$D" && cd "$D"
+# MEMORY revokes its whole fleet: it never reuses a database or identities.
+[ -n "${MEMORY:-}" ] && rm -rf "server-$DEVICES" "identities-$DEVICES.jsonl"
 if [ ! -s "server-$DEVICES/edgefleet.db" ] || [ ! -s "identities-$DEVICES.jsonl" ]; then
   rm -rf "server-$DEVICES" "identities-$DEVICES.jsonl"
   [ -s root.json ] || {
@@ -55,6 +60,20 @@ if [ -n "${CONVERGE:-}" ]; then
     --converge-to "magika:$v"
   exit
 fi
+rss() { echo "server RSS $1: $(awk '/^VmRSS/ {printf "%.0f MiB", $2 / 1024}' "/proc/$server_pid/status"), peak $(awk '/^VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$server_pid/status")"; }
+if [ -n "${MEMORY:-}" ]; then
+  sim() { "$SIM" --server "$url" --server-ca "$EDGEFLEET_DATA_DIR/tls/server.crt" --token "$operator" \
+    --devices "$DEVICES" --concurrency "$CONCURRENCY" --identities "identities-$DEVICES.jsonl" "$@"; }
+  rss "at start"
+  sim --max-requests 0
+  rss "after $DEVICES devices enrolled"
+  # Devices are visited in turn: one check-in and one OTLP export each (a series per device).
+  sim --max-requests $((2 * DEVICES)) --duration-secs 7200 --session-checkins 1 --otlp-every 1 --event-every 0
+  rss "after every device checked in and exported"
+  sim --max-requests 0 --duration-secs 7200 --revoke-all
+  rss "after every device was revoked and refused"
+  exit
+fi
 if [ -n "${SLOWLORIS:-}" ]; then
   # SLOWLORIS=5000: that many idle connections held against the server for the whole run (scripts/slowloris.py).
   python3 ../../scripts/slowloris.py "${url#https://}" "$SLOWLORIS" "$((SECS + 600))" &
@@ -67,4 +86,4 @@ fi
   --session-checkins 100 --otlp-every 20 --event-every 100 --malformed-rate 0.001 --bad-cert-attempts 20 --flood-devices 2
 if [ -n "${SLOWLORIS:-}" ]; then kill -TERM "$slowloris_pid"; wait "$slowloris_pid" || true; fi
 # The server's memory after every device checked in, exported and reported (its per-device caches full).
-echo "server RSS after the run: $(awk '/^VmRSS/ {printf "%.0f MiB", $2 / 1024}' "/proc/$server_pid/status"), peak $(awk '/^VmHWM/ {printf "%.0f MiB", $2 / 1024}' "/proc/$server_pid/status")"
+rss "after the run"

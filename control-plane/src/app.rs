@@ -1,7 +1,6 @@
 //! Building the server from its configuration: storage, blobs, trust material, the device CA, TLS, and the
 //! background task that writes `last_seen` in batches.
 
-use std::collections::HashSet;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
 
@@ -85,7 +84,6 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
     let identity =
         ServerIdentity::load_or_create(&config.data_dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
     let tls = server_config(&identity, &ca)?;
-    let revoked: HashSet<_> = store.revoked_devices().await?.into_iter().collect();
     let (seen, seen_rx) = mpsc::unbounded_channel();
     let flusher = tokio::spawn(flush_last_seen(store.clone(), seen_rx, config.flush_interval_ms));
     let (generation, _) = watch::channel(0);
@@ -111,14 +109,13 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
         assignments: RwLock::new(None),
         rebuilding: tokio::sync::Mutex::new(()),
         desired: crate::state::device_cache(cache),
-        revoked: RwLock::new(revoked),
         reports: crate::state::device_cache(cache),
         seen,
         ingest,
         checkins_changed: AtomicU64::new(0),
         checkins_unchanged: AtomicU64::new(0),
         reached: Default::default(),
-        serials: crate::state::device_cache(cache),
+        credentials: crate::state::device_cache(cache),
         checkin_limiter,
         event_limiter,
         enroll_limiter,

@@ -1,7 +1,7 @@
 //! Shared server state: storage, blobs, trust material, the device CA, and the in-memory caches that keep the
 //! check-in hot path off the database.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -40,10 +40,9 @@ pub struct Inner {
     /// Held while the assignment snapshot is rebuilt, so concurrent check-ins rebuild it once, not each.
     pub rebuilding: tokio::sync::Mutex<()>,
     pub desired: DeviceCache<CachedDesired>,
-    pub revoked: RwLock<HashSet<DeviceId>>,
-    /// Each device's certificate serial (hex) and, during a renewal, the one it renewed from; read from the
-    /// database at its first request. Only these are accepted.
-    pub serials: DeviceCache<(String, Option<String>)>,
+    /// What each device may present (its certificate serials, or nothing once revoked); read from the database
+    /// at its first request, so revocations cost no memory beyond the cache.
+    pub credentials: DeviceCache<Credential>,
     /// Per-device rates of check-ins and of event reports.
     pub checkin_limiter: crate::limiter::Limiter,
     pub event_limiter: crate::limiter::Limiter,
@@ -142,33 +141,50 @@ impl Inner {
         self.generation.send_modify(|g| *g += 1);
     }
 
-    /// Whether `serial` (hex) is the certificate last issued to device `id`, or the one it renewed from while
-    /// the new one has not been used yet (a device that died between the server's answer and storing its new
-    /// certificate is not locked out). The new one's first use retires the old.
-    pub async fn certificate_current(&self, id: &DeviceId, serial: &str) -> Result<bool, crate::store::StoreError> {
+    /// Whether device `id` may present the certificate with `serial` (hex): it is the certificate last issued
+    /// to it, or the one it renewed from while the new one has not been used yet (a device that died between
+    /// the server's answer and storing its new certificate is not locked out), and the device is not revoked.
+    /// The new certificate's first use retires the old.
+    pub async fn check_certificate(&self, id: &DeviceId, serial: &str) -> Result<CertCheck, crate::store::StoreError> {
         let same = |stored: &str| stored.trim_start_matches('0') == serial.trim_start_matches('0');
-        let known = self.serials.get(id);
-        let (current, previous) = match known {
-            Some(k) => k,
+        let credential = match self.credentials.get(id) {
+            Some(c) => c,
             None => {
-                let Some(k) = self.store.cert_serials(id).await? else { return Ok(false) };
-                self.serials.insert(id.clone(), k.clone());
-                k
+                let Some(c) = self.store.credential(id).await? else { return Ok(CertCheck::Unknown) };
+                self.credentials.insert(id.clone(), c.clone());
+                c
             }
         };
+        let Credential::Serials { current, previous } = credential else { return Ok(CertCheck::Revoked) };
         if same(&current) {
             if previous.is_some() {
                 self.store.retire_prev_cert(id).await?;
-                self.serials.insert(id.clone(), (current, None));
+                self.credentials.insert(id.clone(), Credential::Serials { current, previous: None });
             }
-            return Ok(true);
+            return Ok(CertCheck::Current);
         }
-        Ok(previous.is_some_and(|p| same(&p)))
+        Ok(if previous.is_some_and(|p| same(&p)) { CertCheck::Current } else { CertCheck::Replaced })
     }
+}
 
-    pub fn is_revoked(&self, id: &DeviceId) -> bool {
-        self.revoked.read().unwrap_or_else(|p| p.into_inner()).contains(id)
-    }
+/// What a device may present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// Its certificate's serial (hex) and, during a renewal, the one it renewed from.
+    Serials { current: String, previous: Option<String> },
+    /// Nothing: the device is revoked.
+    Revoked,
+}
+
+/// The verdict on a presented device certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertCheck {
+    Current,
+    /// An older certificate of the device, replaced by a renewal.
+    Replaced,
+    Revoked,
+    /// A certificate of the device CA naming no enrolled device.
+    Unknown,
 }
 
 /// Drains `last_seen` updates and writes them in batches, so a check-in never waits on a write.

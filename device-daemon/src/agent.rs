@@ -1,34 +1,29 @@
-//! The agent: check-in, and installing what the signed desired state names.
+//! The agent: check-in, and applying what the signed desired state names.
 //!
-//! Decisions are pure: [`plan`] (given what is installed and a verified desired state, what to do per model),
-//! [`next_checkin`], and each install's state machine ([`crate::machine::Install`]), which this module drives by
-//! performing its effects. Each effect leaves disk consistent at every instant: downloads go to
-//! `downloads/<sha256>.partial` and resume with HTTP Range; the model is decompressed, verified while it
-//! streams, into the inactive slot through a temporary file, fsync and rename; the golden vectors run on the
-//! new session before it is swapped in; `state.json` (what is committed, the last-seen trust state) is
-//! written atomically. A failure at any step leaves the previous model serving and is reported as an event.
+//! Decisions are pure: [`next_checkin`], the pass over an accepted document ([`crate::reconcile::Pass`]:
+//! what to install, what is refused or failed for good, when the document counts as applied, what is removed)
+//! and each install's machine ([`crate::machine::Install`], driven in `install.rs`). This module checks in,
+//! verifies (walking the root forward when a newer one is needed), and performs the pass's effects. Each effect
+//! leaves disk consistent at every instant (`layout.rs`, `download.rs`); a failure at any step leaves the
+//! previous model serving and is reported as an event.
 
-use std::collections::BTreeMap;
-use std::io::{Read, Seek, Write};
-use std::path::{Path, PathBuf};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use edgefleet_protocol::api::{DeviceEvent, DeviceReport, EventKind, HardwareProfile, ModelStatus, SlotStatus};
-use edgefleet_protocol::llm_golden::LlmGolden;
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, VariantId};
-use edgefleet_runtime::llm::{EngineConfig, LlmOptions};
-use edgefleet_runtime::{Options, Runtime};
-use model_registry::artifact::{ArtifactRef, StreamCheck, decompress_verified};
-use model_registry::fsutil::{sync_dir, write_atomic, write_file_atomic};
-use model_registry::golden::GoldenVectors;
-use model_registry::{LastSeen, Limits, LlmSpec, ModelFormat, Root, Variant, VerifiedDesiredState, Verifier};
-use serde::{Deserialize, Serialize};
+use edgefleet_runtime::Options;
+use model_registry::{Limits, Root, Variant, VerifiedDesiredState, Verifier};
 
-use crate::health::{Bake, Window};
-use crate::machine::{Effect, Install, Outcome, fit};
-use crate::serving::{Drained, ModelTable, Served};
+use crate::download::PausePoint;
+use crate::health::Bake;
+use crate::install::LlmSettings;
+use crate::layout::{DeviceState, Layout, MAX_LOADS_BEGUN, Slot, disk_usage};
+use crate::reconcile::{Document, Effect as PassEffect, Event as PassEvent, Job, Pass};
+use crate::serving::ModelTable;
 
 /// How a check-in went: the server's suggested interval (seconds) and whether a new document came.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,444 +48,6 @@ pub fn next_checkin(c: Checkin, wait: Duration, held: Duration, seed: u64) -> Du
     }
     let ms = c.interval.clamp(1, MAX_CHECKIN_INTERVAL_SECS) * 1000;
     Duration::from_millis(ms + seed % (ms / 10 + 1))
-}
-
-/// Which of a model's two slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Slot {
-    A,
-    B,
-}
-
-impl std::ops::Not for Slot {
-    type Output = Slot;
-    fn not(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-}
-
-impl Slot {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Slot::A => "a",
-            Slot::B => "b",
-        }
-    }
-}
-
-/// A release installed in a slot.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Installed {
-    pub release: ReleaseVersion,
-    pub variant: VariantId,
-    pub slot: Slot,
-    pub raw: ArtifactRef,
-    /// For a language model, what its manifest said it needs (the slot holds `model.gguf`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub llm: Option<LlmSpec>,
-}
-
-/// What the device keeps on disk between runs (`state.json`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct DeviceState {
-    pub last_seen: LastSeen,
-    /// Per model, the committed release: what serves after a restart.
-    pub committed: BTreeMap<ModelName, Installed>,
-    #[serde(default)]
-    pub last_error: Option<String>,
-    /// The ETag of the last accepted desired state.
-    #[serde(default)]
-    pub etag: Option<String>,
-    /// Events not yet accepted by the control plane, oldest first; sent again with every check-in (the server
-    /// drops duplicates by id). At most [`MAX_PENDING_EVENTS`] are kept; older ones are dropped and counted.
-    #[serde(default)]
-    pub pending_events: Vec<DeviceEvent>,
-    #[serde(default)]
-    pub dropped_events: u64,
-    /// Per model, the release and variant whose install failed for a reason that trying again cannot fix (bad
-    /// bytes, golden vectors, load, health watch, a variant this device cannot run, a crash loop): not tried
-    /// again while the desired state names it, across restarts too.
-    #[serde(default)]
-    pub failed: BTreeMap<ModelName, (ReleaseVersion, VariantId)>,
-}
-
-pub const MAX_PENDING_EVENTS: usize = 1000;
-
-/// A release whose model the daemon began to load this many times without the install ending (it died each
-/// time: a model that crashes its runtime, say) is not loaded again.
-pub const MAX_LOADS_BEGUN: u32 = 3;
-
-impl DeviceState {
-    /// Queues events for the control plane, dropping the oldest beyond the cap.
-    pub fn queue_events(&mut self, events: Vec<DeviceEvent>) {
-        self.pending_events.extend(events);
-        let over = self.pending_events.len().saturating_sub(MAX_PENDING_EVENTS);
-        if over > 0 {
-            self.pending_events.drain(..over);
-            self.dropped_events += over as u64;
-        }
-    }
-}
-
-/// A test hook for crash tests: the named point in an install where the daemon stops (prints
-/// `edgefleet-daemon paused at <point>` and waits forever, still serving), so a test can kill -9 it exactly
-/// there. Set by `EDGEFLEET_PAUSE_AT`; off by default.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum PausePoint {
-    /// After part of the model blob is written to its partial file.
-    Download,
-    /// Halfway through decompressing into the slot's temporary file.
-    Decompress,
-    /// After the model file is renamed into its slot, before it is loaded or committed.
-    Renamed,
-}
-
-fn announce_pause(at: PausePoint) {
-    println!("edgefleet-daemon paused at {}", format!("{at:?}").to_lowercase());
-    let _ = std::io::Write::flush(&mut std::io::stdout());
-}
-
-async fn pause_if(pause: Option<PausePoint>, at: PausePoint) {
-    if pause == Some(at) {
-        announce_pause(at);
-        std::future::pending::<()>().await;
-    }
-}
-
-/// Counts the bytes written through it and pauses the writing thread at half of `total` if asked to.
-struct Tripwire<W> {
-    inner: W,
-    written: u64,
-    at: Option<u64>,
-}
-
-impl<W: Write> Write for Tripwire<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.written += n as u64;
-        if self.at.is_some_and(|at| self.written >= at) {
-            self.inner.flush()?;
-            announce_pause(PausePoint::Decompress);
-            loop {
-                std::thread::park();
-            }
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// What to do for one model.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Action {
-    /// The committed release is the desired one.
-    Keep,
-    /// Install this variant of this release into the slot not in use.
-    Install { model: ModelName, release: ReleaseVersion, variant: VariantId, slot: Slot },
-}
-
-/// Pure: per model of the verified desired state, keep or install (into the slot not committed). A release that
-/// already failed for good on this device is kept out (see [`DeviceState::failed`]).
-pub fn plan(state: &DeviceState, desired: &VerifiedDesiredState) -> Vec<Action> {
-    desired
-        .state
-        .models
-        .iter()
-        .zip(&desired.releases)
-        .map(|(a, r)| match state.committed.get(&a.model) {
-            Some(i) if i.release == r.manifest.version && i.variant == a.variant => Action::Keep,
-            _ if state.failed.get(&a.model) == Some(&(r.manifest.version, a.variant.clone())) => Action::Keep,
-            current => Action::Install {
-                model: a.model.clone(),
-                release: r.manifest.version,
-                variant: a.variant.clone(),
-                slot: current.map_or(Slot::A, |i| !i.slot),
-            },
-        })
-        .collect()
-}
-
-/// The daemon's files.
-#[derive(Debug, Clone)]
-pub struct Layout {
-    pub root: PathBuf,
-}
-
-impl Layout {
-    pub fn state(&self) -> PathBuf {
-        self.root.join("state.json")
-    }
-    pub fn trusted_root(&self) -> PathBuf {
-        self.root.join("trust").join("root.json")
-    }
-    pub fn key(&self) -> PathBuf {
-        self.root.join("identity").join("device.key")
-    }
-    pub fn cert(&self) -> PathBuf {
-        self.root.join("identity").join("device.crt")
-    }
-    /// The record of a model's loads begun by the install under way.
-    fn loading(&self, model: &ModelName) -> PathBuf {
-        self.model_dir(model).join("loading.json")
-    }
-
-    /// How many loads of `release`/`variant` of `model` were begun without their install ending.
-    pub fn loads_begun(&self, model: &ModelName, release: ReleaseVersion, variant: &VariantId) -> u32 {
-        let read = std::fs::read(self.loading(model)).ok();
-        let record: Option<(ReleaseVersion, VariantId, u32)> = read.and_then(|b| serde_json::from_slice(&b).ok());
-        match record {
-            Some((r, v, n)) if r == release && v == *variant => n,
-            _ => 0,
-        }
-    }
-
-    /// Counts one more load begun (written to disk before the load, so a load the daemon dies in is counted).
-    pub fn begin_load(&self, model: &ModelName, release: ReleaseVersion, variant: &VariantId) {
-        let n = self.loads_begun(model, release, variant) + 1;
-        let body = serde_json::to_vec(&(release, variant, n)).unwrap_or_default();
-        if let Err(e) = write_file_atomic(&self.loading(model), &body) {
-            tracing::warn!(%model, error = %e, "recording a load begun");
-        }
-    }
-
-    /// The install ended (either way): its loads are no longer counted.
-    pub fn end_load(&self, model: &ModelName) {
-        let _ = std::fs::remove_file(self.loading(model));
-    }
-
-    pub fn partial(&self, r: &ArtifactRef) -> PathBuf {
-        self.downloads().join(format!("{}.partial", r.sha256))
-    }
-
-    pub fn models(&self) -> PathBuf {
-        self.root.join("models")
-    }
-
-    /// Every file of `model`: its slots and load record.
-    pub fn model_dir(&self, model: &ModelName) -> PathBuf {
-        self.models().join(model.as_str())
-    }
-
-    pub fn downloads(&self) -> PathBuf {
-        self.root.join("downloads")
-    }
-
-    /// A slot's directory; model names are validated types, safe as path components.
-    pub fn slot(&self, model: &ModelName, slot: Slot) -> PathBuf {
-        self.model_dir(model).join(slot.as_str())
-    }
-
-    pub fn load_state(&self) -> anyhow::Result<DeviceState> {
-        match std::fs::read(self.state()) {
-            Ok(b) => {
-                serde_json::from_slice(&b).with_context(|| format!("{}: corrupt device state", self.state().display()))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(DeviceState::default()),
-            Err(e) => Err(e).with_context(|| format!("reading {}", self.state().display())),
-        }
-    }
-
-    pub fn save_state(&self, s: &DeviceState) -> anyhow::Result<()> {
-        std::fs::create_dir_all(&self.root)?;
-        write_file_atomic(&self.state(), &serde_json::to_vec_pretty(s)?)?;
-        Ok(())
-    }
-}
-
-/// Bytes of the files under `dir` (0 when it does not exist).
-fn disk_usage(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => disk_usage(&e.path()),
-            Ok(_) => e.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
-/// A download whose bytes are not the signed ones (as opposed to one that could not finish).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct NotSigned(pub String);
-
-/// Downloads `r` from the server into its partial file, resuming with Range from what is there, and checks
-/// size and digest as it goes. Answers the path of the complete, verified file.
-pub async fn download(
-    client: &reqwest::Client,
-    server: &str,
-    layout: &Layout,
-    r: &ArtifactRef,
-    pause: Option<PausePoint>,
-) -> anyhow::Result<PathBuf> {
-    let path = layout.partial(r);
-    std::fs::create_dir_all(path.parent().unwrap_or(Path::new(".")))?;
-    let mut check = StreamCheck::new("download", *r);
-    // Re-hash what a previous run left (a partial file survives restarts), then ask for the rest.
-    let mut file = std::fs::OpenOptions::new().create(true).read(true).append(true).open(&path)?;
-    let mut have = 0u64;
-    let mut buf = vec![0u8; 256 << 10];
-    file.seek(std::io::SeekFrom::Start(0))?;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        if check.update(&buf[..n]).is_err() {
-            // Longer than signed: the partial is not the signed blob; start over.
-            drop(file);
-            std::fs::remove_file(&path)?;
-            return Box::pin(download(client, server, layout, r, pause)).await;
-        }
-        have += n as u64;
-    }
-    if have < r.size {
-        let mut resp = client
-            .get(format!("{server}/api/v1/blobs/{}", r.sha256))
-            .header("range", format!("bytes={have}-"))
-            .send()
-            .await?;
-        let status = resp.status().as_u16();
-        if status != 206 && !(status == 200 && have == 0) {
-            bail!("blob {}: server answered {status} to a range request", r.sha256);
-        }
-        if have > 0 {
-            tracing::info!(blob = %r.sha256, have, of = r.size, "resuming a partial download");
-        }
-        while let Some(chunk) = resp.chunk().await? {
-            check.update(&chunk).map_err(|e| NotSigned(format!("blob {}: {e}", r.sha256)))?;
-            file.write_all(&chunk)?;
-            if have == 0 {
-                file.sync_all()?;
-                pause_if(pause, PausePoint::Download).await;
-            }
-        }
-        file.sync_all()?;
-    }
-    match check.finish() {
-        Ok(()) => Ok(path),
-        Err(e) => {
-            // Wrong bytes are never resumed from: remove them, so the next try starts clean.
-            let _ = std::fs::remove_file(&path);
-            Err(NotSigned(format!("blob {}: {e}", r.sha256)).into())
-        }
-    }
-}
-
-/// Decompresses a verified download into the slot (`model.onnx` or `model.gguf`; temporary file, fsync, rename,
-/// fsync dir).
-pub fn stage(
-    zstd_file: &Path,
-    variant: &Variant,
-    slot_dir: &Path,
-    pause: Option<PausePoint>,
-) -> anyhow::Result<PathBuf> {
-    std::fs::create_dir_all(slot_dir)?;
-    // A run killed while decompressing leaves its temporary file behind; it is never loaded, only removed.
-    for entry in std::fs::read_dir(slot_dir)?.flatten() {
-        if entry.file_name().to_string_lossy().starts_with(".tmp-") {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    let dest = slot_dir.join(variant.format.file_name());
-    write_atomic(&dest, |f| -> anyhow::Result<()> {
-        let src = std::io::BufReader::with_capacity(256 << 10, std::fs::File::open(zstd_file)?);
-        let at = (pause == Some(PausePoint::Decompress)).then_some(variant.raw.size / 2);
-        decompress_verified(src, Tripwire { inner: f, written: 0, at }, &variant.zstd, &variant.raw)?;
-        Ok(())
-    })?;
-    sync_dir(slot_dir)?;
-    Ok(dest)
-}
-
-/// A variant's golden file: tensors for an ONNX model, prompts and the reference's answers for a language model.
-#[derive(Debug)]
-pub enum Golden {
-    Tensors(GoldenVectors),
-    Llm(LlmGolden),
-}
-
-impl Golden {
-    pub fn parse(format: ModelFormat, bytes: &[u8]) -> anyhow::Result<Self> {
-        Ok(match format {
-            ModelFormat::Onnx => Golden::Tensors(GoldenVectors::from_bytes(bytes)?),
-            ModelFormat::Gguf => Golden::Llm(LlmGolden::from_bytes(bytes)?),
-        })
-    }
-
-    /// Runs the golden check on a freshly loaded release; `Err` names what was out of tolerance.
-    pub async fn check(&self, served: &Arc<Served>) -> anyhow::Result<()> {
-        match self {
-            Golden::Tensors(g) => golden_check(served, g).await,
-            Golden::Llm(g) => {
-                let engine = served.llm().context("a golden prompt file for a model that is not a language model")?;
-                let report = g.check(&edgefleet_runtime::llm::golden::measure(engine, g).await?);
-                if !report.passed() {
-                    bail!("golden check failed: {report}");
-                }
-                tracing::info!(model = %served.model, release = %served.release, %report, "golden check passed");
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Runs a variant's golden vectors on a freshly loaded session; `Err` names what was out of tolerance.
-pub async fn golden_check(served: &Arc<Served>, golden: &GoldenVectors) -> anyhow::Result<()> {
-    let mut actual = BTreeMap::new();
-    for (case, inputs) in &golden.inputs {
-        actual.insert(case.clone(), served.check(inputs.clone()).await.with_context(|| format!("golden case {case}"))?);
-    }
-    let report = golden.check(&actual);
-    if !report.passed() {
-        bail!("golden vectors failed:\n{report}");
-    }
-    Ok(())
-}
-
-/// How this device serves language models.
-#[derive(Debug, Clone)]
-pub struct LlmSettings {
-    /// llama.cpp backends to try, best first (from the hardware profile).
-    pub options: LlmOptions,
-    /// Sequences decoded together, requests that may wait, tokens per step, decoding threads.
-    pub sequences: u32,
-    pub queue: usize,
-    pub batch: u32,
-    pub threads: Option<i32>,
-}
-
-impl LlmSettings {
-    pub fn engine(&self, context_length: u32) -> EngineConfig {
-        EngineConfig {
-            context_length,
-            sequences: self.sequences.max(1),
-            queue: self.queue,
-            batch: self.batch,
-            threads: self.threads,
-        }
-    }
-}
-
-impl Default for LlmSettings {
-    fn default() -> Self {
-        let e = EngineConfig::default();
-        Self {
-            options: LlmOptions::default(),
-            sequences: e.sequences,
-            queue: e.queue,
-            batch: e.batch,
-            threads: e.threads,
-        }
-    }
 }
 
 /// Everything one reconcile pass needs.
@@ -520,7 +77,7 @@ pub struct Agent {
     pub checkin_slack: Duration,
 }
 
-fn event(
+pub(crate) fn event(
     kind: EventKind,
     model: &ModelName,
     release: ReleaseVersion,
@@ -545,80 +102,19 @@ fn chrono_now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
-/// What an install has to hand between its effects.
-struct Work<'a> {
-    model: &'a ModelName,
-    release: ReleaseVersion,
-    variant: &'a Variant,
-    slot: Slot,
-    /// The committed release this install replaces, if any (where to roll back to).
-    previous: Option<&'a Installed>,
-    zst: Option<PathBuf>,
-    golden_file: Option<PathBuf>,
-    /// The new release, loaded.
-    loaded: Option<Arc<Served>>,
-    /// The release serving before the swap, while it is still in memory.
-    before: Option<Arc<Served>>,
-    /// The closed gate of a drain, until the new release (or the old one again) is installed.
-    drained: Option<Drained>,
-    swapped_at: Option<tokio::time::Instant>,
-    /// The replaced release's health over its life, read before the new one loads (also when it is drained).
-    baseline: Option<Window>,
-    /// The new release's health counters at the swap (the golden run's requests are not its health).
-    health_at_swap: Window,
+/// The variant the accepted document assigns to `model` (the verifier checked it exists).
+fn variant<'a>(verified: &'a VerifiedDesiredState, model: &ModelName) -> anyhow::Result<&'a Variant> {
+    verified
+        .state
+        .models
+        .iter()
+        .zip(&verified.releases)
+        .find(|(a, _)| a.model == *model)
+        .and_then(|(a, r)| r.manifest.variant(&a.variant))
+        .with_context(|| format!("the document assigns no variant of {model}"))
 }
 
 impl Agent {
-    fn runtime(&self) -> anyhow::Result<&'static Runtime> {
-        Ok(Runtime::shared(Some(&self.ort_lib))?)
-    }
-
-    /// Loads the model in `slot` (on a blocking thread: loading takes long and must not hold up requests): an
-    /// ONNX model's sessions, or, with `llm`, a language model and its engine.
-    async fn load(
-        &self,
-        model: &ModelName,
-        release: ReleaseVersion,
-        variant: &VariantId,
-        slot: Slot,
-        llm: Option<&LlmSpec>,
-    ) -> anyhow::Result<Served> {
-        if let Some(spec) = llm {
-            let path = self.layout.slot(model, slot).join(ModelFormat::Gguf.file_name());
-            let (options, model, variant) = (self.llm.options.clone(), model.clone(), variant.clone());
-            let config = self.llm.engine(spec.context_length);
-            let spec = spec.clone();
-            let served = tokio::task::spawn_blocking(move || {
-                let template = (spec.chat_template.as_deref(), spec.chat_template_sha256.as_ref());
-                Served::load_llm(&path, &options, config, template, model, release, variant, slot.as_str())
-            })
-            .await??;
-            return Ok(served);
-        }
-        let runtime = self.runtime()?;
-        let path = self.layout.slot(model, slot).join(ModelFormat::Onnx.file_name());
-        let (options, sessions, model, variant) = (self.options.clone(), self.sessions, model.clone(), variant.clone());
-        let served = tokio::task::spawn_blocking(move || {
-            Served::load(runtime, &path, &options, sessions, model, release, variant, slot.as_str())
-        })
-        .await??;
-        Ok(served)
-    }
-
-    /// Loads every committed model from its slot, so a restart serves what was committed before it.
-    pub async fn restore(&self, state: &DeviceState) -> Vec<String> {
-        let mut problems = Vec::new();
-        for (model, i) in &state.committed {
-            match self.load(model, i.release, &i.variant, i.slot, i.llm.as_ref()).await {
-                Ok(s) => {
-                    self.models.install(s);
-                }
-                Err(e) => problems.push(format!("{model}: committed slot {} does not load: {e:#}", i.slot.as_str())),
-            }
-        }
-        problems
-    }
-
     fn report(&self, state: &DeviceState) -> DeviceReport {
         DeviceReport {
             models: state
@@ -741,132 +237,94 @@ impl Agent {
             self.layout.save_state(state)?;
             bail!(msg);
         };
-        // The floors its signed releases carry count from now on (floors only rise); its sequence and tag only
-        // once every install it asks for has ended: after a crash, or an interrupted download, the device takes
-        // the same document again (a recorded tag would be answered 304, a recorded sequence refused as a replay).
-        for release in &verified.releases {
-            state.last_seen.record_release(&release.manifest);
-        }
-        let mut interrupted = None;
-        for (action, (assignment, release)) in
-            plan(state, &verified).into_iter().zip(verified.state.models.iter().zip(&verified.releases))
-        {
-            let Action::Install { model, release: version, variant, slot } = action else { continue };
-            let Some(v) = release.manifest.variant(&assignment.variant) else { continue };
-            let mut events = Vec::new();
-            if let Some((kind, msg)) = self.refusal(&model, version, &variant, v, slot) {
-                tracing::warn!(%model, %version, %msg, "refused before install");
-                if kind == EventKind::Refused {
-                    self.layout.end_load(&model);
-                }
-                state.failed.insert(model.clone(), (version, variant.clone()));
-                events.push(event(kind, &model, version, &variant, msg.clone()));
-                state.last_error = Some(format!("{model} {version}: {msg}"));
-                state.queue_events(events);
-                self.layout.save_state(state)?;
-                continue;
-            }
-            let result = self.install(&model, version, v, slot, state.committed.get(&model), &mut events).await;
-            self.layout.end_load(&model);
-            match result {
-                Ok(installed) => {
-                    events.push(event(
-                        EventKind::Installed,
-                        &model,
-                        version,
-                        &variant,
-                        format!("slot {}", slot.as_str()),
-                    ));
-                    state.committed.insert(model, installed);
-                    state.last_error = None;
-                }
-                Err((kind, msg)) => {
-                    tracing::warn!(%model, %version, error = %msg, "install failed; the previous release keeps serving");
-                    if kind == EventKind::DownloadFailed {
-                        // Transient (the network, not the bytes): try again, after the run loop's backoff.
-                        interrupted = Some(msg.clone());
-                    } else {
-                        state.failed.insert(model.clone(), (version, variant.clone()));
-                    }
-                    events.push(event(kind, &model, version, &variant, msg.clone()));
-                    state.last_error = Some(format!("{model} {version}: {msg}"));
-                }
-            }
-            // What happened is on disk before it is reported, so a crash cannot lose the report.
-            state.queue_events(events);
-            self.layout.save_state(state)?;
-        }
-        if interrupted.is_none() {
-            state.last_seen.desired_sequence = Some(verified.state.sequence);
-            state.etag = etag;
-            self.drop_unnamed(state, &verified).await;
-        }
-        self.layout.save_state(state)?;
-        self.flush_events(state).await?;
-        if let Some(msg) = interrupted {
-            bail!("a download was interrupted; it resumes at the next check-in: {msg}");
-        }
+        self.apply(state, &verified, etag).await?;
         Ok(Checkin { interval, changed: true, root_version })
     }
 
-    /// Why `variant` of `release` of `model` is refused before its install begins, if it is: the server's choice
-    /// of variant does not fit this device's own hardware (the server chose from what the device reported; the
-    /// device checks), it would not fit the disk budget, or the daemon died while loading it too many times.
-    fn refusal(
+    /// Applies an accepted document: drives its pass ([`Pass`]) to the end, performing each effect it asks for.
+    async fn apply(
         &self,
-        model: &ModelName,
-        release: ReleaseVersion,
-        variant: &VariantId,
-        v: &Variant,
-        slot: Slot,
-    ) -> Option<(EventKind, String)> {
+        state: &mut DeviceState,
+        verified: &VerifiedDesiredState,
+        etag: Option<String>,
+    ) -> anyhow::Result<()> {
+        let (mut pass, mut effects) = Pass::start(state, &Document::of(verified, etag));
+        loop {
+            let mut answer = None;
+            for effect in effects {
+                match effect {
+                    PassEffect::Judge(job) => {
+                        let refusal = self.refusal(&job, variant(verified, &job.model)?);
+                        if let Some((_, why)) = &refusal {
+                            tracing::warn!(model = %job.model, release = %job.release, %why, "refused before install");
+                        }
+                        answer = Some(PassEvent::Judged(refusal));
+                    }
+                    PassEffect::Install(job) => {
+                        let (v, previous) = (variant(verified, &job.model)?, state.committed.get(&job.model));
+                        let mut events = Vec::new();
+                        let result = self.install(&job.model, job.release, v, job.slot, previous, &mut events).await;
+                        if let Err((_, why)) = &result {
+                            tracing::warn!(model = %job.model, release = %job.release, error = %why,
+                                "install failed; the previous release keeps serving");
+                        }
+                        state.queue_events(events);
+                        answer = Some(PassEvent::Installed(result));
+                    }
+                    PassEffect::EndLoad(model) => self.layout.end_load(&model),
+                    PassEffect::Report { kind, model, release, variant, detail } => {
+                        state.queue_events(vec![event(kind, &model, release, &variant, detail)]);
+                    }
+                    PassEffect::Save => self.layout.save_state(state)?,
+                    PassEffect::Remove { models, keep } => {
+                        self.remove(&models, &keep).await;
+                        answer = Some(PassEvent::Removed);
+                    }
+                    PassEffect::Done(result) => {
+                        self.flush_events(state).await?;
+                        return result.map_err(|why| {
+                            anyhow::anyhow!("a download was interrupted; it resumes at the next check-in: {why}")
+                        });
+                    }
+                }
+            }
+            effects = pass.on(state, answer.context("a pass stopped without a question")?);
+        }
+    }
+
+    /// Why a job is refused before its install begins, if it is: the server's choice of variant does not fit
+    /// this device's own hardware (the server chose from what the device reported; the device checks), it would
+    /// not fit the disk budget, or the daemon died while loading it too many times.
+    fn refusal(&self, job: &Job, v: &Variant) -> Option<(EventKind, String)> {
+        let Job { model, release, variant, slot } = job;
         if let Some(why) = v.requirements.unmet(v.format, &self.hardware) {
             return Some((EventKind::NoVariantFits, format!("variant {variant} does not fit this device: {why}")));
         }
-        if let Some(why) = self.disk_shortfall(model, slot, v) {
+        if let Some(why) = self.disk_shortfall(model, *slot, v) {
             return Some((EventKind::Refused, format!("release {release} does not fit the disk budget: {why}")));
         }
-        let begun = self.layout.loads_begun(model, release, variant);
+        let begun = self.layout.loads_begun(model, *release, variant);
         (begun >= MAX_LOADS_BEGUN).then(|| {
             let msg = format!("the daemon stopped during each of {begun} attempts to load this model (a crash?)");
             (EventKind::Refused, msg)
         })
     }
 
-    /// What the document no longer asks for goes: models it does not name are drained (requests in flight
-    /// finish), unloaded, their slots deleted and forgotten; partial downloads of anything it does not name are
-    /// deleted.
-    async fn drop_unnamed(&self, state: &mut DeviceState, verified: &VerifiedDesiredState) {
-        let named: std::collections::BTreeSet<&ModelName> = verified.state.models.iter().map(|a| &a.model).collect();
-        let gone: Vec<ModelName> = state.committed.keys().filter(|m| !named.contains(m)).cloned().collect();
-        for model in gone {
-            drop(self.models.drain(&model).await);
-            if let Err(e) = std::fs::remove_dir_all(self.layout.model_dir(&model)) {
+    /// Removes what the document no longer asks for: these models are drained (requests in flight finish),
+    /// unloaded and their slots deleted; partial downloads not in `keep` are deleted.
+    async fn remove(&self, models: &[ModelName], keep: &BTreeSet<String>) {
+        for model in models {
+            drop(self.models.drain(model).await);
+            if let Err(e) = std::fs::remove_dir_all(self.layout.model_dir(model)) {
                 tracing::warn!(%model, error = %e, "removing the model's slots");
             }
-            if let Some(was) = state.committed.remove(&model) {
-                let detail = "no longer in the desired state: unloaded and its slots removed".to_owned();
-                state.queue_events(vec![event(EventKind::Removed, &model, was.release, &was.variant, detail)]);
-                tracing::info!(%model, release = %was.release, "removed: no longer in the desired state");
-            }
-            state.failed.remove(&model);
+            tracing::info!(%model, "removed: no longer in the desired state");
         }
-        let wanted: std::collections::BTreeSet<String> = verified
-            .state
-            .models
-            .iter()
-            .zip(&verified.releases)
-            .filter_map(|(a, r)| r.manifest.variant(&a.variant))
-            .flat_map(|v| [format!("{}.partial", v.zstd.sha256), format!("{}.partial", v.golden.sha256)])
-            .collect();
         for entry in std::fs::read_dir(self.layout.downloads()).into_iter().flatten().flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".partial") && !wanted.contains(&name) {
+            if name.ends_with(".partial") && !keep.contains(&name) {
                 let _ = std::fs::remove_file(entry.path());
             }
-        }
-        if let Err(e) = self.layout.save_state(state) {
-            tracing::warn!(error = %e, "writing the state after removals");
         }
     }
 
@@ -881,199 +339,6 @@ impl Agent {
         let after = used.saturating_sub(freed) + need;
         (after > budget)
             .then(|| format!("it needs {need} bytes, and with what stays the daemon would use {after} of {budget}"))
-    }
-
-    /// Drives one install's state machine ([`Install`]) to its end, performing each effect it asks for. The
-    /// committed state is the caller's to write once this answers. Each step's report is pushed to `events`.
-    async fn install(
-        &self,
-        model: &ModelName,
-        release: ReleaseVersion,
-        v: &Variant,
-        slot: Slot,
-        previous: Option<&Installed>,
-        events: &mut Vec<DeviceEvent>,
-    ) -> Result<Installed, (EventKind, String)> {
-        let current = self.models.get(model.as_str());
-        let old = current.as_ref().map_or(0, |s| s.memory);
-        let need = match &v.llm {
-            Some(l) => l.memory_bytes + l.kv_cache_bytes * u64::from(self.llm.sequences.max(1) - 1),
-            None => v.raw.size * self.sessions.max(1) as u64,
-        };
-        let fit = fit(self.memory_budget, self.models.memory_except(model), old, need);
-        drop(current);
-        let resume_from = std::fs::metadata(self.layout.partial(&v.zstd)).map_or(0, |m| m.len());
-        let (mut machine, mut step) =
-            Install::start(self.bake, fit, previous.is_some(), slot.as_str(), v.zstd.size, resume_from);
-        let mut work = Work {
-            model,
-            release,
-            variant: v,
-            slot,
-            previous,
-            zst: None,
-            golden_file: None,
-            loaded: None,
-            before: None,
-            drained: None,
-            swapped_at: None,
-            baseline: None,
-            health_at_swap: Window::default(),
-        };
-        loop {
-            if let Some((kind, detail)) = step.report.take() {
-                events.push(event(kind, model, release, &v.id, detail));
-            }
-            let outcome = match &step.effect {
-                Effect::Done(result) => {
-                    // Downloads are kept until the release is committed or refused, so a retry resumes them.
-                    for f in [&work.zst, &work.golden_file].into_iter().flatten() {
-                        let _ = std::fs::remove_file(f);
-                    }
-                    return result.clone().map(|()| Installed {
-                        release,
-                        variant: v.id.clone(),
-                        slot,
-                        raw: v.raw,
-                        llm: v.llm.clone(),
-                    });
-                }
-                effect => self.perform(effect, &mut work).await,
-            };
-            step = machine.on(outcome);
-        }
-    }
-
-    /// Performs one effect of an install (never `Done`).
-    async fn perform(&self, effect: &Effect, w: &mut Work<'_>) -> Outcome {
-        let failed = |kind: EventKind| move |e: anyhow::Error| Outcome::Failed(kind, format!("{e:#}"));
-        match effect {
-            Effect::Download => {
-                let fetch = async {
-                    let zst = download(&self.client, &self.server, &self.layout, &w.variant.zstd, self.pause)
-                        .await
-                        .context("model download")?;
-                    let golden = download(&self.client, &self.server, &self.layout, &w.variant.golden, None)
-                        .await
-                        .context("golden download")?;
-                    anyhow::Ok((zst, golden))
-                };
-                match fetch.await {
-                    Ok((zst, golden)) => {
-                        (w.zst, w.golden_file) = (Some(zst), Some(golden));
-                        Outcome::Done
-                    }
-                    // Bytes that are not the signed ones are a verification failure; anything else (the network,
-                    // the server) may go away by itself and is tried again on the next pass.
-                    Err(e) if e.chain().any(|c| c.is::<NotSigned>()) => failed(EventKind::VerificationFailed)(e),
-                    Err(e) => failed(EventKind::DownloadFailed)(e),
-                }
-            }
-            Effect::Stage => {
-                let (zst, variant, dir) =
-                    (w.zst.clone().unwrap_or_default(), w.variant.clone(), self.layout.slot(w.model, w.slot));
-                let pause = self.pause;
-                let staged = tokio::task::spawn_blocking(move || stage(&zst, &variant, &dir, pause))
-                    .await
-                    .map_err(anyhow::Error::from)
-                    .and_then(|r| r);
-                match staged {
-                    // The staged file is the slot's model file, which `load` opens.
-                    Ok(_) => {
-                        pause_if(self.pause, PausePoint::Renamed).await;
-                        Outcome::Done
-                    }
-                    Err(e) => failed(EventKind::VerificationFailed)(e),
-                }
-            }
-            Effect::Load | Effect::DrainAndLoad => {
-                w.baseline = self.models.get(w.model.as_str()).map(|s| s.health.snapshot());
-                if matches!(effect, Effect::DrainAndLoad) {
-                    w.drained = Some(self.models.drain(w.model).await);
-                } else {
-                    w.before = self.models.get(w.model.as_str());
-                }
-                // Counted before, cleared when the install ends: loads that never ended are crashes.
-                self.layout.begin_load(w.model, w.release, &w.variant.id);
-                match self.load(w.model, w.release, &w.variant.id, w.slot, w.variant.llm.as_ref()).await {
-                    Ok(s) => {
-                        w.loaded = Some(Arc::new(s));
-                        Outcome::Done
-                    }
-                    Err(e) => failed(EventKind::LoadFailed)(e.context("loading the model")),
-                }
-            }
-            Effect::Golden => {
-                let golden = w
-                    .golden_file
-                    .as_deref()
-                    .map(std::fs::read)
-                    .unwrap_or_else(|| Err(std::io::ErrorKind::NotFound.into()))
-                    .map_err(anyhow::Error::from)
-                    .and_then(|b| Golden::parse(w.variant.format, &b))
-                    .context("golden vectors");
-                let served = w.loaded.clone();
-                match (golden, served) {
-                    (Ok(g), Some(s)) => match g.check(&s).await {
-                        Ok(()) => Outcome::Done,
-                        Err(e) => failed(EventKind::GoldenFailed)(e),
-                    },
-                    (Err(e), _) => failed(EventKind::VerificationFailed)(e),
-                    (_, None) => Outcome::Failed(EventKind::LoadFailed, "nothing loaded".into()),
-                }
-            }
-            Effect::Swap => {
-                let Some(new) = w.loaded.clone() else {
-                    return Outcome::Failed(EventKind::LoadFailed, "nothing loaded".into());
-                };
-                w.health_at_swap = new.health.snapshot();
-                match w.drained.take() {
-                    Some(gate) => gate.install(new),
-                    None => {
-                        self.models.install_arc(new);
-                    }
-                }
-                w.swapped_at = Some(tokio::time::Instant::now());
-                Outcome::Done
-            }
-            Effect::Watch(after) => {
-                tokio::time::sleep(*after).await;
-                let Some(new) = &w.loaded else { return Outcome::Done };
-                Outcome::Health {
-                    elapsed: w.swapped_at.map_or(Duration::ZERO, |t| t.elapsed()),
-                    new: new.health.snapshot().since(&w.health_at_swap),
-                    baseline: w.baseline.clone(),
-                }
-            }
-            Effect::RollBack => match (w.before.take(), w.previous) {
-                // Still in memory: swap it back.
-                (Some(before), _) => {
-                    self.models.install_arc(before);
-                    Outcome::Done
-                }
-                // Drained to make room: unload the new release (if it serves) and load the previous one again.
-                (None, Some(previous)) => {
-                    let gate = match w.drained.take() {
-                        Some(gate) => gate,
-                        None => self.models.drain(w.model).await,
-                    };
-                    w.loaded = None;
-                    match self
-                        .load(w.model, previous.release, &previous.variant, previous.slot, previous.llm.as_ref())
-                        .await
-                    {
-                        Ok(s) => {
-                            gate.install(Arc::new(s));
-                            Outcome::Done
-                        }
-                        Err(e) => failed(EventKind::LoadFailed)(e),
-                    }
-                }
-                (None, None) => Outcome::Done,
-            },
-            Effect::Commit => Outcome::Done,
-            Effect::Done(_) => unreachable!("the driver ends at Done"),
-        }
     }
 }
 

@@ -17,7 +17,7 @@ use edgefleet_protocol::DeviceId;
 use edgefleet_protocol::api::{EnrollResponse, HardwareProfile};
 use model_registry::fsutil::{sync_dir, write_file_atomic, write_secret_atomic};
 
-use crate::agent::Layout;
+use crate::layout::Layout;
 
 /// A device's HTTPS client: the server's certificate as trust anchor, the device's certificate once enrolled.
 pub fn http_client(

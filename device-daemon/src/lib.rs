@@ -6,12 +6,17 @@
 
 pub mod agent;
 pub mod capped;
+pub mod download;
+pub mod golden;
 pub mod hardware;
 pub mod health;
 pub mod identity;
+pub mod install;
+pub mod layout;
 pub mod machine;
 pub mod openai;
 pub mod power;
+pub mod reconcile;
 pub mod roots;
 pub mod run;
 pub mod serving;

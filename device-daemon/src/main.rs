@@ -101,7 +101,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Status { data_dir } => {
-            let layout = edgefleet_daemon::agent::Layout { root: data_dir };
+            let layout = edgefleet_daemon::layout::Layout { root: data_dir };
             match layout.load_state() {
                 Ok(s) => {
                     if cli.json {

@@ -16,8 +16,9 @@ use model_registry::fsutil::write_file_atomic;
 use model_registry::verify::self_signed_root;
 use model_registry::{Limits, Root};
 
-use crate::agent::{Agent, Layout};
+use crate::agent::Agent;
 use crate::identity::{enroll, http_client};
+use crate::layout::Layout;
 use crate::openai::OpenAiState;
 use crate::serving::ModelTable;
 use crate::v2::{V2State, router};
@@ -103,7 +104,7 @@ pub struct RunArgs {
     pub metrics_interval_secs: u64,
     /// Test hook for crash tests: stop at this point of an install and wait to be killed.
     #[arg(long, env = "EDGEFLEET_PAUSE_AT", value_enum, hide = true)]
-    pub pause_at: Option<crate::agent::PausePoint>,
+    pub pause_at: Option<crate::download::PausePoint>,
     /// Renew the device certificate once fewer than this many days of it are left (default: a third of its
     /// lifetime). Above the certificates' lifetime it renews at every pass: what the renewal test uses.
     #[arg(long, env = "EDGEFLEET_RENEW_WHEN_DAYS_LEFT", hide = true)]
@@ -298,7 +299,7 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
             intra_threads: Some(args.threads),
         },
         sessions: args.sessions,
-        llm: crate::agent::LlmSettings {
+        llm: crate::install::LlmSettings {
             options: LlmOptions { backends: detection.profile.llm_backends.clone() },
             sequences: args.llm_sequences,
             queue: args.llm_queue,

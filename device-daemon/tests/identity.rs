@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::State;
-use edgefleet_daemon::agent::Layout;
 use edgefleet_daemon::identity::{finish_renewal, renew, renewal_due};
+use edgefleet_daemon::layout::Layout;
 
 fn cert(not_before: (i32, u8, u8), not_after: (i32, u8, u8)) -> String {
     let key = rcgen::KeyPair::generate().expect("key");

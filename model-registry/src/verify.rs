@@ -144,8 +144,13 @@ impl LastSeen {
     }
 
     pub fn record_release(&mut self, manifest: &ReleaseManifest) {
-        let floor = self.floors.entry(manifest.model.clone()).or_insert(manifest.security_floor);
-        *floor = (*floor).max(manifest.security_floor);
+        self.record_floor(&manifest.model, manifest.security_floor);
+    }
+
+    /// Raises `model`'s floor to `floor` (a floor never falls).
+    pub fn record_floor(&mut self, model: &ModelName, floor: ReleaseVersion) {
+        let at = self.floors.entry(model.clone()).or_insert(floor);
+        *at = (*at).max(floor);
     }
 }
 

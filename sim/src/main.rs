@@ -96,6 +96,10 @@ struct Args {
     /// With --converge-to: the long-poll each check-in asks for, seconds.
     #[arg(long, default_value_t = 10)]
     converge_wait_secs: u64,
+    /// After the run: the operator revokes every device of the fleet, and each then tries one check-in, which
+    /// must be refused (the churn half of a fleet's life). Bounded by another --duration-secs.
+    #[arg(long)]
+    revoke_all: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -567,8 +571,64 @@ async fn main() -> anyhow::Result<()> {
     while let Some(done) = tasks.join_next().await {
         tally.merge(done??);
     }
+    if args.revoke_all {
+        tally.merge(revoke_fleet(&run).await?);
+    }
+    // With --revoke-all, rates are over both phases (run it with --max-requests 0 to read the revocations').
     let secs = started.elapsed().as_secs_f64();
     summarize(&args, run.fleet.len(), enroll_secs, secs, tally)
+}
+
+/// Revokes every device of the fleet as the operator, then checks that each is refused at its next check-in.
+async fn revoke_fleet(run: &Arc<Run>) -> anyhow::Result<Tally> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(run.args.duration_secs);
+    let admin = tls(&run.roots, None)?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..run.args.concurrency.max(1) {
+        let (run, admin, next) = (run.clone(), admin.clone(), next.clone());
+        tasks.spawn(async move {
+            let mut t = Tally::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(device) = run.fleet.get(i).filter(|_| Instant::now() < deadline) else { break };
+                let sent = Instant::now();
+                let url = format!("{}/api/v1/devices/{}/revoke", run.args.server, device.id);
+                match admin.post(url).bearer_auth(&run.args.token).send().await {
+                    Ok(r) if r.status() == 204 => {
+                        t.time("revoke", sent);
+                        t.count("revoke 204");
+                    }
+                    Ok(r) => t.count(format!("UNEXPECTED {}", refusal("revoke", r).await)),
+                    Err(e) => t.count(format!("revoke transport error: {}", short(&e))),
+                }
+                let client = tls(&run.roots, Some((&device.cert_pem, &device.key_pem)))?;
+                let sent = Instant::now();
+                let r =
+                    client.post(format!("{}/api/v1/device/checkin", run.args.server)).json(&report(&run.args.model));
+                match r.send().await {
+                    Ok(r) if r.status() == 403 => {
+                        t.time("revoked check-in", sent);
+                        t.count("check-in of a revoked device refused 403");
+                    }
+                    Ok(r) => t.count(format!("UNEXPECTED revoked device's check-in answered {}", r.status())),
+                    Err(e) => t.count(format!("check-in transport error: {}", short(&e))),
+                }
+            }
+            anyhow::Ok(t)
+        });
+    }
+    let mut tally = Tally::default();
+    while let Some(done) = tasks.join_next().await {
+        tally.merge(done??);
+    }
+    let done = tally.outcomes.get("revoke 204").copied().unwrap_or(0) as usize;
+    println!("revoked {done} of {} devices in {:.1} s", run.fleet.len(), started.elapsed().as_secs_f64());
+    if done < run.fleet.len() {
+        tally.count(format!("UNEXPECTED {} devices not revoked within --duration-secs", run.fleet.len() - done));
+    }
+    Ok(tally)
 }
 
 /// One device of a convergence run: takes its current document, then long-polls with its ETag until a new

@@ -22,7 +22,7 @@ use super::{
     ApiError, ApiJson, ApiResult, Authorized, DeviceCaller, Operator, Principal, Source, Viewer, new_token, token_hash,
 };
 use crate::desired::{self, AssignmentSnapshot, CachedDesired, Entry, Release};
-use crate::state::{AppState, Reported, now_ms, rfc3339};
+use crate::state::{AppState, Credential, Reported, now_ms, rfc3339};
 use crate::store::{DeviceFilter, DeviceRow, EnrollRefusal};
 
 fn device_id(s: &str) -> ApiResult<DeviceId> {
@@ -157,7 +157,7 @@ pub async fn renew(
     // The new certificate is the device's; the one it renewed with is retired at the new one's first use.
     let presented = conn.client.map(|c| c.serial).unwrap_or_default();
     state.store.renew_cert(&id, &serial, &presented).await?;
-    state.serials.insert(id.clone(), (serial.clone(), Some(presented)));
+    state.credentials.insert(id.clone(), Credential::Serials { current: serial.clone(), previous: Some(presented) });
     state.audit(&who, &source, "device.renew", id.as_str(), serde_json::json!({"serial": serial})).await?;
     Ok(Json(serde_json::json!({"certificate_pem": pem, "ca_pem": state.ca.pem})))
 }
@@ -588,7 +588,7 @@ pub async fn revoke(
         return Err(ApiError::not_found(format!("device {id}")));
     }
     state.store.revoke_device(&id, now_ms()).await?;
-    state.revoked.write().unwrap_or_else(|p| p.into_inner()).insert(id.clone());
+    state.credentials.insert(id.clone(), Credential::Revoked);
     state.desired.invalidate(&id);
     state.audit(&who, &source, "device.revoke", id.as_str(), serde_json::json!({})).await?;
     Ok(StatusCode::NO_CONTENT)

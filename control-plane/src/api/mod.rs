@@ -16,7 +16,7 @@ use edgefleet_protocol::api::TokenRole;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::state::{AppState, now_ms};
+use crate::state::{AppState, CertCheck, now_ms};
 use crate::store::Audit;
 use crate::tls::ClientCert;
 
@@ -134,15 +134,14 @@ impl FromRequestParts<AppState> for Principal {
                 .common_name
                 .parse()
                 .map_err(|_| ApiError::forbidden("client certificate does not name a device"))?;
-            if state.is_revoked(&id) {
-                return Err(ApiError::forbidden(format!("device {id} is revoked")));
-            }
-            if !state.certificate_current(&id, &cert.serial).await? {
-                return Err(ApiError::forbidden(format!(
+            return match state.check_certificate(&id, &cert.serial).await? {
+                CertCheck::Current => Ok(Principal::Device(id)),
+                CertCheck::Revoked => Err(ApiError::forbidden(format!("device {id} is revoked"))),
+                CertCheck::Replaced => Err(ApiError::forbidden(format!(
                     "this certificate of device {id} was replaced by a renewal; only the newest one is accepted"
-                )));
-            }
-            return Ok(Principal::Device(id));
+                ))),
+                CertCheck::Unknown => Err(ApiError::forbidden(format!("device {id} is not enrolled"))),
+            };
         }
         Err(ApiError::unauthorized("an API token (Authorization: Bearer) or a device certificate is required"))
     }

@@ -836,11 +836,6 @@ impl Store {
         Ok(sqlx::query("SELECT 1 AS one FROM devices LIMIT 1").fetch_optional(&self.pool).await?.is_some())
     }
 
-    pub async fn revoked_devices(&self) -> Result<Vec<DeviceId>, StoreError> {
-        let rows = sqlx::query("SELECT id FROM devices WHERE revoked_at IS NOT NULL").fetch_all(&self.pool).await?;
-        rows.iter().map(|r| parse("device id", &r.try_get::<String, _>("id")?)).collect()
-    }
-
     /// A renewal: `serial` becomes the device's certificate, and `presented` (the one it renewed with) stays
     /// accepted until the new one is first used.
     pub async fn renew_cert(&self, id: &DeviceId, serial: &str, presented: &str) -> Result<(), StoreError> {
@@ -853,13 +848,23 @@ impl Store {
         Ok(())
     }
 
-    /// The device's certificate serial and, during a renewal, the one it renewed from.
-    pub async fn cert_serials(&self, id: &DeviceId) -> Result<Option<(String, Option<String>)>, StoreError> {
-        let row = sqlx::query("SELECT cert_serial, cert_serial_prev FROM devices WHERE id = $1")
+    /// What the device may present: its certificate serial and, during a renewal, the one it renewed from;
+    /// nothing once revoked. `None`: no such device.
+    pub async fn credential(&self, id: &DeviceId) -> Result<Option<crate::state::Credential>, StoreError> {
+        use crate::state::Credential;
+        let row = sqlx::query("SELECT cert_serial, cert_serial_prev, revoked_at FROM devices WHERE id = $1")
             .bind(id.as_str())
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok((r.try_get("cert_serial")?, r.try_get("cert_serial_prev")?))).transpose()
+        row.map(|r| {
+            Ok(match r.try_get::<Option<i64>, _>("revoked_at")? {
+                Some(_) => Credential::Revoked,
+                None => {
+                    Credential::Serials { current: r.try_get("cert_serial")?, previous: r.try_get("cert_serial_prev")? }
+                }
+            })
+        })
+        .transpose()
     }
 
     /// The device used its new certificate: the one it renewed from is retired.

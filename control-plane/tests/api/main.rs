@@ -403,11 +403,13 @@ async fn enrollment_checkin_and_desired_state(backend: Backend) {
 }
 
 async fn revoked_and_foreign_devices_are_refused(backend: Backend) {
-    let app = TestApp::spawn(backend).await;
+    // A per-device cache of one entry: what a device may present is read back from the database, not held.
+    let mut app = TestApp::spawn_with(backend, |c| c.device_cache_entries = 1).await;
     let operator = app.token(TokenRole::Operator).await;
     let dev = app.enroll("dev-9", &[], hardware("x86-server", &[])).await;
-    let checkin = || dev.client.post(app.url("/device/checkin")).json(&serde_json::json!({})).send();
-    assert_eq!(checkin().await.expect("checkin").status(), 200);
+    let other = app.enroll("dev-10", &[], hardware("x86-server", &[])).await;
+    let checkin = |dev: &Device, url: String| dev.client.post(url).json(&serde_json::json!({})).send();
+    assert_eq!(checkin(&dev, app.url("/device/checkin")).await.expect("checkin").status(), 200);
     // Events are accepted idempotently.
     let event = serde_json::json!([{"id": "e-1", "kind": "installed", "model": "magika", "release": 1, "variant": "cpu-fp32", "detail": "", "at": "2026-11-25T00:00:00Z"}]);
     let r: serde_json::Value = dev
@@ -436,7 +438,14 @@ async fn revoked_and_foreign_devices_are_refused(backend: Backend) {
     let revoke =
         app.client().post(app.url("/devices/dev-9/revoke")).bearer_auth(&operator).send().await.expect("revoke");
     assert_eq!(revoke.status(), 204);
-    assert_error(checkin().await.expect("checkin"), 403, "forbidden").await;
+    assert_error(checkin(&dev, app.url("/device/checkin")).await.expect("checkin"), 403, "forbidden").await;
+    // Revoked while another device keeps the cache busy, and after a restart: still refused.
+    for _ in 0..2 {
+        assert_eq!(checkin(&other, app.url("/device/checkin")).await.expect("checkin").status(), 200);
+        let refused = checkin(&dev, app.url("/device/checkin")).await.expect("checkin");
+        assert!(assert_error(refused, 403, "forbidden").await.contains("revoked"));
+        app.restart().await;
+    }
 
     // A client certificate from another CA fails the TLS handshake.
     let key = rcgen::KeyPair::generate().expect("key");
