@@ -352,6 +352,11 @@ pub struct ReleasePack {
     /// GGUF releases: tokens of the reference's answer to each golden prompt that devices must reproduce.
     #[arg(long, default_value_t = 24)]
     pub golden_tokens: u32,
+    /// GGUF releases: the routing policy (JSON: `{"mode": "local_only"|"cloud_only"|"auto", "private": …,
+    /// "tiers": […], "rules": {…}, "cloud_timeout_ms": …}`), signed into the manifest. Without one, every
+    /// request is answered on the device.
+    #[arg(long)]
+    pub routing: Option<PathBuf>,
     /// The release directory to create (refuses to overwrite).
     #[arg(long, short)]
     pub out: PathBuf,

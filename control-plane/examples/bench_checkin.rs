@@ -65,6 +65,7 @@ fn manifest(version: u64) -> ReleaseManifest {
             outputs: vec![],
             llm: None,
         }],
+        routing: None,
     }
 }
 

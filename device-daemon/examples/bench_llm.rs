@@ -115,7 +115,7 @@ async fn main() -> anyhow::Result<()> {
     println!("RSS with the model loaded (8 sequences of 1,024 tokens): {:.0} MiB", rss_mib());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let app = router(OpenAiState { models: models.clone() });
+    let app = router(OpenAiState { models: models.clone(), routing: Default::default() });
     tokio::spawn(async move { axum::serve(listener, app).await });
     let b = Arc::new(Bench { client: reqwest::Client::new(), url });
 

@@ -249,6 +249,7 @@ impl Agent {
         etag: Option<String>,
     ) -> anyhow::Result<()> {
         let (mut pass, mut effects) = Pass::start(state, &Document::of(verified, etag));
+        self.models.set_policies(&state.routing);
         loop {
             let mut answer = None;
             for effect in effects {

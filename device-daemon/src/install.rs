@@ -121,6 +121,7 @@ impl Agent {
 
     /// Loads every committed model from its slot, so a restart serves what was committed before it.
     pub async fn restore(&self, state: &DeviceState) -> Vec<String> {
+        self.models.set_policies(&state.routing);
         let mut problems = Vec::new();
         for (model, i) in &state.committed {
             match self.load(model, i.release, &i.variant, i.slot, i.llm.as_ref()).await {

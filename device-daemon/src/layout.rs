@@ -18,6 +18,7 @@ use edgefleet_protocol::api::DeviceEvent;
 use edgefleet_protocol::{ModelName, ReleaseVersion, VariantId};
 use model_registry::artifact::ArtifactRef;
 use model_registry::fsutil::write_file_atomic;
+use model_registry::routing::RoutingPolicy;
 use model_registry::{LastSeen, LlmSpec};
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +83,10 @@ pub struct DeviceState {
     /// again while the desired state names it, across restarts too.
     #[serde(default)]
     pub failed: BTreeMap<ModelName, (ReleaseVersion, VariantId)>,
+    /// Per language model, the routing policy of the release the last accepted document names (absent: every
+    /// request on the device).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub routing: BTreeMap<ModelName, RoutingPolicy>,
 }
 
 pub const MAX_PENDING_EVENTS: usize = 1000;

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod capped;
+pub mod cloud;
 pub mod download;
 pub mod golden;
 pub mod hardware;
@@ -18,6 +19,7 @@ pub mod openai;
 pub mod power;
 pub mod reconcile;
 pub mod roots;
+pub mod route;
 pub mod run;
 pub mod serving;
 pub mod telemetry;

@@ -62,6 +62,21 @@ fn under(root: &Path, abs: &str) -> PathBuf {
     root.join(abs.trim_start_matches('/'))
 }
 
+/// The charge file of the device's battery under `root` (`power_supply/*/capacity` of a supply whose `type` is
+/// `Battery`); `None` for a device on mains.
+pub fn battery(root: &Path) -> Option<PathBuf> {
+    let supplies = under(root, "/sys/class/power_supply");
+    list(&supplies).into_iter().map(|s| supplies.join(s)).find_map(|dir| {
+        let kind = std::fs::read_to_string(dir.join("type")).ok()?;
+        (kind.trim() == "Battery" && dir.join("capacity").exists()).then(|| dir.join("capacity"))
+    })
+}
+
+/// The battery's charge, percent, read from its `capacity` file.
+pub fn battery_percent(capacity: &Path) -> Option<u8> {
+    std::fs::read_to_string(capacity).ok()?.trim().parse::<u8>().ok().filter(|p| *p <= 100)
+}
+
 /// The best power source under `root`, in the order RAPL, INA3221, hwmon energy, hwmon power, power supply;
 /// `None` when there is none (and then there is no power metric).
 pub fn discover(root: &Path) -> Option<Source> {

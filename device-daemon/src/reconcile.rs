@@ -18,11 +18,12 @@ use std::collections::{BTreeSet, VecDeque};
 use edgefleet_protocol::api::EventKind;
 use edgefleet_protocol::{ModelName, ReleaseVersion, VariantId};
 use model_registry::VerifiedDesiredState;
+use model_registry::routing::RoutingPolicy;
 
 use crate::layout::{DeviceState, Installed, Slot};
 
 /// What a pass needs of one model the verified document names.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Wanted {
     pub model: ModelName,
     pub release: ReleaseVersion,
@@ -31,10 +32,12 @@ pub struct Wanted {
     pub floor: ReleaseVersion,
     /// The file names its downloads take while they arrive (`<sha256>.partial`).
     pub partials: Vec<String>,
+    /// Its release's routing policy, if it names one.
+    pub routing: Option<RoutingPolicy>,
 }
 
 /// What a pass needs of a verified desired state.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Document {
     pub sequence: u64,
     pub etag: Option<String>,
@@ -59,6 +62,7 @@ impl Document {
                     .variant(&a.variant)
                     .map(|v| vec![format!("{}.partial", v.zstd.sha256), format!("{}.partial", v.golden.sha256)])
                     .unwrap_or_default(),
+                routing: r.manifest.routing.clone(),
             })
             .collect();
         Self { sequence: verified.state.sequence, etag, models }
@@ -144,6 +148,8 @@ impl Pass {
         for w in &doc.models {
             state.last_seen.record_floor(&w.model, w.floor);
         }
+        // The routing policies of the releases it names are in force at once (signed by the release keys).
+        state.routing = doc.models.iter().filter_map(|w| Some((w.model.clone(), w.routing.clone()?))).collect();
         let mut pass = Self {
             jobs: plan(state, doc).into(),
             sequence: doc.sequence,
@@ -264,6 +270,7 @@ mod tests {
             variant: "cpu".parse().unwrap(),
             floor: v(floor),
             partials: vec![format!("{model}{release}.partial")],
+            routing: None,
         }
     }
 
@@ -429,6 +436,30 @@ mod tests {
         assert_eq!(kinds(&effects), [r#"remove [ModelName("gone")]"#, "report Removed gone", "save", "done ok"]);
         assert_eq!(state.committed.keys().collect::<Vec<_>>(), [&name("kept")]);
         assert!(state.failed.is_empty());
+    }
+
+    /// Issue 14: the routing policies of the releases a document names are in force from the document on,
+    /// whatever happens to the installs; a model whose release names none has none.
+    #[test]
+    fn routing_policies_come_with_the_document() {
+        let private: RoutingPolicy =
+            serde_json::from_value(serde_json::json!({"mode": "local_only", "private": true})).unwrap();
+        let mut state = DeviceState::default();
+        state.routing.insert(name("old"), RoutingPolicy::local());
+        let chat = Wanted { routing: Some(private.clone()), ..wanted("chat", 2, 1) };
+        let d = doc(4, vec![chat, wanted("magika", 1, 1)]);
+        run(
+            &mut state,
+            &d,
+            vec![
+                Event::Judged(None),
+                Event::Installed(Err((EventKind::DownloadFailed, "reset".into()))),
+                Event::Judged(None),
+                Event::Installed(Err((EventKind::DownloadFailed, "reset".into()))),
+            ],
+        );
+        assert_eq!(state.routing.len(), 1);
+        assert_eq!(state.routing.get(&name("chat")), Some(&private));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use edgefleet_protocol::DeviceId;
 use edgefleet_runtime::Options;
 use edgefleet_runtime::llm::LlmOptions;
@@ -19,7 +19,7 @@ use model_registry::{Limits, Root};
 use crate::agent::Agent;
 use crate::identity::{enroll, http_client};
 use crate::layout::Layout;
-use crate::openai::OpenAiState;
+use crate::openai::{OpenAiState, Routing};
 use crate::serving::ModelTable;
 use crate::v2::{V2State, router};
 
@@ -102,6 +102,17 @@ pub struct RunArgs {
     /// Seconds between metric exports.
     #[arg(long, env = "EDGEFLEET_METRICS_INTERVAL_SECS", default_value_t = 60)]
     pub metrics_interval_secs: u64,
+    /// `cloud`: this daemon is a cloud tier for other devices' language models: it answers every request
+    /// itself (routing policies are for devices) and its OpenAI API asks for --api-token-file's token.
+    #[arg(long, env = "EDGEFLEET_ROLE", value_enum, default_value = "device")]
+    pub role: Role,
+    /// A cloud tier this device may send language-model requests to, when a release's signed routing policy
+    /// names it: `name=NAME,url=https://HOST/v1[,model=M][,token-file=F][,ca=F][,cert=F,key=F]`. Repeatable.
+    #[arg(long = "cloud-tier", env = "EDGEFLEET_CLOUD_TIERS", value_delimiter = ';')]
+    pub cloud_tiers: Vec<crate::cloud::TierConfig>,
+    /// A file holding the bearer token callers of the OpenAI API must present (a cloud tier sets one).
+    #[arg(long, env = "EDGEFLEET_API_TOKEN_FILE")]
+    pub api_token_file: Option<PathBuf>,
     /// Test hook for crash tests: stop at this point of an install and wait to be killed.
     #[arg(long, env = "EDGEFLEET_PAUSE_AT", value_enum, hide = true)]
     pub pause_at: Option<crate::download::PausePoint>,
@@ -109,6 +120,15 @@ pub struct RunArgs {
     /// lifetime). Above the certificates' lifetime it renews at every pass: what the renewal test uses.
     #[arg(long, env = "EDGEFLEET_RENEW_WHEN_DAYS_LEFT", hide = true)]
     pub renew_when_days_left: Option<f64>,
+}
+
+/// What a daemon is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// A device: it serves its models and routes language-model requests by their releases' policies.
+    Device,
+    /// A cloud tier for other devices' language models.
+    Cloud,
 }
 
 /// The trusted root: the stored one, else the provisioned one; then walked forward through the server's.
@@ -325,7 +345,22 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         tracing::warn!(%problem, "restoring a committed model failed");
         state.last_error = Some(problem);
     }
-    let app = router(V2State { models: models.clone() }, 64 << 20).merge(crate::openai::router(OpenAiState { models }));
+    let routing = Routing {
+        cloud_role: args.role == Role::Cloud,
+        tiers: crate::cloud::Tiers::new(&args.cloud_tiers)?,
+        api_token: match &args.api_token_file {
+            Some(f) => {
+                Some(std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?.trim().to_owned())
+            }
+            None => None,
+        },
+        battery: crate::power::battery(&hardware_root),
+    };
+    if routing.cloud_role && routing.api_token.is_none() {
+        bail!("--role cloud needs --api-token-file: a cloud tier answers only the devices that hold its token");
+    }
+    let openai = OpenAiState { models: models.clone(), routing: Arc::new(routing) };
+    let app = router(V2State { models }, 64 << 20).merge(crate::openai::router(openai));
     let stop = stop_signal()?;
     let server = serve_v2(&args.listen, app, stop.clone()).await?;
     let mut renew_at = renew_from(&layout, args.renew_when_days_left);

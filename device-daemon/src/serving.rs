@@ -18,6 +18,7 @@ use edgefleet_protocol::tensor::{HostTensor, TensorSpec};
 use edgefleet_protocol::{ModelName, ReleaseVersion, Sha256Digest, VariantId};
 use edgefleet_runtime::llm::{Engine, EngineConfig, LlmError, LlmModel, LlmOptions};
 use edgefleet_runtime::{Model, Options, Runtime, RuntimeError};
+use model_registry::routing::RoutingPolicy;
 use serde::Serialize;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, Semaphore};
 
@@ -46,6 +47,8 @@ pub struct Served {
     /// What the memory budget counts for this release: model file bytes × sessions (ONNX Runtime keeps the
     /// weights once per session); for a language model its weights and the KV cache of all its sequences.
     pub memory: u64,
+    /// A language model's measured prompt-reading rate, tokens per second (a moving average over requests).
+    prefill: Mutex<Option<f64>>,
 }
 
 /// What answers a release's requests.
@@ -126,6 +129,7 @@ impl Served {
             work: Work::Sessions(SessionPool { permits: Semaphore::new(pool.len()), idle: Mutex::new(pool) }),
             health: Health::default(),
             memory,
+            prefill: Mutex::new(None),
         })
     }
 
@@ -175,10 +179,27 @@ impl Served {
             work: Work::Llm(engine),
             health: Health::default(),
             memory,
+            prefill: Mutex::new(None),
         })
     }
 
     /// The language model's engine, if this release is one.
+    /// Counts a request's prompt reading: `prompt_tokens` read before the first token came after `ttft` (queueing
+    /// included, as a request waiting in line really waits).
+    pub fn observe_prefill(&self, prompt_tokens: u32, ttft: std::time::Duration) {
+        if prompt_tokens == 0 || ttft.is_zero() {
+            return;
+        }
+        let rate = f64::from(prompt_tokens) / ttft.as_secs_f64();
+        let mut p = self.prefill.lock().unwrap_or_else(|p| p.into_inner());
+        *p = Some(p.map_or(rate, |old| 0.8 * old + 0.2 * rate));
+    }
+
+    /// The measured prompt-reading rate, tokens per second; `None` before the first request.
+    pub fn prefill_rate(&self) -> Option<f64> {
+        *self.prefill.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn llm(&self) -> Option<&Engine> {
         match &self.work {
             Work::Llm(e) => Some(e),
@@ -297,9 +318,23 @@ impl Drained {
 #[derive(Debug, Default)]
 pub struct ModelTable {
     models: RwLock<HashMap<ModelName, Arc<Entry>>>,
+    /// Each language model's routing policy, from the signed release the last accepted document names.
+    policies: RwLock<HashMap<ModelName, Arc<RoutingPolicy>>>,
 }
 
 impl ModelTable {
+    /// Puts these routing policies in force, every other model's out.
+    pub fn set_policies(&self, policies: &BTreeMap<ModelName, RoutingPolicy>) {
+        let map = policies.iter().map(|(m, p)| (m.clone(), Arc::new(p.clone()))).collect();
+        *self.policies.write().unwrap_or_else(|p| p.into_inner()) = map;
+    }
+
+    /// The routing policy in force for `name`, if its release names one.
+    pub fn policy(&self, name: &str) -> Option<Arc<RoutingPolicy>> {
+        let name: ModelName = name.parse().ok()?;
+        self.policies.read().unwrap_or_else(|p| p.into_inner()).get(&name).cloned()
+    }
+
     fn entry(&self, name: &ModelName) -> Arc<Entry> {
         if let Some(e) = self.models.read().unwrap_or_else(|p| p.into_inner()).get(name) {
             return e.clone();

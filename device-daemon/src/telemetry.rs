@@ -9,6 +9,9 @@
 //!   (histograms, s, GenAI semantic conventions) and `edgefleet.llm.tokens` (counter, by `gen_ai.token.type` =
 //!   input | output); their requests count in `edgefleet.inference.*` too, with the time to first token as
 //!   the duration;
+//! - `edgefleet.route.requests` (counter, by `tier` = local | cloud and `reason`), and for requests sent to a
+//!   cloud tier `edgefleet.route.cloud.duration` (histogram, s), `.errors` and `.bytes_sent` (counters, by
+//!   `tier_name`);
 //! - `edgefleet.install.events` (counter, by `kind`: installed, verification_failed, rolled_back, …);
 //! - `process.memory.usage` (gauge, By, the daemon's resident set);
 //! - `hw.power` (gauge, W) and `hw.energy` (counter, J) following OpenTelemetry's hardware conventions, only
@@ -142,6 +145,42 @@ impl LlmInstruments {
         }
         self.tokens.add(prompt_tokens, &self.input);
         self.tokens.add(completion_tokens, &self.output);
+    }
+}
+
+/// Counts one language-model request by who answered and why.
+pub fn routed(model: &str, release: Option<u64>, tier: &'static str, reason: &'static str) {
+    let mut attrs = vec![
+        KeyValue::new(names::ATTR_MODEL, model.to_owned()),
+        KeyValue::new(names::ATTR_TIER, tier),
+        KeyValue::new(names::ATTR_REASON, reason),
+    ];
+    if let Some(r) = release {
+        attrs.push(KeyValue::new(names::ATTR_RELEASE, r as i64));
+    }
+    meter()
+        .u64_counter(names::ROUTE_REQUESTS)
+        .with_description("Language-model requests by the tier that answered and why")
+        .build()
+        .add(1, &attrs);
+}
+
+/// One request sent to cloud tier `tier_name`: its bytes, and how long the answer took or that it failed.
+pub fn cloud_call(model: &str, tier_name: &str, bytes_sent: u64, answered: Option<Duration>) {
+    let m = meter();
+    let attrs = [
+        KeyValue::new(names::ATTR_MODEL, model.to_owned()),
+        KeyValue::new(names::ATTR_TIER_NAME, tier_name.to_owned()),
+    ];
+    m.u64_counter(names::ROUTE_CLOUD_BYTES).with_unit("By").build().add(bytes_sent, &attrs);
+    match answered {
+        Some(took) => m
+            .f64_histogram(names::ROUTE_CLOUD_DURATION)
+            .with_unit("s")
+            .with_boundaries(DURATION_BUCKETS.to_vec())
+            .build()
+            .record(took.as_secs_f64(), &attrs),
+        None => m.u64_counter(names::ROUTE_CLOUD_ERRORS).build().add(1, &attrs),
     }
 }
 

@@ -146,6 +146,7 @@ fn release_of(fake: &Fake, name: &str, version: u64, floor: u64, model: &str, re
         created: Utc::now(),
         description: String::new(),
         variants: vec![variant.clone()],
+        routing: None,
     };
     let mut env = Envelope::new(&manifest).expect("envelope");
     env.sign(&key(10)).expect("sign");

@@ -41,7 +41,7 @@ async fn serve(models: Arc<ModelTable>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     tokio::spawn(async move {
-        axum::serve(listener, router(OpenAiState { models })).await.expect("serve");
+        axum::serve(listener, router(OpenAiState { models, routing: Default::default() })).await.expect("serve");
     });
     url
 }

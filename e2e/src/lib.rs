@@ -184,6 +184,19 @@ impl Workdir {
         self.edgefleet(&all).ok().json()["id"].as_str().expect("rollout id").to_owned()
     }
 
+    /// `edgefleet release pack` of a language model: release `version` of `model` from one GGUF (`id`,
+    /// `precision`), golden prompts from the fixtures, context 1024, 16 golden tokens, and `extra` arguments,
+    /// into `out/` (unsigned).
+    pub fn pack_llm(&self, model: &str, version: &str, variant: (&str, &Path, &str), extra: &[&str], out: &str) {
+        let (id, file, precision) = variant;
+        let variant = format!("id={id},file={},precision={precision}", file.display());
+        let prompts = repo().join("fixtures/llm/golden-prompts.json").display().to_string();
+        let mut args = vec!["release", "pack", "--model", model, "--version", version, "--variant", &variant];
+        args.extend(["--samples", &prompts, "--context-length", "1024", "--golden-tokens", "16", "-o", out]);
+        args.extend(extra);
+        self.edgefleet(&args).ok();
+    }
+
     /// A one-time enrollment token for devices labelled `labels` (`k=v` each).
     pub fn enroll_token(&self, labels: &[&str]) -> String {
         let mut args = vec!["--json", "enroll-token", "create"];

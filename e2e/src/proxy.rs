@@ -25,6 +25,8 @@ pub struct ProxyCounts {
     pub connections: AtomicU64,
     pub faults: AtomicU64,
     pub bytes_down: AtomicU64,
+    /// Bytes the clients sent upstream.
+    pub bytes_up: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -82,11 +84,18 @@ impl Drop for FaultProxy {
 
 fn pipe(client: TcpStream, server: TcpStream, fault: Option<Fault>, after: u64, counts: Arc<ProxyCounts>) {
     let (mut c_read, mut s_write) = (client.try_clone().expect("clone"), server.try_clone().expect("clone"));
-    // client → upstream: as it is.
+    // client → upstream: as it is, counted.
     let client_gone = Arc::new(AtomicBool::new(false));
     let gone = client_gone.clone();
+    let up = counts.clone();
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut c_read, &mut s_write);
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(n) = c_read.read(&mut buf) {
+            if n == 0 || s_write.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            up.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+        }
         let _ = s_write.shutdown(Shutdown::Write);
         gone.store(true, Ordering::Relaxed);
     });

@@ -18,30 +18,9 @@ use serde_json::{Value, json};
 const SMOLLM: &str = "models/llm/smollm2-135m-instruct-q4_1.gguf";
 const GEMMA: &str = "models/llm/gemma-3-270m-q4_k_m.gguf";
 
-/// `edgefleet release pack` of `chat` release `version` from one GGUF (`id`, `precision`), golden prompts from
-/// the fixtures, context 1024, into `chat-<version>/` (unsigned).
+/// `edgefleet release pack` of `chat` release `version` from one GGUF (`id`, `precision`) into `out/`.
 fn pack(w: &Workdir, version: &str, id: &str, file: &std::path::Path, precision: &str, out: &str) {
-    let variant = format!("id={id},file={},precision={precision}", file.display());
-    let prompts = repo().join("fixtures/llm/golden-prompts.json").display().to_string();
-    w.edgefleet(&[
-        "release",
-        "pack",
-        "--model",
-        "chat",
-        "--version",
-        version,
-        "--variant",
-        &variant,
-        "--samples",
-        &prompts,
-        "--context-length",
-        "1024",
-        "--golden-tokens",
-        "16",
-        "-o",
-        out,
-    ])
-    .ok();
+    w.pack_llm("chat", version, (id, file, precision), &[], out);
 }
 
 fn sign(w: &Workdir, dir: &str) {

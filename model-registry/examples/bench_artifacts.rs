@@ -132,6 +132,7 @@ fn main() -> anyhow::Result<()> {
                 llm: None,
             })
             .collect(),
+        routing: None,
     };
     let mut env = Envelope::new(&manifest)?;
     env.sign(&keys[1])?;

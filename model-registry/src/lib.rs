@@ -15,6 +15,7 @@ pub mod keys;
 pub mod limits;
 pub mod manifest;
 pub mod root;
+pub mod routing;
 pub mod verify;
 
 pub use artifact::{ArtifactError, ArtifactRef, StreamCheck, compress, decompress_verified};

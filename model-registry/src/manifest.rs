@@ -230,6 +230,10 @@ pub struct ReleaseManifest {
     #[serde(default)]
     pub description: String,
     pub variants: Vec<Variant>,
+    /// For a language model, where its requests may be answered (absent: always on the device). Signed with
+    /// the rest: only the release keys decide whether a prompt may leave a device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing: Option<crate::routing::RoutingPolicy>,
 }
 
 /// Why a release manifest is not well formed, whatever its signatures.
@@ -245,6 +249,8 @@ pub enum ManifestError {
     DuplicateVariant(VariantId),
     #[error("variant {0}: {1}")]
     Variant(VariantId, &'static str),
+    #[error("routing policy: {0}")]
+    Routing(String),
 }
 
 impl ReleaseManifest {
@@ -278,6 +284,14 @@ impl ReleaseManifest {
                 }
                 _ => {}
             }
+        }
+        if let Some(policy) = &self.routing {
+            if self.variants.iter().any(|v| v.format != ModelFormat::Gguf) {
+                return Err(ManifestError::Routing(
+                    "a routing policy is for a language model's (GGUF) releases".into(),
+                ));
+            }
+            policy.validate().map_err(ManifestError::Routing)?;
         }
         Ok(())
     }

@@ -65,6 +65,7 @@ fn manifest(model: &str, version: u64, floor: u64) -> ReleaseManifest {
             outputs: vec![],
             llm: None,
         }],
+        routing: None,
     }
 }
 
@@ -457,4 +458,57 @@ fn one_key_under_two_spellings_counts_once() {
     let count = env.count(&twice.keys, &twice.roles.release);
     assert_eq!(count.valid, vec![lower.key_id()], "{count:?}");
     assert!(!count.met(), "one key does not meet a threshold of two: {count:?}");
+}
+
+/// Issue 14: a routing policy is signed with the release. A control plane holding the fleet key (and the
+/// database) that loosens a private model's policy, or strips it, hands the device a release whose release-key
+/// signatures no longer match: the device refuses the whole document and keeps what it had.
+#[test]
+fn a_forged_routing_policy_is_refused_by_the_device() {
+    let w = World::new();
+    let fresh = LastSeen::default();
+    let device: DeviceId = "dev-1".parse().expect("device");
+    let later = now() + Duration::minutes(10);
+    let mut m = manifest("chat", 2, 1);
+    let v = &mut m.variants[0];
+    (v.format, v.precision) = (ModelFormat::Gguf, "q4_1".parse().expect("precision"));
+    v.llm = Some(LlmSpec {
+        architecture: "llama".into(),
+        parameters: 135_000_000,
+        context_length: 1024,
+        vocab_size: 49_152,
+        memory_bytes: 120 << 20,
+        kv_cache_bytes: 20 << 20,
+        chat_template: None,
+        chat_template_sha256: None,
+    });
+    m.routing =
+        Some(serde_json::from_value(serde_json::json!({"mode": "local_only", "private": true})).expect("policy"));
+    m.validate().expect("a valid manifest");
+    let honest = sign(&m, &[key(10), key(11)]);
+    let doc = |release: Envelope| {
+        let mut d = desired(1, later, vec![release]);
+        d.models[0].variant = "cpu-fp32".parse().expect("variant");
+        fleet_signed(&d)
+    };
+    let accepted = w.verifier(&fresh).desired_state(&doc(honest.clone()), &device).expect("the honest document");
+    assert!(accepted.releases[0].manifest.routing.as_ref().is_some_and(|p| p.private));
+    let loosened = {
+        let mut e = honest.clone();
+        e.signed["routing"] = serde_json::json!({"mode": "auto", "tiers": ["attacker"]});
+        e
+    };
+    let stripped = {
+        let mut e = honest;
+        e.signed.as_object_mut().expect("object").remove("routing");
+        e
+    };
+    for (name, forged) in [("policy loosened", loosened), ("policy stripped", stripped)] {
+        check(
+            name,
+            outcome(w.verifier(&fresh).desired_state(&doc(forged), &device)),
+            Some(Defence::ArbitraryModel),
+            "signature does not match",
+        );
+    }
 }

@@ -19,6 +19,19 @@ pub const LLM_TPOT: &str = "gen_ai.server.time_per_output_token";
 pub const LLM_TOKENS: &str = "edgefleet.llm.tokens";
 pub const ATTR_TOKEN_TYPE: &str = "gen_ai.token.type";
 
+/// Counter: language-model requests by who answered (`tier` = local | cloud) and why (`reason`: the routing
+/// reasons, `rules`, `low_confidence`, `cloud_failed`, …); `release` is the local release in force.
+pub const ROUTE_REQUESTS: &str = "edgefleet.route.requests";
+/// Histogram (s): how long a cloud tier took to answer whole.
+pub const ROUTE_CLOUD_DURATION: &str = "edgefleet.route.cloud.duration";
+/// Counter: requests a cloud tier did not answer usably (down, slow, an error, garbage), by `tier_name`.
+pub const ROUTE_CLOUD_ERRORS: &str = "edgefleet.route.cloud.errors";
+/// Counter (By): request bytes sent to cloud tiers.
+pub const ROUTE_CLOUD_BYTES: &str = "edgefleet.route.cloud.bytes_sent";
+pub const ATTR_TIER: &str = "tier";
+pub const ATTR_REASON: &str = "reason";
+pub const ATTR_TIER_NAME: &str = "tier_name";
+
 /// Counter: install steps and failures, by `kind` (the device event kinds: `committed`, `golden_failed`, …).
 pub const INSTALL_EVENTS: &str = "edgefleet.install.events";
 /// Counter (J): energy used by the device, from its sensor (OpenTelemetry `hw.energy`).

@@ -15,6 +15,7 @@ use model_registry::fsutil::{read_capped, sync_dir, write_atomic};
 use model_registry::golden::{GoldenVectors, Tolerance, read_samples};
 use model_registry::manifest::ModelFormat;
 use model_registry::root::DocType;
+use model_registry::routing::RoutingPolicy;
 use model_registry::{
     Envelope, Limits, ModelName, Precision, ReleaseManifest, ReleaseVersion, Requirements, Sha256Digest, Variant,
     VariantId,
@@ -177,11 +178,14 @@ pub fn pack(a: ReleasePack, out: &Out) -> anyhow::Result<()> {
     if a.out.exists() {
         bail!("{}: already exists; refusing to overwrite", a.out.display());
     }
+    let routing = routing(&a)?;
     let is_gguf = |s: &VariantSpec| s.file.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     if specs.iter().any(is_gguf) {
         ensure!(specs.iter().all(is_gguf), "a release is all ONNX or all GGUF variants, not both");
-        return super::pack_llm::pack(a, model, version, floor, specs, out);
+        let head = Head { model, version, floor, routing };
+        return super::pack_llm::pack(a, head, specs, out);
     }
+    ensure!(routing.is_none(), "--routing is for language-model (GGUF) releases");
     ensure!(specs.iter().all(|s| s.chat_template.is_none()), "chat-template= is for GGUF variants");
     let overrides = parse_tolerances(&a.tolerances)?;
     let limits = Limits::default();
@@ -272,11 +276,29 @@ pub fn pack(a: ReleasePack, out: &Out) -> anyhow::Result<()> {
     }
 
     finish(
-        Finish { model, version, floor, description: a.description, out: &a.out, staging, parent },
+        Finish { model, version, floor, description: a.description, routing: None, out: &a.out, staging, parent },
         variants,
         &summary,
         out,
     )
+}
+
+/// The routing policy `--routing` names, parsed and checked (unknown fields and values out of range refused).
+fn routing(a: &ReleasePack) -> anyhow::Result<Option<RoutingPolicy>> {
+    let Some(path) = &a.routing else { return Ok(None) };
+    let text = read_capped(path, 64 << 10).with_context(|| format!("reading {}", path.display()))?;
+    let policy: RoutingPolicy =
+        serde_json::from_slice(&text).with_context(|| format!("{}: not a routing policy", path.display()))?;
+    policy.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    Ok(Some(policy))
+}
+
+/// What every release says of itself, whatever its variants.
+pub(super) struct Head {
+    pub model: ModelName,
+    pub version: ReleaseVersion,
+    pub floor: ReleaseVersion,
+    pub routing: Option<RoutingPolicy>,
 }
 
 /// What a pack has made so far, to be written out.
@@ -285,6 +307,7 @@ pub(super) struct Finish<'a> {
     pub version: ReleaseVersion,
     pub floor: ReleaseVersion,
     pub description: String,
+    pub routing: Option<RoutingPolicy>,
     pub out: &'a Path,
     pub staging: tempfile::TempDir,
     pub parent: &'a Path,
@@ -292,7 +315,7 @@ pub(super) struct Finish<'a> {
 
 /// Writes the unsigned manifest into the staging directory and renames it into place.
 pub(super) fn finish(f: Finish<'_>, variants: Vec<Variant>, summary: &[String], out: &Out) -> anyhow::Result<()> {
-    let Finish { model, version, floor, description, out: dest, staging, parent } = f;
+    let Finish { model, version, floor, description, routing, out: dest, staging, parent } = f;
     let blobs = staging.path().join("blobs");
     let manifest = ReleaseManifest {
         doc_type: DocType::Release,
@@ -302,6 +325,7 @@ pub(super) fn finish(f: Finish<'_>, variants: Vec<Variant>, summary: &[String], 
         created: Utc::now().duration_trunc(chrono::Duration::seconds(1))?,
         description,
         variants,
+        routing,
     };
     manifest.validate()?;
     crate::docs::write_new(&staging.path().join("manifest.json"), &Envelope::new(&manifest)?)?;

@@ -10,10 +10,10 @@ use edgefleet_protocol::llm_golden::{LlmGolden, LlmTolerance};
 use edgefleet_runtime::llm::{ChatMessage, Engine, EngineConfig, LlmModel, LlmOptions, golden};
 use model_registry::fsutil::read_capped;
 use model_registry::manifest::{LlmSpec, ModelFormat};
-use model_registry::{Limits, ModelName, ReleaseVersion, Sha256Digest, Variant};
+use model_registry::{Limits, Sha256Digest, Variant};
 use serde::Deserialize;
 
-use super::pack::{Finish, VariantSpec, compress_model, finish, write_bytes_blob};
+use super::pack::{Finish, Head, VariantSpec, compress_model, finish, write_bytes_blob};
 use crate::args::ReleasePack;
 use crate::output::Out;
 
@@ -79,14 +79,8 @@ fn start(path: &Path, context_length: u32, template: Option<&str>) -> anyhow::Re
     Ok((Engine::start(model.into(), config)?, context_length))
 }
 
-pub(super) fn pack(
-    a: ReleasePack,
-    model: ModelName,
-    version: ReleaseVersion,
-    floor: ReleaseVersion,
-    specs: Vec<VariantSpec>,
-    out: &Out,
-) -> anyhow::Result<()> {
+pub(super) fn pack(a: ReleasePack, head: Head, specs: Vec<VariantSpec>, out: &Out) -> anyhow::Result<()> {
+    let Head { model, version, floor, routing } = head;
     for s in &specs {
         ensure!(
             !s.precision.is_onnx(),
@@ -168,7 +162,7 @@ pub(super) fn pack(
         });
     }
     finish(
-        Finish { model, version, floor, description: a.description, out: &a.out, staging, parent },
+        Finish { model, version, floor, description: a.description, routing, out: &a.out, staging, parent },
         variants,
         &summary,
         out,

@@ -339,6 +339,7 @@ pub async fn upload_release(app: &TestApp, token: &str, model: &str, version: u6
         created: Utc::now(),
         description: format!("{model} {version}"),
         variants,
+        routing: None,
     }
 }
 
