@@ -49,14 +49,14 @@ pub(in crate::openai) async fn answer(
     headers: &HeaderMap,
     ask: Ask,
 ) -> Result<Response, ApiError> {
-    let lease = lease(state, &ask.model).await?;
+    let mut lease = lease(state, &ask.model).await?;
     // A cloud tier answers everything itself; a device follows the signed policy of the model's release.
     let policy = if state.routing.cloud_role { None } else { state.models.policy(&ask.model) };
     if lease.is_none() && policy.is_none() {
         return Err(not_found(&ask.model));
     }
     let policy = policy.unwrap_or_else(|| Arc::new(RoutingPolicy::local()));
-    let tokens = lease.as_ref().map(|l| ask.input.tokens(engine(l))).transpose()?;
+    let mut tokens = lease.as_ref().map(|l| ask.input.tokens(engine(l))).transpose()?;
     let tier = if policy.private { None } else { state.routing.tiers.first_of(&policy.tiers) };
     let signals = Signals {
         prompt_tokens: tokens.as_ref().map(|t| t.len() as u32),
@@ -77,6 +77,8 @@ pub(in crate::openai) async fn answer(
     let release = lease.as_ref().map(|l| l.served.release.get());
     let mut reason = decision.reason;
     if let (Tier::Cloud, Some(tier)) = (decision.tier, tier) {
+        // The local release is not held while the cloud answers: a swap that drains it need not wait.
+        drop((lease.take(), tokens.take()));
         match ask_cloud(tier, &ask, timeout).await {
             Ok(a) => return Ok(cloud_response(a, &ask, release, decision.reason, None)),
             Err(f) if policy.mode == RouteMode::CloudOnly => {
@@ -89,7 +91,11 @@ pub(in crate::openai) async fn answer(
                     retry_after: Some(1),
                 });
             }
-            Err(_) => reason = Reason::CloudFailed,
+            Err(_) => {
+                reason = Reason::CloudFailed;
+                lease = super::lease(state, &ask.model).await?;
+                tokens = lease.as_ref().map(|l| ask.input.tokens(engine(l))).transpose()?;
+            }
         }
     }
     let (Some(lease), Some(tokens)) = (lease, tokens) else {
