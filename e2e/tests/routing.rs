@@ -1,7 +1,7 @@
 //! Hybrid edge-cloud routing over real processes: a cloud tier (`edgefleet-daemon --role cloud` serving Gemma 3
 //! 270M, reached through a counting proxy) and an edge device serving SmolLM2 under signed routing policies.
-//! The cascade sends drafts below the confidence bar to the cloud and answers the rest locally; a request may
-//! force a tier where the policy allows; a `private` model's requests never reach the cloud (not one byte at
+//! The cascade sends drafts below the confidence bar to the cloud and answers the rest locally; a long prompt
+//! and a low battery go to the cloud before generation; a request may force a tier where the policy allows; a `private` model's requests never reach the cloud (not one byte at
 //! the cloud's door); with the cloud killed, every request is answered locally, flagged, none fails.
 
 use std::time::Duration;
@@ -51,7 +51,8 @@ fn requests_are_routed_by_signed_policy_and_private_ones_never_leave() {
     let w = Workdir::new();
     w.trust(&["alice"], 1);
     let policy = json!({"mode": "auto", "tiers": ["gpu"], "cloud_timeout_ms": 60000,
-        "rules": {"confidence": {"tokens": 4, "stat": "mean", "min_logprob_milli": (MIN_LOGPROB * 1000.0) as i32}, "allow_override": true}});
+        "rules": {"max_prompt_tokens": 200, "min_battery_percent": 20, "allow_override": true,
+            "confidence": {"tokens": 4, "stat": "mean", "min_logprob_milli": (MIN_LOGPROB * 1000.0) as i32}}});
     std::fs::write(w.path("auto.json"), policy.to_string()).unwrap();
     std::fs::write(w.path("private.json"), r#"{"mode": "local_only", "private": true}"#).unwrap();
     let (smollm, gemma) = (cache(SMOLLM), cache(GEMMA));
@@ -97,6 +98,11 @@ fn requests_are_routed_by_signed_policy_and_private_ones_never_leave() {
     // The edge device reaches the tier through a proxy that counts every byte sent to it.
     let door = FaultProxy::start(cloud.url.trim_start_matches("http://"), Fault::Cut, u64::MAX, 0);
     x86_server(&w, "hw-edge");
+    // A battery at 80 %, as a laptop's kernel shows it.
+    let battery = w.path("hw-edge/sys/class/power_supply/BAT0");
+    std::fs::create_dir_all(&battery).unwrap();
+    std::fs::write(battery.join("type"), "Battery\n").unwrap();
+    std::fs::write(battery.join("capacity"), "80\n").unwrap();
     let tier = format!("name=gpu,url=http://{}/v1,model=big,token-file={}", door.addr, w.path("cloud.token").display());
     let mut cmd =
         daemon_command_on(&w, &server, &server.url, "edge-1", Some(&w.enroll_token(&["role=edge"])), "hw-edge");
@@ -129,6 +135,14 @@ fn requests_are_routed_by_signed_policy_and_private_ones_never_leave() {
     assert!(confidence.is_some_and(|c| c < MIN_LOGPROB), "{confidence:?}");
     assert!(!text.is_empty());
     assert!(sent() > before, "the cloud's answer came through the door");
+    // Before generation: a prompt over 200 tokens, and a battery below 20 %, go to the cloud.
+    let long = "Tell me what this says: ".to_owned() + &"the quick brown fox jumps over the lazy dog. ".repeat(30);
+    let (status, route, reason, _, _) = chat(&edge, "chat", &long, None);
+    assert_eq!((status, route.as_str(), reason.as_str()), (200, "cloud", "prompt_tokens"));
+    std::fs::write(battery.join("capacity"), "15\n").unwrap();
+    let (status, route, reason, _, _) = chat(&edge, "chat", "What is the capital of France?", None);
+    assert_eq!((status, route.as_str(), reason.as_str()), (200, "cloud", "battery"));
+    std::fs::write(battery.join("capacity"), "80\n").unwrap();
     // A request may force either tier, as the policy allows.
     let (status, route, reason, _, _) = chat(&edge, "chat", "What is the capital of France?", Some("cloud"));
     assert_eq!((status, route.as_str(), reason.as_str()), (200, "cloud", "requested"));
