@@ -9,7 +9,10 @@
 //! taken the answer is 429 with `Retry-After`. A client that goes away drops the stream, which drops the
 //! engine's receiver, which frees its sequence before the engine's next step.
 //!
-//! Every answer names the release that gave it (`x-edgefleet-release`, `x-edgefleet-variant`).
+//! Every answer names the release that gave it (`x-edgefleet-release`, `x-edgefleet-variant`), and who
+//! answered and why (`x-edgefleet-route`, `x-edgefleet-route-reason`): each request is routed first, by its
+//! model's signed policy, to the local model or a cloud tier (`routed.rs`). A cloud tier's daemon
+//! (`--role cloud`) answers everything itself and asks callers for its bearer token.
 
 mod routed;
 mod run;
