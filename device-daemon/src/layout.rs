@@ -107,6 +107,11 @@ impl DeviceState {
     }
 }
 
+/// The file name a download of `r` takes in `downloads/` while it arrives.
+pub fn partial_name(r: &ArtifactRef) -> String {
+    format!("{}.partial", r.sha256)
+}
+
 /// The daemon's files.
 #[derive(Debug, Clone)]
 pub struct Layout {
@@ -156,7 +161,7 @@ impl Layout {
     }
 
     pub fn partial(&self, r: &ArtifactRef) -> PathBuf {
-        self.downloads().join(format!("{}.partial", r.sha256))
+        self.downloads().join(partial_name(r))
     }
 
     pub fn models(&self) -> PathBuf {

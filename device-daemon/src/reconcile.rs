@@ -20,7 +20,7 @@ use edgefleet_protocol::{ModelName, ReleaseVersion, VariantId};
 use model_registry::VerifiedDesiredState;
 use model_registry::routing::RoutingPolicy;
 
-use crate::layout::{DeviceState, Installed, Slot};
+use crate::layout::{DeviceState, Installed, Slot, partial_name};
 
 /// What a pass needs of one model the verified document names.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,7 +60,7 @@ impl Document {
                 partials: r
                     .manifest
                     .variant(&a.variant)
-                    .map(|v| vec![format!("{}.partial", v.zstd.sha256), format!("{}.partial", v.golden.sha256)])
+                    .map(|v| vec![partial_name(&v.zstd), partial_name(&v.golden)])
                     .unwrap_or_default(),
                 routing: r.manifest.routing.clone(),
             })

@@ -62,7 +62,11 @@ pub(in crate::openai) async fn answer(
         prompt_tokens: tokens.as_ref().map(|t| t.len() as u32),
         prefill_tokens_per_sec: lease.as_ref().and_then(|l| l.served.prefill_rate()),
         request_ttft_slo_ms: header_u32(headers, "x-edgefleet-ttft-slo-ms"),
-        battery_percent: state.routing.battery.as_deref().and_then(crate::power::battery_percent),
+        // Read only when a rule judges it: a file read per request costs what the rest of routing does.
+        battery_percent: (policy.rules.min_battery_percent.is_some())
+            .then_some(state.routing.battery.as_deref())
+            .flatten()
+            .and_then(crate::power::battery_percent),
         local_ready: lease.is_some(),
         queue_depth: lease.as_ref().map_or(0, |l| engine(l).inflight() as u32),
         requested: match headers.get("x-edgefleet-route").and_then(|v| v.to_str().ok()) {
