@@ -46,7 +46,8 @@ pub fn waves(specs: &[String]) -> anyhow::Result<Vec<Wave>> {
 }
 
 /// `error-rate=0.01`, `p95-ratio=1.2`, `energy-ratio=1.1`, `install-failures=0.05`; for language models
-/// `ttft-ratio=1.2`, `tpot-ratio=1.2`, `energy-per-token-ratio=1.1`.
+/// `ttft-ratio=1.2`, `tpot-ratio=1.2`, `energy-per-token-ratio=1.1`, and under a routing policy
+/// `cloud-share-ratio=2` (the share of requests answered in the cloud, new ÷ baseline).
 pub fn gate(s: &str) -> anyhow::Result<Gate> {
     let (k, v) = s.split_once('=').with_context(|| format!("gate {s:?}: NAME=LIMIT"))?;
     let v: f64 = v.trim().parse().with_context(|| format!("gate {s:?}: the limit is a number"))?;
@@ -58,9 +59,10 @@ pub fn gate(s: &str) -> anyhow::Result<Gate> {
         "ttft-ratio" => Gate::TtftP95Ratio { max: v },
         "tpot-ratio" => Gate::TpotP95Ratio { max: v },
         "energy-per-token-ratio" => Gate::EnergyPerTokenRatio { max: v },
+        "cloud-share-ratio" => Gate::CloudShareRatio { max: v },
         other => bail!(
             "gate {other:?}: one of error-rate, p95-ratio, energy-ratio, install-failures, ttft-ratio, tpot-ratio, \
-             energy-per-token-ratio"
+             energy-per-token-ratio, cloud-share-ratio"
         ),
     })
 }

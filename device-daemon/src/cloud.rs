@@ -207,4 +207,77 @@ mod tests {
             assert!(bad.parse::<TierConfig>().is_err(), "{bad}");
         }
     }
+
+    /// A hostile or broken tier on loopback: each path answers one way.
+    async fn hostile_tier() -> std::net::SocketAddr {
+        use axum::body::Body;
+        use axum::routing::post;
+        let answer = r#"{"choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris"}}]}"#;
+        let endless = || {
+            // Megabyte chunks for as long as the client reads (bounded, so a broken client cannot hold the test).
+            let chunks = futures_util::StreamExt::take(
+                futures_util::stream::repeat_with(|| Ok::<_, std::io::Error>(vec![b' '; 1 << 20])),
+                256,
+            );
+            Body::from_stream(chunks)
+        };
+        let drip = || {
+            let chunks = futures_util::stream::unfold(0u32, |n| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                (n < 1000).then_some((Ok::<_, std::io::Error>(vec![b' ']), n + 1))
+            });
+            Body::from_stream(chunks)
+        };
+        let app = axum::Router::new()
+            .route("/good/chat/completions", post(move || async move { answer }))
+            .route("/garbage/chat/completions", post(|| async { "<html>It works!</html>" }))
+            .route("/shape/chat/completions", post(|| async { r#"{"choices": []}"# }))
+            .route(
+                "/error/chat/completions",
+                post(|| async { (axum::http::StatusCode::INTERNAL_SERVER_ERROR, "oops") }),
+            )
+            .route("/hang/chat/completions", post(|| async { tokio::time::sleep(Duration::from_secs(3600)).await }))
+            .route("/endless/chat/completions", post(move || async move { endless() }))
+            .route("/drip/chat/completions", post(move || async move { drip() }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_tier_that_answers_garbage_hangs_or_never_stops_is_cut_off_at_its_bounds() {
+        let addr = hostile_tier().await;
+        let tier = |path: &str| Tier::new(&format!("name=gpu,url=http://{addr}/{path}").parse().unwrap()).unwrap();
+        let request = serde_json::json!({"model": "chat", "stream": true, "messages": [{"role": "user", "content": "Capital of France?"}]});
+        let timeout = Duration::from_millis(1500);
+        let good = tier("good").ask("chat/completions", request.clone(), timeout).await.expect("an answer");
+        assert_eq!(good.body["choices"][0]["message"]["content"], "Paris");
+        assert_eq!(
+            good.bytes_sent,
+            serde_json::to_vec(&{
+                let mut r = request.clone();
+                r["stream"] = Value::Bool(false);
+                r
+            })
+            .unwrap()
+            .len() as u64
+        );
+        for (path, why) in [
+            ("garbage", "not JSON"),
+            ("shape", "not an OpenAI answer"),
+            ("error", "answered 500"),
+            ("hang", "no answer within 1500 ms"),
+            ("endless", "more than the limit of 4194304 bytes"),
+            ("drip", "no answer within 1500 ms"),
+        ] {
+            let f = tier(path).ask("chat/completions", request.clone(), timeout).await.expect_err(path);
+            assert!(f.why.contains(why), "{path}: {}", f.why);
+            assert!(f.bytes_sent > 0, "{path}: the request was sent, and counted");
+        }
+        // Nobody listening: failed as unreachable.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let down = Tier::new(&format!("name=gpu,url=http://{closed}/v1").parse().unwrap()).unwrap();
+        assert!(down.ask("chat/completions", request, timeout).await.expect_err("down").why.contains("unreachable"));
+    }
 }

@@ -23,7 +23,8 @@ impl Tier {
     }
 }
 
-/// Why, as `x-edgefleet-route-reason` and the telemetry's `reason` say it.
+/// Why, as `x-edgefleet-route-reason` and the telemetry's `reason` say it. In the order of
+/// [`edgefleet_protocol::telemetry::ROUTE_REASONS`], which names them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
     /// The policy is `local_only` (or names no policy).
@@ -51,22 +52,9 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Its name, from the telemetry contract's list (the variants are in that list's order).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::LocalOnly => "local_only",
-            Reason::Private => "private",
-            Reason::CloudOnly => "cloud_only",
-            Reason::Requested => "requested",
-            Reason::PromptTokens => "prompt_tokens",
-            Reason::TtftSlo => "ttft_slo",
-            Reason::Battery => "battery",
-            Reason::LocalNotReady => "local_not_ready",
-            Reason::Queue => "queue_depth",
-            Reason::LowConfidence => "low_confidence",
-            Reason::Rules => "rules",
-            Reason::NoTier => "no_cloud_tier",
-            Reason::CloudFailed => "cloud_failed",
-        }
+        edgefleet_protocol::telemetry::ROUTE_REASONS[self as usize]
     }
 }
 
@@ -173,6 +161,29 @@ pub fn confident(c: &Confidence, logprobs: &[f32]) -> bool {
 mod tests {
     use super::*;
     use model_registry::routing::RouteRules;
+
+    #[test]
+    fn reasons_are_named_as_the_telemetry_contract_lists_them() {
+        let named = [
+            (Reason::LocalOnly, "local_only"),
+            (Reason::Private, "private"),
+            (Reason::CloudOnly, "cloud_only"),
+            (Reason::Requested, "requested"),
+            (Reason::PromptTokens, "prompt_tokens"),
+            (Reason::TtftSlo, "ttft_slo"),
+            (Reason::Battery, "battery"),
+            (Reason::LocalNotReady, "local_not_ready"),
+            (Reason::Queue, "queue_depth"),
+            (Reason::LowConfidence, "low_confidence"),
+            (Reason::Rules, "rules"),
+            (Reason::NoTier, "no_cloud_tier"),
+            (Reason::CloudFailed, "cloud_failed"),
+        ];
+        assert_eq!(named.len(), edgefleet_protocol::telemetry::ROUTE_REASONS.len());
+        for (r, name) in named {
+            assert_eq!(r.as_str(), name);
+        }
+    }
 
     fn auto(rules: RouteRules) -> RoutingPolicy {
         RoutingPolicy {

@@ -149,15 +149,13 @@ impl LlmInstruments {
 }
 
 /// Counts one language-model request by who answered and why.
-pub fn routed(model: &str, release: Option<u64>, tier: &'static str, reason: &'static str) {
+pub fn routed(model: &str, local: Option<(u64, &str)>, tier: &'static str, reason: &'static str) {
     let mut attrs = vec![
         KeyValue::new(names::ATTR_MODEL, model.to_owned()),
         KeyValue::new(names::ATTR_TIER, tier),
         KeyValue::new(names::ATTR_REASON, reason),
     ];
-    if let Some(r) = release {
-        attrs.push(KeyValue::new(names::ATTR_RELEASE, r as i64));
-    }
+    attrs.extend(local_release(local));
     meter()
         .u64_counter(names::ROUTE_REQUESTS)
         .with_description("Language-model requests by the tier that answered and why")
@@ -165,13 +163,28 @@ pub fn routed(model: &str, release: Option<u64>, tier: &'static str, reason: &'s
         .add(1, &attrs);
 }
 
+/// The attributes naming the local release in force, when one serves: the control plane rolls route metrics up
+/// per release with them.
+fn local_release(local: Option<(u64, &str)>) -> Vec<KeyValue> {
+    local.map_or_else(Vec::new, |(release, variant)| {
+        vec![KeyValue::new(names::ATTR_RELEASE, release as i64), KeyValue::new(names::ATTR_VARIANT, variant.to_owned())]
+    })
+}
+
 /// One request sent to cloud tier `tier_name`: its bytes, and how long the answer took or that it failed.
-pub fn cloud_call(model: &str, tier_name: &str, bytes_sent: u64, answered: Option<Duration>) {
+pub fn cloud_call(
+    model: &str,
+    local: Option<(u64, &str)>,
+    tier_name: &str,
+    bytes_sent: u64,
+    answered: Option<Duration>,
+) {
     let m = meter();
-    let attrs = [
+    let mut attrs = vec![
         KeyValue::new(names::ATTR_MODEL, model.to_owned()),
         KeyValue::new(names::ATTR_TIER_NAME, tier_name.to_owned()),
     ];
+    attrs.extend(local_release(local));
     m.u64_counter(names::ROUTE_CLOUD_BYTES).with_unit("By").build().add(bytes_sent, &attrs);
     match answered {
         Some(took) => m

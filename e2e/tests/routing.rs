@@ -2,7 +2,8 @@
 //! 270M, reached through a counting proxy) and an edge device serving SmolLM2 under signed routing policies.
 //! The cascade sends drafts below the confidence bar to the cloud and answers the rest locally; a long prompt
 //! and a low battery go to the cloud before generation; a request may force a tier where the policy allows; a `private` model's requests never reach the cloud (not one byte at
-//! the cloud's door); with the cloud killed, every request is answered locally, flagged, none fails.
+//! the cloud's door); with the cloud killed, every request is answered locally, flagged, none fails; and the
+//! control plane rolls the edge's telemetry up into the split per release: by tier, reason, failures and bytes.
 
 use std::time::Duration;
 
@@ -70,7 +71,8 @@ fn requests_are_routed_by_signed_policy_and_private_ones_never_leave() {
     for r in ["chat-1", "secret-1", "big-1"] {
         w.edgefleet(&["release", "sign", r, "--key", "alice.key"]).ok();
     }
-    let (server, _) = server_and_token(&w, None);
+    // Telemetry written every 200 ms in 5 s windows, so the control plane's split can be read within the test.
+    let (server, _) = server_and_token(&w, Some("telemetry_flush_ms = 200\ntelemetry_window_secs = 5\n"));
     for r in ["chat-1", "secret-1", "big-1"] {
         w.edgefleet(&["release", "push", r]).ok();
     }
@@ -106,7 +108,7 @@ fn requests_are_routed_by_signed_policy_and_private_ones_never_leave() {
     let tier = format!("name=gpu,url=http://{}/v1,model=big,token-file={}", door.addr, w.path("cloud.token").display());
     let mut cmd =
         daemon_command_on(&w, &server, &server.url, "edge-1", Some(&w.enroll_token(&["role=edge"])), "hw-edge");
-    cmd.args(["--cloud-tier", &tier, "--llm-threads", "1", "--llm-sequences", "2"]);
+    cmd.args(["--cloud-tier", &tier, "--llm-threads", "1", "--llm-sequences", "2", "--metrics-interval-secs", "1"]);
     let edge = spawn_daemon(cmd);
     w.edgefleet(&["assign", "chat", "1", "--selector", "role=edge"]).ok();
     w.edgefleet(&["assign", "secret", "1", "--selector", "role=edge"]).ok();
@@ -156,6 +158,38 @@ fn requests_are_routed_by_signed_policy_and_private_ones_never_leave() {
         assert_eq!((status, route.as_str(), reason.as_str()), (200, "local", "cloud_failed"));
         assert!(!text.is_empty());
     }
+
+    // The control plane's split for release 1 of chat on this class, from the edge's telemetry: eight routed
+    // requests, four answered by the cloud, each reason counted; two cloud calls failed after the kill.
+    let viewer = server.token("viewer", "viewer");
+    let route = |model: &str| {
+        let r =
+            server.client().get(format!("{}/api/v1/models/{model}/telemetry", server.url)).bearer_auth(&viewer).send();
+        let v: Value = r.ok().and_then(|r| r.json().ok()).unwrap_or_default();
+        let mut total = json!({"requests": 0, "cloud": 0, "cloud_errors": 0, "cloud_bytes_sent": 0, "by_reason": {}});
+        for w in v["windows"].as_array().into_iter().flatten().filter(|w| w["release"] == 1 && w["route"].is_object()) {
+            for k in ["requests", "cloud", "cloud_errors", "cloud_bytes_sent"] {
+                total[k] = json!(total[k].as_u64().unwrap_or(0) + w["route"][k].as_u64().unwrap_or(0));
+            }
+            for (reason, n) in w["route"]["by_reason"].as_object().into_iter().flatten() {
+                let sum = total["by_reason"][reason].as_u64().unwrap_or(0) + n.as_u64().unwrap_or(0);
+                total["by_reason"][reason] = json!(sum);
+            }
+        }
+        total
+    };
+    let chat = eventually("the control plane's routing split", Duration::from_secs(30), || {
+        let t = route("chat");
+        (t["requests"] == 8 && t["cloud_errors"] == 2).then_some(t)
+    });
+    assert_eq!(chat["cloud"], 4, "{chat}");
+    let reasons =
+        json!({"rules": 1, "low_confidence": 1, "prompt_tokens": 1, "battery": 1, "requested": 2, "cloud_failed": 2});
+    assert_eq!(chat["by_reason"], reasons, "{chat}");
+    assert!(chat["cloud_bytes_sent"].as_u64().unwrap_or(0) > 0, "{chat}");
+    let secret = route("secret");
+    assert_eq!((secret["requests"].as_u64(), secret["cloud_bytes_sent"].as_u64()), (Some(2), Some(0)), "{secret}");
+    assert_eq!(secret["by_reason"], json!({"private": 2}), "{secret}");
     drop(edge);
     assert!(server.stop().success());
 }

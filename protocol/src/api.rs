@@ -533,6 +533,26 @@ pub struct WindowStats {
     /// Language models only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub llm: Option<LlmWindowStats>,
+    /// Language models under a routing policy only: who answered and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<RouteWindowStats>,
+}
+
+/// How a language model's requests were routed in a window: by tier and reason, and what the cloud calls cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouteWindowStats {
+    pub requests: u64,
+    pub local: u64,
+    pub cloud: u64,
+    /// `cloud ÷ requests`.
+    pub cloud_share: f64,
+    /// Requests per routing reason (`rules`, `low_confidence`, `battery`, `cloud_failed`, …), reasons seen only.
+    pub by_reason: std::collections::BTreeMap<String, u64>,
+    /// Cloud calls that failed (the local model answered instead, or a `cloud_only` request failed).
+    pub cloud_errors: u64,
+    pub cloud_bytes_sent: u64,
+    pub cloud_p50_ms: Option<f64>,
+    pub cloud_p95_ms: Option<f64>,
 }
 
 /// A language model's numbers in a window: time to first token, decoding speed, tokens, energy per token.

@@ -37,12 +37,22 @@ pub enum Gate {
     TpotP95Ratio { max: f64 },
     /// Language models: joules per output token, new ÷ baseline, at most this. No sensor, no samples.
     EnergyPerTokenRatio { max: f64 },
+    /// Language models under a routing policy: the share of requests answered in the cloud, new ÷ baseline, at
+    /// most this (2 = a release may send at most twice the baseline's share to the cloud). Samples are routed
+    /// requests; a new release that sends any where the baseline sent none measures as infinite.
+    CloudShareRatio { max: f64 },
 }
 
 impl Gate {
     /// Whether the gate judges numbers only language models report.
     pub fn is_llm(&self) -> bool {
-        matches!(self, Gate::TtftP95Ratio { .. } | Gate::TpotP95Ratio { .. } | Gate::EnergyPerTokenRatio { .. })
+        matches!(
+            self,
+            Gate::TtftP95Ratio { .. }
+                | Gate::TpotP95Ratio { .. }
+                | Gate::EnergyPerTokenRatio { .. }
+                | Gate::CloudShareRatio { .. }
+        )
     }
 
     pub fn name(&self) -> &'static str {
@@ -54,6 +64,7 @@ impl Gate {
             Gate::TtftP95Ratio { .. } => "time-to-first-token p95 ratio",
             Gate::TpotP95Ratio { .. } => "time-per-output-token p95 ratio",
             Gate::EnergyPerTokenRatio { .. } => "energy-per-token ratio",
+            Gate::CloudShareRatio { .. } => "cloud-share ratio",
         }
     }
 
@@ -65,7 +76,8 @@ impl Gate {
             | Gate::InstallFailureRatio { max }
             | Gate::TtftP95Ratio { max }
             | Gate::TpotP95Ratio { max }
-            | Gate::EnergyPerTokenRatio { max } => max,
+            | Gate::EnergyPerTokenRatio { max }
+            | Gate::CloudShareRatio { max } => max,
         }
     }
 }

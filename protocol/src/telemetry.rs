@@ -19,15 +19,34 @@ pub const LLM_TPOT: &str = "gen_ai.server.time_per_output_token";
 pub const LLM_TOKENS: &str = "edgefleet.llm.tokens";
 pub const ATTR_TOKEN_TYPE: &str = "gen_ai.token.type";
 
-/// Counter: language-model requests by who answered (`tier` = local | cloud) and why (`reason`: the routing
-/// reasons, `rules`, `low_confidence`, `cloud_failed`, …); `release` is the local release in force.
+/// Counter: language-model requests by who answered (`tier` = local | cloud) and why (`reason`, one of
+/// [`ROUTE_REASONS`]); `release` and `variant` are the local release in force (absent when none serves).
 pub const ROUTE_REQUESTS: &str = "edgefleet.route.requests";
 /// Histogram (s): how long a cloud tier took to answer whole.
 pub const ROUTE_CLOUD_DURATION: &str = "edgefleet.route.cloud.duration";
 /// Counter: requests a cloud tier did not answer usably (down, slow, an error, garbage), by `tier_name`.
 pub const ROUTE_CLOUD_ERRORS: &str = "edgefleet.route.cloud.errors";
-/// Counter (By): request bytes sent to cloud tiers.
+/// Counter (By): request bytes sent to cloud tiers. The three cloud metrics carry `tier_name`, and `release`
+/// and `variant` of the local release in force when one serves.
 pub const ROUTE_CLOUD_BYTES: &str = "edgefleet.route.cloud.bytes_sent";
+/// Every `reason` a routed request may carry, in this order wherever they are counted one by one (the
+/// control plane keeps one column per reason). What answers is mostly the reason's own: `requested` alone can
+/// be either tier, which `tier` says.
+pub const ROUTE_REASONS: [&str; 13] = [
+    "local_only",
+    "private",
+    "cloud_only",
+    "requested",
+    "prompt_tokens",
+    "ttft_slo",
+    "battery",
+    "local_not_ready",
+    "queue_depth",
+    "low_confidence",
+    "rules",
+    "no_cloud_tier",
+    "cloud_failed",
+];
 pub const ATTR_TIER: &str = "tier";
 pub const ATTR_REASON: &str = "reason";
 pub const ATTR_TIER_NAME: &str = "tier_name";

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use edgefleet_protocol::telemetry::DURATION_BUCKETS;
+use edgefleet_protocol::telemetry::{DURATION_BUCKETS, ROUTE_REASONS};
 
 use super::{ApiResult, Principal};
 use crate::state::{AppState, now_ms};
@@ -36,6 +36,19 @@ impl Out {
         } else {
             writeln!(self.0, "{name}{{{}}} {value}", l.join(","))
         };
+    }
+
+    /// A histogram on the duration buckets: its cumulative `_bucket` lines and `_count`.
+    fn histogram(&mut self, name: &str, base: &[(&str, &str)], buckets: &[u64; NBUCKETS]) {
+        let mut cumulative = 0;
+        for (i, c) in buckets.iter().enumerate() {
+            cumulative += c;
+            let le = DURATION_BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
+            let mut l = base.to_vec();
+            l.push(("le", &le));
+            self.line(&format!("{name}_bucket"), &l, cumulative as f64);
+        }
+        self.line(&format!("{name}_count"), base, cumulative as f64);
     }
 }
 
@@ -120,16 +133,8 @@ pub async fn prometheus(State(state): State<AppState>, mut parts: axum::http::re
     for ((m, v, class), t) in &totals {
         let v = v.to_string();
         let base = [("model", m.as_str()), ("release", v.as_str()), ("device_class", class.as_str())];
-        let mut cumulative = 0;
-        for (i, c) in t.buckets.iter().enumerate() {
-            cumulative += c;
-            let le = DURATION_BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
-            let mut l = base.to_vec();
-            l.push(("le", &le));
-            o.line("edgefleet_inference_duration_seconds_bucket", &l, cumulative as f64);
-        }
+        o.histogram("edgefleet_inference_duration_seconds", &base, &t.buckets);
         o.line("edgefleet_inference_duration_seconds_sum", &base, t.duration_sum);
-        o.line("edgefleet_inference_duration_seconds_count", &base, cumulative as f64);
     }
     o.help("edgefleet_inference_latency_seconds", "gauge", "Inference latency quantiles over the last five minutes");
     o.help(
@@ -191,15 +196,7 @@ pub async fn prometheus(State(state): State<AppState>, mut parts: axum::http::re
         for ((m, v, class), t) in totals.iter().filter(|(_, t)| t.ttft.iter().any(|b| *b > 0)) {
             let v = v.to_string();
             let base = [("model", m.as_str()), ("release", v.as_str()), ("device_class", class.as_str())];
-            let mut cumulative = 0;
-            for (i, c) in pick(t).iter().enumerate() {
-                cumulative += c;
-                let le = DURATION_BUCKETS.get(i).map_or("+Inf".to_owned(), |b| b.to_string());
-                let mut l = base.to_vec();
-                l.push(("le", &le));
-                o.line(&format!("{name}_bucket"), &l, cumulative as f64);
-            }
-            o.line(&format!("{name}_count"), &base, cumulative as f64);
+            o.histogram(name, &base, &pick(t));
         }
     }
     o.help("edgefleet_llm_tokens_total", "counter", "Tokens language models read (input) and wrote (output)");
@@ -240,6 +237,27 @@ pub async fn prometheus(State(state): State<AppState>, mut parts: axum::http::re
         if t.energy_tokens > 0 {
             o.line("edgefleet_llm_energy_per_token_joules", &l, t.energy_j / t.energy_tokens as f64);
         }
+    }
+
+    // Hybrid routing per (model, release, device class): requests by reason, those the cloud answered, and the
+    // cloud calls' failures, bytes and latency.
+    o.help("edgefleet_route_requests_total", "counter", "Routed language-model requests, by routing reason");
+    o.help("edgefleet_route_cloud_requests_total", "counter", "Routed language-model requests the cloud answered");
+    o.help("edgefleet_route_cloud_errors_total", "counter", "Cloud calls that failed (the local model answered)");
+    o.help("edgefleet_route_cloud_bytes_total", "counter", "Request bytes devices sent to cloud tiers");
+    o.help("edgefleet_route_cloud_duration_seconds", "histogram", "Time cloud tiers took to answer whole");
+    for ((m, v, class), t) in totals.iter().filter(|(_, t)| t.route.iter().any(|n| *n > 0) || t.cloud_errors > 0) {
+        let v = v.to_string();
+        let base = [("model", m.as_str()), ("release", v.as_str()), ("device_class", class.as_str())];
+        for (reason, n) in ROUTE_REASONS.iter().zip(t.route).filter(|(_, n)| *n > 0) {
+            let mut l = base.to_vec();
+            l.push(("reason", reason));
+            o.line("edgefleet_route_requests_total", &l, n as f64);
+        }
+        o.line("edgefleet_route_cloud_requests_total", &base, t.route_cloud as f64);
+        o.line("edgefleet_route_cloud_errors_total", &base, t.cloud_errors as f64);
+        o.line("edgefleet_route_cloud_bytes_total", &base, t.cloud_bytes as f64);
+        o.histogram("edgefleet_route_cloud_duration_seconds", &base, &t.cloud);
     }
 
     // The receiver itself.

@@ -7,8 +7,10 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use edgefleet_protocol::api::{
-    LlmWindowStats, ModelSummary, ModelTelemetry, ReleaseSummary, ReleaseWindow, VariantInfo, WindowStats,
+    LlmWindowStats, ModelSummary, ModelTelemetry, ReleaseSummary, ReleaseWindow, RouteWindowStats, VariantInfo,
+    WindowStats,
 };
+use edgefleet_protocol::telemetry::ROUTE_REASONS;
 use edgefleet_protocol::{ModelName, ReleaseVersion, Sha256Digest};
 use futures_util::TryStreamExt;
 use model_registry::artifact::ArtifactRef;
@@ -315,6 +317,25 @@ pub(super) fn window_stats(c: &ClassStats, window_secs: u64) -> WindowStats {
                 prompt_tokens: l.tokens_in,
                 output_tokens: l.tokens_out,
                 joules_per_token: l.joules_per_token,
+            })
+        },
+        route: {
+            let r = &c.stats.route;
+            (r.requests > 0 || r.cloud_errors > 0).then(|| RouteWindowStats {
+                requests: r.requests,
+                local: r.requests - r.cloud.min(r.requests),
+                cloud: r.cloud,
+                cloud_share: r.cloud_share().unwrap_or(0.0),
+                by_reason: ROUTE_REASONS
+                    .iter()
+                    .zip(r.by_reason)
+                    .filter(|(_, n)| *n > 0)
+                    .map(|(name, n)| ((*name).to_owned(), n))
+                    .collect(),
+                cloud_errors: r.cloud_errors,
+                cloud_bytes_sent: r.cloud_bytes,
+                cloud_p50_ms: r.cloud_p50_ms,
+                cloud_p95_ms: r.cloud_p95_ms,
             })
         },
     }

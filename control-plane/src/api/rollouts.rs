@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use edgefleet_protocol::rollout::{Action, CreateRollout, Rollout, RolloutView, State as RolloutState};
+use edgefleet_protocol::rollout::{Action, CreateRollout, Gate, Rollout, RolloutView, State as RolloutState};
 use edgefleet_protocol::{ModelName, ReleaseVersion};
 use serde::Deserialize;
 
@@ -41,15 +41,19 @@ async fn current_release(state: &AppState, model: &ModelName) -> ApiResult<Optio
 }
 
 /// Whether a release's variants are language models (GGUF).
-async fn is_language_model(
+/// What a release is, as far as gates go: a language model, and one whose signed routing policy may send
+/// requests to a cloud tier.
+async fn release_kind(
     state: &AppState,
     model: &edgefleet_protocol::ModelName,
     version: edgefleet_protocol::ReleaseVersion,
-) -> ApiResult<bool> {
-    let Some(row) = state.store.get_release(model, version).await? else { return Ok(false) };
+) -> ApiResult<(bool, bool)> {
+    let Some(row) = state.store.get_release(model, version).await? else { return Ok((false, false)) };
     let envelope: serde_json::Value = serde_json::from_str(&row.manifest).unwrap_or_default();
     let variants = envelope["signed"]["variants"].as_array().cloned().unwrap_or_default();
-    Ok(variants.iter().any(|v| v["format"] == "gguf"))
+    let routing = &envelope["signed"]["routing"];
+    let may_use_cloud = routing.is_object() && routing["mode"] != "local_only" && routing["private"] != true;
+    Ok((variants.iter().any(|v| v["format"] == "gguf"), may_use_cloud))
 }
 
 pub async fn create(
@@ -60,12 +64,27 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<RolloutView>)> {
     req.validate().map_err(|m| ApiError::bad_request("invalid_rollout", m))?;
     super::trusted_release(&state, &req.model, req.release).await?;
+    let (llm, may_use_cloud) = release_kind(&state, &req.model, req.release).await?;
     if let Some(g) = req.gates.iter().find(|g| g.is_llm())
-        && !is_language_model(&state, &req.model, req.release).await?
+        && !llm
     {
         return Err(ApiError::bad_request(
             "invalid_rollout",
             format!("the {} gate judges language models; {} {} is not one", g.name(), req.model, req.release),
+        ));
+    }
+    if let Some(g) = req.gates.iter().find(|g| matches!(g, Gate::CloudShareRatio { .. }))
+        && !may_use_cloud
+    {
+        return Err(ApiError::bad_request(
+            "invalid_rollout",
+            format!(
+                "the {} gate judges where requests are answered; {} {} has no signed routing policy that may use \
+                 a cloud tier",
+                g.name(),
+                req.model,
+                req.release
+            ),
         ));
     }
     let baseline = match req.baseline {

@@ -33,6 +33,32 @@ pub struct Stats {
     pub devices: u64,
     /// A language model's numbers (all zero for other models).
     pub llm: LlmStats,
+    /// How a language model's requests were routed (all zero without a routing policy's telemetry).
+    pub route: RouteStats,
+}
+
+/// How a release's language-model requests were routed on a device class: by reason and tier, and what the
+/// cloud calls cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RouteStats {
+    /// Routed requests, and those the cloud answered.
+    pub requests: u64,
+    pub cloud: u64,
+    /// Per reason, in the order of `edgefleet_protocol::telemetry::ROUTE_REASONS`.
+    pub by_reason: [u64; edgefleet_protocol::telemetry::ROUTE_REASONS.len()],
+    /// Cloud calls answered and failed, request bytes sent, and answered calls' latency.
+    pub cloud_answered: u64,
+    pub cloud_errors: u64,
+    pub cloud_bytes: u64,
+    pub cloud_p50_ms: Option<f64>,
+    pub cloud_p95_ms: Option<f64>,
+}
+
+impl RouteStats {
+    /// The share of routed requests the cloud answered (0–1), `None` before any.
+    pub fn cloud_share(&self) -> Option<f64> {
+        (self.requests > 0).then(|| self.cloud as f64 / self.requests as f64)
+    }
 }
 
 /// What a language-model release did on a device class: time to first token and per output token (p95 over
@@ -123,6 +149,20 @@ fn judge(gate: Gate, class: &str, new: &Stats, old: &Stats, min: u64) -> GateRes
             new.llm.joules_per_token.zip(old.llm.joules_per_token).map(|(n, o)| n / o),
             (new.llm.energy_tokens, old.llm.energy_tokens),
         ),
+        Gate::CloudShareRatio { .. } => (
+            // Nothing to the cloud is never more than the baseline sent; anything, where the baseline sent
+            // nothing, is infinitely more (and fails).
+            new.route.cloud_share().zip(old.route.cloud_share()).map(|(n, o)| {
+                if n == 0.0 {
+                    0.0
+                } else if o == 0.0 {
+                    f64::INFINITY
+                } else {
+                    n / o
+                }
+            }),
+            (new.route.requests, old.route.requests),
+        ),
     };
     let judged = |value: Option<f64>| match value {
         None => Verdict::Unavailable,
@@ -137,8 +177,9 @@ fn judge(gate: Gate, class: &str, new: &Stats, old: &Stats, min: u64) -> GateRes
         Verdict::NotReached
     } else if samples.0 == 0
         && samples.1 == 0
-        && matches!(gate, Gate::EnergyRatio { .. } | Gate::EnergyPerTokenRatio { .. })
+        && matches!(gate, Gate::EnergyRatio { .. } | Gate::EnergyPerTokenRatio { .. } | Gate::CloudShareRatio { .. })
     {
+        // No sensor on the class, or no routing telemetry from it (no policy in force there): nothing to judge.
         Verdict::Unavailable
     } else if let Gate::InstallFailureRatio { .. } = gate {
         // Installs of the new release are judged on their own (the baseline's are long done), from the first:
@@ -265,6 +306,7 @@ mod tests {
             install_failures: 0,
             devices: 0,
             llm: LlmStats::default(),
+            route: RouteStats::default(),
         }
     }
 
@@ -346,6 +388,47 @@ mod tests {
         );
         assert!(
             matches!(&e.state, State::RolledBack { reason } if reason.contains("time-to-first-token")),
+            "{:?}",
+            e.state
+        );
+    }
+
+    /// `requests` routed, `cloud` of them answered in the cloud.
+    fn routed(requests: u64, cloud: u64) -> Stats {
+        Stats { route: RouteStats { requests, cloud, ..Default::default() }, ..healthy() }
+    }
+
+    #[test]
+    fn the_cloud_share_gate_stops_a_release_that_sends_more_to_the_cloud() {
+        let gate = Gate::CloudShareRatio { max: 2.0 };
+        let judged = |new: Stats, old: Stats| {
+            let r = judge(gate, "x86-server", &new, &old, 100);
+            (r.verdict, r.value)
+        };
+        // 10 % → 15 %: within twice; 10 % → 25 %: over.
+        let (verdict, value) = judged(routed(1000, 150), routed(1000, 100));
+        assert!(verdict == Verdict::Pass && value.is_some_and(|v| (v - 1.5).abs() < 1e-9), "{verdict:?} {value:?}");
+        let (verdict, value) = judged(routed(1000, 250), routed(1000, 100));
+        assert!(verdict == Verdict::Fail && value.is_some_and(|v| (v - 2.5).abs() < 1e-9), "{verdict:?} {value:?}");
+        // Nothing to the cloud passes whatever the baseline did; anything where the baseline sent nothing fails.
+        assert_eq!(judged(routed(1000, 0), routed(1000, 0)), (Verdict::Pass, Some(0.0)));
+        let (verdict, value) = judged(routed(1000, 1), routed(1000, 0));
+        assert_eq!(verdict, Verdict::Fail);
+        assert!(value.is_some_and(f64::is_infinite));
+        // Too few routed requests on either side: held.
+        assert_eq!(judged(routed(50, 40), routed(1000, 100)).0, Verdict::TooFewSamples);
+        // No routing telemetry on either side (no policy in force on the class): unavailable, not held.
+        assert_eq!(judged(healthy(), healthy()), (Verdict::Unavailable, None));
+        let r = Rollout { gates: vec![gate], ..rollout(OnFailure::RollBack) };
+        let e = evaluate(
+            &r,
+            &State::Running { wave: 0, since: 0 },
+            &seen("x86-server", routed(1000, 300), routed(1000, 100)),
+            false,
+            MIN,
+        );
+        assert!(
+            matches!(&e.state, State::RolledBack { reason } if reason.contains("cloud-share ratio on x86-server is 3.000")),
             "{:?}",
             e.state
         );

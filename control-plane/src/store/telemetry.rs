@@ -1,16 +1,17 @@
 //! Telemetry rollups and series state: written together, read back per release and device class for gates.
 
+use edgefleet_protocol::telemetry::ROUTE_REASONS;
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
 use sqlx::Row;
 
 use super::{Backend, Store, StoreError};
-use crate::rollout::{LlmStats, Stats};
+use crate::rollout::{LlmStats, RouteStats, Stats};
 use crate::telemetry::otlp::NBUCKETS;
 use crate::telemetry::{Batch, quantile};
 
-const ROLLUP_COLUMNS: usize = 31 + 2 * NBUCKETS + 3;
-/// Rows per statement: 68 parameters each stays under SQLite's 32,766 and Postgres' 65,535.
-const CHUNK: usize = 400;
+const ROLLUP_COLUMNS: usize = 31 + 2 * NBUCKETS + 3 + ROUTE_REASONS.len() + 3 + NBUCKETS;
+/// Rows per statement: 101 parameters each stays under SQLite's 32,766 and Postgres' 65,535.
+const CHUNK: usize = 300;
 
 /// The histogram columns: inference duration (`b`), time to first token (`t`), time per output token (`p`).
 fn histogram_columns(prefix: char) -> impl Iterator<Item = String> {
@@ -21,11 +22,15 @@ fn bucket_columns() -> String {
     histogram_columns('b').collect::<Vec<_>>().join(", ")
 }
 
-/// The language-model columns, in the order they are bound.
+/// The language-model columns, then the routing ones, in the order they are bound: every column summed as a
+/// count.
 fn llm_columns() -> Vec<String> {
     histogram_columns('t')
         .chain(histogram_columns('p'))
         .chain(["tokens_in", "tokens_out", "energy_tokens"].map(String::from))
+        .chain(ROUTE_REASONS.iter().map(|r| format!("route_{r}")))
+        .chain(["route_cloud", "cloud_errors", "cloud_bytes"].map(String::from))
+        .chain(histogram_columns('c'))
         .collect()
 }
 
@@ -116,7 +121,11 @@ fn class_stats(r: &sqlx::any::AnyRow) -> Result<ClassStats, StoreError> {
         }
         Ok(h)
     };
-    let (buckets, ttft, tpot) = (histogram('b')?, histogram('t')?, histogram('p')?);
+    let (buckets, ttft, tpot, cloud) = (histogram('b')?, histogram('t')?, histogram('p')?, histogram('c')?);
+    let mut by_reason = [0u64; ROUTE_REASONS.len()];
+    for (n_reason, name) in by_reason.iter_mut().zip(ROUTE_REASONS) {
+        *n_reason = n(&format!("route_{name}"))?;
+    }
     let (tokens_out, energy_tokens) = (n("tokens_out")?, n("energy_tokens")?);
     let (ok, errors, energy_inferences) = (n("ok")?, n("errors")?, n("energy_inferences")?);
     let energy_j: f64 = r.try_get("energy_j")?;
@@ -140,6 +149,16 @@ fn class_stats(r: &sqlx::any::AnyRow) -> Result<ClassStats, StoreError> {
             tokens_out,
             energy_tokens,
             joules_per_token: (energy_tokens > 0).then(|| energy_j / energy_tokens as f64),
+        },
+        route: RouteStats {
+            requests: by_reason.iter().sum(),
+            cloud: n("route_cloud")?,
+            by_reason,
+            cloud_answered: cloud.iter().sum(),
+            cloud_errors: n("cloud_errors")?,
+            cloud_bytes: n("cloud_bytes")?,
+            cloud_p50_ms: quantile(&cloud, 0.5).map(|s| s * 1000.0),
+            cloud_p95_ms: quantile(&cloud, 0.95).map(|s| s * 1000.0),
         },
     };
     let release = super::version("release", r.try_get("release")?)?;
@@ -174,7 +193,9 @@ impl Store {
                         .bind(r.energy_inferences as i64)
                         .bind(r.installs as i64)
                         .bind(r.install_failures as i64);
-                    for b in r.ttft.iter().chain(&r.tpot).chain([&r.tokens_in, &r.tokens_out, &r.energy_tokens]) {
+                    let counts = r.ttft.iter().chain(&r.tpot).chain([&r.tokens_in, &r.tokens_out, &r.energy_tokens]);
+                    let route = r.route.iter().chain([&r.route_cloud, &r.cloud_errors, &r.cloud_bytes]).chain(&r.cloud);
+                    for b in counts.chain(route) {
                         q = q.bind(*b as i64);
                     }
                 }

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use edgefleet_protocol::telemetry::{INSTALL_COMMITTED, INSTALL_FAILURES};
+use edgefleet_protocol::telemetry::{INSTALL_COMMITTED, INSTALL_FAILURES, ROUTE_REASONS};
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
 use otlp::{NBUCKETS, Point, Reason, Target, What};
 use series::{Last, Step};
@@ -46,6 +46,13 @@ pub struct Rollup {
     pub tokens_in: u64,
     pub tokens_out: u64,
     pub energy_tokens: u64,
+    /// Routed language-model requests: per reason (in [`ROUTE_REASONS`] order) and those the cloud answered;
+    /// cloud calls that failed, request bytes sent to the cloud, and answered calls' latency (histogram).
+    pub route: [u64; ROUTE_REASONS.len()],
+    pub route_cloud: u64,
+    pub cloud_errors: u64,
+    pub cloud_bytes: u64,
+    pub cloud: [u64; NBUCKETS],
 }
 
 impl Rollup {
@@ -56,7 +63,16 @@ impl Rollup {
             && self.energy_j == 0.0
             && self.tokens_in == 0
             && self.tokens_out == 0
-            && self.buckets.iter().chain(&self.ttft).chain(&self.tpot).all(|b| *b == 0)
+            && self.cloud_errors == 0
+            && self.cloud_bytes == 0
+            && self
+                .buckets
+                .iter()
+                .chain(&self.ttft)
+                .chain(&self.tpot)
+                .chain(&self.route)
+                .chain(&self.cloud)
+                .all(|b| *b == 0)
     }
 
     fn add(&mut self, o: &Rollup) {
@@ -77,6 +93,12 @@ impl Rollup {
         self.tokens_in += o.tokens_in;
         self.tokens_out += o.tokens_out;
         self.energy_tokens += o.energy_tokens;
+        for (a, b) in self.route.iter_mut().zip(&o.route).chain(self.cloud.iter_mut().zip(&o.cloud)) {
+            *a += b;
+        }
+        self.route_cloud += o.route_cloud;
+        self.cloud_errors += o.cloud_errors;
+        self.cloud_bytes += o.cloud_bytes;
     }
 }
 
@@ -99,8 +121,16 @@ pub const MAX_SERIES_PER_DEVICE: usize = 512;
 /// class's numbers in invented ones. `None`: not a rate of work.
 fn max_rate(what: &What) -> Option<f64> {
     match what {
-        What::Inferences { .. } | What::Duration { .. } | What::Ttft { .. } | What::Tpot { .. } => Some(100_000.0),
+        What::Inferences { .. }
+        | What::Duration { .. }
+        | What::Ttft { .. }
+        | What::Tpot { .. }
+        | What::Routed { .. }
+        | What::CloudDuration { .. }
+        | What::CloudErrors { .. } => Some(100_000.0),
         What::Tokens { .. } => Some(1_000_000.0),
+        // Request bytes to the cloud: a gigabyte a second is past any device's uplink.
+        What::CloudBytes { .. } => Some(1e9),
         What::Install { .. } => Some(100.0),
         What::Energy | What::Power | What::Memory => None,
     }
@@ -290,7 +320,11 @@ impl Ingest {
                 | What::Install { target, .. }
                 | What::Ttft { target }
                 | What::Tpot { target }
-                | What::Tokens { target, .. } = &what
+                | What::Tokens { target, .. }
+                | What::Routed { target, .. }
+                | What::CloudDuration { target }
+                | What::CloudErrors { target }
+                | What::CloudBytes { target } = &what
                     && !told(&target.model, target.release)
                 {
                     let why = format!("this device was not told to run release {} of {}", target.release, target.model);
@@ -367,6 +401,26 @@ impl Ingest {
                         let n = delta[0].round() as u64;
                         let r = fresh.entry(rollup_key(target)).or_default();
                         if output { r.tokens_out += n } else { r.tokens_in += n }
+                    }
+                    What::Routed { target, cloud, reason } => {
+                        let n = delta[0].round() as u64;
+                        let r = fresh.entry(rollup_key(target)).or_default();
+                        r.route[reason] += n;
+                        if cloud {
+                            r.route_cloud += n;
+                        }
+                    }
+                    What::CloudDuration { target } => {
+                        let r = fresh.entry(rollup_key(target)).or_default();
+                        for (b, v) in r.cloud.iter_mut().zip(&delta[2..]) {
+                            *b += v.round() as u64;
+                        }
+                    }
+                    What::CloudErrors { target } => {
+                        fresh.entry(rollup_key(target)).or_default().cloud_errors += delta[0].round() as u64
+                    }
+                    What::CloudBytes { target } => {
+                        fresh.entry(rollup_key(target)).or_default().cloud_bytes += delta[0].round() as u64
                     }
                     What::Energy => energy += delta[0],
                     What::Power | What::Memory => {}

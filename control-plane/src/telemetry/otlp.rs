@@ -3,8 +3,11 @@
 //!
 //! Accepted: cumulative monotonic sums (`edgefleet.inference.count`, `edgefleet.install.events`, `hw.energy`),
 //! cumulative explicit-bucket histograms (`edgefleet.inference.duration`, in s or ms, with any bounds: they
-//! are re-bucketed onto [`DURATION_BUCKETS`]) and gauges (`hw.power`, `process.memory.usage`). Other metrics
-//! are ignored (a stock SDK sends its own), and counted as such.
+//! are re-bucketed onto [`DURATION_BUCKETS`]) and gauges (`hw.power`, `process.memory.usage`); for language
+//! models also tokens, time to first token and per output token, and how requests were routed (`edgefleet.route.*`:
+//! by tier and reason, and cloud calls' latency, failures and bytes sent). Other metrics are ignored (a stock SDK
+//! sends its own), and counted as such; so are route points that name no local release (answered while none
+//! served), which no release's numbers can hold.
 
 use edgefleet_protocol::telemetry::{self as names, DURATION_BUCKETS};
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, VariantId};
@@ -115,6 +118,23 @@ pub enum What {
     Install {
         target: Target,
         kind: String,
+    },
+    /// A language-model request routed: answered by the cloud or locally, for the reason at this index of
+    /// [`names::ROUTE_REASONS`].
+    Routed {
+        target: Target,
+        cloud: bool,
+        reason: usize,
+    },
+    /// Cloud calls: how long answered ones took (histogram), failed ones, request bytes sent.
+    CloudDuration {
+        target: Target,
+    },
+    CloudErrors {
+        target: Target,
+    },
+    CloudBytes {
+        target: Target,
     },
     Energy,
     Power,
@@ -311,10 +331,20 @@ pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64)
             let name = metric.name.as_str();
             match (name, &metric.data) {
                 (
-                    names::INFERENCE_COUNT | names::INSTALL_EVENTS | names::HW_ENERGY | names::LLM_TOKENS,
+                    names::INFERENCE_COUNT
+                    | names::INSTALL_EVENTS
+                    | names::HW_ENERGY
+                    | names::LLM_TOKENS
+                    | names::ROUTE_REQUESTS
+                    | names::ROUTE_CLOUD_ERRORS
+                    | names::ROUTE_CLOUD_BYTES,
                     Some(Data::Sum(sum)),
                 ) => {
                     for p in &sum.data_points {
+                        if unattributed(name, &p.attributes) {
+                            out.ignored += 1;
+                            continue;
+                        }
                         let r = counter_point(
                             name,
                             sum.aggregation_temporality == cumulative && sum.is_monotonic,
@@ -324,7 +354,10 @@ pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64)
                         push(&mut out, r);
                     }
                 }
-                (names::INFERENCE_DURATION | names::LLM_TTFT | names::LLM_TPOT, Some(Data::Histogram(h))) => {
+                (
+                    names::INFERENCE_DURATION | names::LLM_TTFT | names::LLM_TPOT | names::ROUTE_CLOUD_DURATION,
+                    Some(Data::Histogram(h)),
+                ) => {
                     let scale = match metric.unit.as_str() {
                         "ms" => Some(1e-3),
                         "us" | "µs" => Some(1e-6),
@@ -332,6 +365,10 @@ pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64)
                         _ => None,
                     };
                     for p in &h.data_points {
+                        if unattributed(name, &p.attributes) {
+                            out.ignored += 1;
+                            continue;
+                        }
                         let r = match scale {
                             None => Err((
                                 Reason::BadAttributes,
@@ -356,7 +393,11 @@ pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64)
                     | names::INFERENCE_DURATION
                     | names::LLM_TOKENS
                     | names::LLM_TTFT
-                    | names::LLM_TPOT,
+                    | names::LLM_TPOT
+                    | names::ROUTE_REQUESTS
+                    | names::ROUTE_CLOUD_ERRORS
+                    | names::ROUTE_CLOUD_BYTES
+                    | names::ROUTE_CLOUD_DURATION,
                     _,
                 )
                 | (names::HW_POWER | names::PROCESS_MEMORY, _) => {
@@ -368,6 +409,11 @@ pub fn decode(req: &ExportMetricsServiceRequest, device: &DeviceId, now_ns: u64)
         }
     }
     out
+}
+
+/// A route metric's point that names no local release: counted on the device, not in any release's numbers.
+fn unattributed(name: &str, attrs: &[KeyValue]) -> bool {
+    name.starts_with("edgefleet.route.") && attr(attrs, names::ATTR_RELEASE).is_none()
 }
 
 /// The static name of one of edgefleet's metrics.
@@ -382,6 +428,10 @@ fn metric_name(name: &str) -> &'static str {
         names::LLM_TTFT,
         names::LLM_TPOT,
         names::LLM_TOKENS,
+        names::ROUTE_REQUESTS,
+        names::ROUTE_CLOUD_DURATION,
+        names::ROUTE_CLOUD_ERRORS,
+        names::ROUTE_CLOUD_BYTES,
     ]
     .into_iter()
     .find(|n| *n == name)
@@ -423,6 +473,19 @@ fn counter_point(name: &str, cumulative: bool, p: &NumberDataPoint, now_ns: u64)
             };
             What::Tokens { target: target(&p.attributes, true).map_err(bad)?, output }
         }
+        names::ROUTE_REQUESTS => {
+            let cloud = match attr(&p.attributes, names::ATTR_TIER).as_deref() {
+                Some("local") => false,
+                Some("cloud") => true,
+                _ => return Err(bad(format!("{} must be local or cloud", names::ATTR_TIER))),
+            };
+            let reason = attr(&p.attributes, names::ATTR_REASON)
+                .and_then(|r| names::ROUTE_REASONS.iter().position(|n| *n == r))
+                .ok_or_else(|| bad(format!("{} is not one of the routing reasons", names::ATTR_REASON)))?;
+            What::Routed { target: target(&p.attributes, false).map_err(bad)?, cloud, reason }
+        }
+        names::ROUTE_CLOUD_ERRORS => What::CloudErrors { target: target(&p.attributes, false).map_err(bad)? },
+        names::ROUTE_CLOUD_BYTES => What::CloudBytes { target: target(&p.attributes, false).map_err(bad)? },
         _ => What::Energy,
     };
     Ok(Point {
@@ -448,10 +511,13 @@ fn duration_point(
         return Err((Reason::NotCumulative, format!("{metric} must be cumulative")));
     }
     times(p.start_time_unix_nano, p.time_unix_nano, true, now_ns)?;
-    let target = target(&p.attributes, true).map_err(|e| (Reason::BadAttributes, format!("{metric}: {e}")))?;
+    // A cloud call ran on no local provider.
+    let with_provider = metric != names::ROUTE_CLOUD_DURATION;
+    let target = target(&p.attributes, with_provider).map_err(|e| (Reason::BadAttributes, format!("{metric}: {e}")))?;
     let what = match metric {
         names::LLM_TTFT => What::Ttft { target },
         names::LLM_TPOT => What::Tpot { target },
+        names::ROUTE_CLOUD_DURATION => What::CloudDuration { target },
         _ => What::Duration { target },
     };
     Ok(Point {
@@ -480,6 +546,108 @@ fn gauge_point(name: &str, p: &NumberDataPoint, now_ns: u64) -> Result<Point, (R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::{ResourceMetrics, ScopeMetrics, Sum};
+
+    fn kv(k: &str, v: &str) -> KeyValue {
+        KeyValue {
+            key: k.into(),
+            value: Some(AnyValue { value: Some(any_value::Value::StringValue(v.into())) }),
+            ..Default::default()
+        }
+    }
+
+    fn counter(name: &str, points: Vec<Vec<KeyValue>>) -> ExportMetricsServiceRequest {
+        let data_points = points
+            .into_iter()
+            .map(|attributes| NumberDataPoint {
+                attributes,
+                start_time_unix_nano: 1,
+                time_unix_nano: 2,
+                value: Some(number_data_point::Value::AsInt(3)),
+                ..Default::default()
+            })
+            .collect();
+        let metric = Metric {
+            name: name.into(),
+            data: Some(Data::Sum(Sum {
+                data_points,
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        };
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                scope_metrics: vec![ScopeMetrics { metrics: vec![metric], ..Default::default() }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn route_points_are_checked_and_those_without_a_local_release_ignored() {
+        let release = |tier: &str, reason: &str| {
+            vec![
+                kv(names::ATTR_MODEL, "chat"),
+                kv(names::ATTR_RELEASE, "3"),
+                kv(names::ATTR_VARIANT, "cpu-q4-1"),
+                kv(names::ATTR_TIER, tier),
+                kv(names::ATTR_REASON, reason),
+            ]
+        };
+        let no_release = vec![
+            kv(names::ATTR_MODEL, "chat"),
+            kv(names::ATTR_TIER, "cloud"),
+            kv(names::ATTR_REASON, "local_not_ready"),
+        ];
+        let req = counter(
+            names::ROUTE_REQUESTS,
+            vec![
+                release("cloud", "low_confidence"),
+                release("local", "rules"),
+                release("moon", "rules"),
+                release("cloud", "because"),
+                no_release,
+            ],
+        );
+        let d = decode(&req, &"dev-1".parse().expect("id"), 10);
+        let routed: Vec<(bool, &str)> = d
+            .points
+            .iter()
+            .map(|p| match &p.what {
+                What::Routed { target, cloud, reason } => {
+                    assert_eq!(
+                        (target.model.as_str(), target.release.get(), target.provider.as_str()),
+                        ("chat", 3, "")
+                    );
+                    (*cloud, names::ROUTE_REASONS[*reason])
+                }
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(routed, [(true, "low_confidence"), (false, "rules")]);
+        let refused: Vec<&str> = d
+            .refused
+            .iter()
+            .map(|(r, why)| {
+                assert_eq!(*r, Reason::BadAttributes);
+                why.as_str()
+            })
+            .collect();
+        assert!(refused[0].contains("local or cloud") && refused[1].contains("routing reasons"), "{refused:?}");
+        assert_eq!(d.ignored, 1, "a route point without a local release belongs to no release");
+        let bytes = counter(
+            names::ROUTE_CLOUD_BYTES,
+            vec![vec![
+                kv(names::ATTR_MODEL, "chat"),
+                kv(names::ATTR_RELEASE, "3"),
+                kv(names::ATTR_VARIANT, "cpu-q4-1"),
+                kv(names::ATTR_TIER_NAME, "gpu"),
+            ]],
+        );
+        let d = decode(&bytes, &"dev-1".parse().expect("id"), 10);
+        assert!(matches!(d.points[..], [Point { what: What::CloudBytes { .. }, ref values, .. }] if values == &[3.0]));
+    }
 
     #[test]
     fn rebucketing_keeps_our_bounds_exact_and_moves_others_up() {

@@ -286,6 +286,120 @@ async fn cumulative_points_become_rollups_exactly_once(backend: Backend) {
     assert!(app.state.store.release_stats(&model, [(v1, 0), (v1, 0)]).await.expect("stats").is_empty());
 }
 
+/// A device's routing counters at `time`: per (tier, reason) the requests so far; its cloud calls' failures and
+/// bytes sent; `answered` cloud calls, all in duration bucket 9 (50–100 ms).
+fn routing_export(
+    start: u64,
+    time: u64,
+    routed: &[(&str, &str, u64)],
+    errors: u64,
+    bytes: u64,
+    answered: u64,
+) -> ExportMetricsServiceRequest {
+    let release = || {
+        let mut a = target("magika", 1);
+        a.retain(|kv| kv.key != names::ATTR_PROVIDER);
+        a
+    };
+    let points = routed
+        .iter()
+        .map(|(tier, reason, n)| {
+            let mut a = release();
+            a.extend([kv(names::ATTR_TIER, tier), kv(names::ATTR_REASON, reason)]);
+            number(start, time, a, *n as f64)
+        })
+        .collect();
+    let cloud = || {
+        let mut a = release();
+        a.push(kv(names::ATTR_TIER_NAME, "gpu"));
+        a
+    };
+    let mut counts = vec![0u64; names::DURATION_BUCKETS.len() + 1];
+    counts[9] = answered;
+    let metrics = vec![
+        sum(names::ROUTE_REQUESTS, points),
+        sum(names::ROUTE_CLOUD_ERRORS, vec![number(start, time, cloud(), errors as f64)]),
+        sum(names::ROUTE_CLOUD_BYTES, vec![number(start, time, cloud(), bytes as f64)]),
+        Metric {
+            name: names::ROUTE_CLOUD_DURATION.into(),
+            unit: "s".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    attributes: cloud(),
+                    start_time_unix_nano: start,
+                    time_unix_nano: time,
+                    count: answered,
+                    sum: Some(answered as f64 * 0.08),
+                    bucket_counts: counts,
+                    explicit_bounds: names::DURATION_BUCKETS.to_vec(),
+                    ..Default::default()
+                }],
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            })),
+            ..Default::default()
+        },
+    ];
+    request("dev-1", metrics)
+}
+
+/// Routed requests roll up per release and class: by reason and tier, and the cloud calls' failures, bytes
+/// and latency; the API, `/metrics` and the gate's numbers all show the split.
+async fn routed_requests_roll_up_per_release_and_class(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.telemetry_flush_ms = 3_600_000; // flushed by the test
+        c.telemetry_window_secs = 3600;
+        c.rollout_eval_secs = 3600.0;
+        c.metrics_public = true;
+    })
+    .await;
+    let (model, v1) = magika_release_1(&app).await;
+    let dev = app.enroll("dev-1", &[], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    report_running(&app, &dev).await;
+    let s = now_ns() - 60_000_000_000;
+    let at = |secs_ago: u64| now_ns() - secs_ago * 1_000_000_000;
+    let first = [("local", "rules", 6), ("cloud", "low_confidence", 2), ("cloud", "requested", 1)];
+    assert_eq!(accepted(&app, &dev.client, &routing_export(s, at(20), &first, 0, 3000, 3)).await, (0, String::new()));
+    // The next export: cumulative, so only the differences count; the cloud failed once and local answered.
+    let second = [
+        ("local", "rules", 8),
+        ("cloud", "low_confidence", 2),
+        ("cloud", "requested", 1),
+        ("local", "cloud_failed", 1),
+    ];
+    assert_eq!(accepted(&app, &dev.client, &routing_export(s, at(10), &second, 1, 4000, 3)).await.0, 0);
+    let r = stats(&app, &model, v1).await.route;
+    assert_eq!((r.requests, r.cloud, r.cloud_errors, r.cloud_bytes, r.cloud_answered), (12, 3, 1, 4000, 3), "{r:?}");
+    assert_eq!(r.cloud_share(), Some(0.25));
+    let reason = |name: &str| r.by_reason[names::ROUTE_REASONS.iter().position(|n| *n == name).expect("a reason")];
+    assert_eq!((reason("rules"), reason("low_confidence"), reason("requested"), reason("cloud_failed")), (8, 2, 1, 1));
+    assert!(r.cloud_p95_ms.is_some_and(|p| (50.0..=100.0).contains(&p)), "{r:?}");
+
+    // As the dashboard reads it.
+    let viewer = app.token(TokenRole::Viewer).await;
+    let history: edgefleet_protocol::api::ModelTelemetry = get(&app, &viewer, "/models/magika/telemetry?since=0").await;
+    let route = history.windows.iter().find_map(|w| w.stats.route.clone()).expect("a routed window");
+    assert_eq!(
+        (route.requests, route.local, route.cloud, route.cloud_errors, route.cloud_bytes_sent),
+        (12, 9, 3, 1, 4000)
+    );
+    assert_eq!(route.by_reason.get("cloud_failed"), Some(&1));
+    assert!(!route.by_reason.contains_key("battery"), "reasons not seen are left out: {route:?}");
+    // As Prometheus scrapes it.
+    let text =
+        app.client().get(format!("{}/metrics", app.url)).send().await.expect("metrics").text().await.expect("text");
+    let labels = r#"model="magika",release="1",device_class="x86-server""#;
+    for line in [
+        format!(r#"edgefleet_route_requests_total{{{labels},reason="rules"}} 8"#),
+        format!(r#"edgefleet_route_requests_total{{{labels},reason="low_confidence"}} 2"#),
+        format!("edgefleet_route_cloud_requests_total{{{labels}}} 3"),
+        format!("edgefleet_route_cloud_errors_total{{{labels}}} 1"),
+        format!("edgefleet_route_cloud_bytes_total{{{labels}}} 4000"),
+        format!(r#"edgefleet_route_cloud_duration_seconds_bucket{{{labels},le="0.1"}} 3"#),
+    ] {
+        assert!(text.contains(&line), "{line}\n{text}");
+    }
+}
+
 async fn bad_exports_are_refused_by_reason(backend: Backend) {
     let app = TestApp::spawn_with(backend, |c| {
         c.telemetry_burst = 6.0;
@@ -472,6 +586,7 @@ async fn grafana_panels_query_only_exported_metrics(backend: Backend) {
 
 crate::both_backends!(
     grafana_panels_query_only_exported_metrics,
+    routed_requests_roll_up_per_release_and_class,
     cumulative_points_become_rollups_exactly_once,
     bad_exports_are_refused_by_reason,
     a_stock_opentelemetry_sdk_exporter_is_understood

@@ -131,6 +131,19 @@ export interface LlmWindowStats {
   joules_per_token: number | null;
 }
 
+/** How a language model's requests were routed (models under a routing policy only). */
+export interface RouteWindowStats {
+  requests: number;
+  local: number;
+  cloud: number;
+  cloud_share: number;
+  by_reason: Record<string, number>;
+  cloud_errors: number;
+  cloud_bytes_sent: number;
+  cloud_p50_ms: number | null;
+  cloud_p95_ms: number | null;
+}
+
 export interface WindowStats {
   window_start: string;
   release: number;
@@ -142,6 +155,8 @@ export interface WindowStats {
   joules_per_inference: number | null;
   /** Language models only. */
   llm?: LlmWindowStats;
+  /** Language models under a routing policy only. */
+  route?: RouteWindowStats;
   watts: number | null;
   installs: number;
   install_failures: number;
@@ -186,7 +201,11 @@ export type Gate =
   | { kind: "error_rate"; max_increase: number }
   | { kind: "p95_latency_ratio"; max: number }
   | { kind: "energy_ratio"; max: number }
-  | { kind: "install_failure_ratio"; max: number };
+  | { kind: "install_failure_ratio"; max: number }
+  | { kind: "ttft_p95_ratio"; max: number }
+  | { kind: "tpot_p95_ratio"; max: number }
+  | { kind: "energy_per_token_ratio"; max: number }
+  | { kind: "cloud_share_ratio"; max: number };
 export interface GateResult {
   gate: Gate;
   class: string;

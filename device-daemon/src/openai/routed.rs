@@ -78,13 +78,15 @@ pub(in crate::openai) async fn answer(
     };
     let decision = route::before(&policy, &signals);
     let timeout = Duration::from_millis(policy.cloud_timeout_ms.into());
-    let release = lease.as_ref().map(|l| l.served.release.get());
+    // The local release in force, which route telemetry is counted against.
+    let local = lease.as_ref().map(|l| (l.served.release.get(), l.served.variant.to_string()));
+    let local = local.as_ref().map(|(r, v)| (*r, v.as_str()));
     let mut reason = decision.reason;
     if let (Tier::Cloud, Some(tier)) = (decision.tier, tier) {
         // The local release is not held while the cloud answers: a swap that drains it need not wait.
         drop((lease.take(), tokens.take()));
-        match ask_cloud(tier, &ask, timeout).await {
-            Ok(a) => return Ok(cloud_response(a, &ask, release, decision.reason, None)),
+        match ask_cloud(tier, &ask, local, timeout).await {
+            Ok(a) => return Ok(cloud_response(a, &ask, local, decision.reason, None)),
             Err(f) if policy.mode == RouteMode::CloudOnly => {
                 return Err(ApiError {
                     status: StatusCode::BAD_GATEWAY,
@@ -118,13 +120,13 @@ pub(in crate::openai) async fn answer(
         let logprobs = run.draft(confidence.tokens).await;
         run.confidence = route::reading(&confidence, &logprobs);
         if !route::confident(&confidence, &logprobs) {
-            match ask_cloud(tier, &ask, timeout).await {
+            match ask_cloud(tier, &ask, local, timeout).await {
                 Ok(a) => {
                     let run_confidence = run.confidence;
                     // The draft is dropped (its sequence freed) and not counted as an answer of this release.
                     run.recorded = true;
                     drop(run);
-                    return Ok(cloud_response(a, &ask, release, Reason::LowConfidence, run_confidence));
+                    return Ok(cloud_response(a, &ask, local, Reason::LowConfidence, run_confidence));
                 }
                 Err(_) => run.reason = Reason::CloudFailed,
             }
@@ -134,14 +136,19 @@ pub(in crate::openai) async fn answer(
 }
 
 /// Sends the request to `tier` and counts what it cost.
-async fn ask_cloud(tier: &CloudTier, ask: &Ask, timeout: Duration) -> Result<CloudAnswer, CloudFailure> {
+async fn ask_cloud(
+    tier: &CloudTier,
+    ask: &Ask,
+    local: Option<(u64, &str)>,
+    timeout: Duration,
+) -> Result<CloudAnswer, CloudFailure> {
     let request: Value = serde_json::from_slice(&ask.body).unwrap_or(Value::Null);
     let result = tier.ask(ask.path(), request, timeout).await;
     match &result {
-        Ok(a) => crate::telemetry::cloud_call(&ask.model, &tier.name, a.bytes_sent, Some(a.latency)),
+        Ok(a) => crate::telemetry::cloud_call(&ask.model, local, &tier.name, a.bytes_sent, Some(a.latency)),
         Err(f) => {
             tracing::warn!(model = %ask.model, tier = %tier.name, why = %f.why, "the cloud tier failed; answering locally");
-            crate::telemetry::cloud_call(&ask.model, &tier.name, f.bytes_sent, None);
+            crate::telemetry::cloud_call(&ask.model, local, &tier.name, f.bytes_sent, None);
         }
     }
     result
@@ -152,11 +159,11 @@ async fn ask_cloud(tier: &CloudTier, ask: &Ask, timeout: Duration) -> Result<Clo
 fn cloud_response(
     a: CloudAnswer,
     ask: &Ask,
-    release: Option<u64>,
+    local: Option<(u64, &str)>,
     reason: Reason,
     confidence: Option<f32>,
 ) -> Response {
-    crate::telemetry::routed(&ask.model, release, Tier::Cloud.as_str(), reason.as_str());
+    crate::telemetry::routed(&ask.model, local, Tier::Cloud.as_str(), reason.as_str());
     let route = route_headers(Tier::Cloud, reason, confidence);
     if !ask.checked.stream {
         let mut r = Json(a.body).into_response();

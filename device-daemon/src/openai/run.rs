@@ -183,7 +183,12 @@ impl Run {
         if let Some(t) = ttft {
             served.observe_prefill(self.usage.0, t);
         }
-        crate::telemetry::routed(served.model.as_str(), Some(served.release.get()), "local", self.reason.as_str());
+        crate::telemetry::routed(
+            served.model.as_str(),
+            Some((served.release.get(), served.variant.as_str())),
+            "local",
+            self.reason.as_str(),
+        );
         served.record(ok, ttft.unwrap_or_else(|| self.started.elapsed()));
         let per_token = match (self.first_at, self.last_at) {
             (Some(a), Some(b)) if self.usage.1 > 1 => Some((b - a) / (self.usage.1 - 1)),

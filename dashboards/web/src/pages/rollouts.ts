@@ -21,6 +21,14 @@ function gateText(g: Gate): string {
       return "energy per inference ratio (new ÷ baseline)";
     case "install_failure_ratio":
       return "install failure ratio (failed ÷ tried)";
+    case "ttft_p95_ratio":
+      return "time-to-first-token p95 ratio (new ÷ baseline)";
+    case "tpot_p95_ratio":
+      return "time-per-output-token p95 ratio (new ÷ baseline)";
+    case "energy_per_token_ratio":
+      return "energy per output token ratio (new ÷ baseline)";
+    case "cloud_share_ratio":
+      return "share answered in the cloud, ratio (new ÷ baseline)";
   }
 }
 
@@ -28,7 +36,7 @@ const VERDICT: Record<GateResult["verdict"], [string, string]> = {
   pass: ["pass", "good"],
   fail: ["FAIL", "bad"],
   too_few_samples: ["too few samples", "muted"],
-  unavailable: ["no sensor", "muted"],
+  unavailable: ["not measured (no sensor, or no routing)", "muted"],
   not_reached: ["not reached yet", "muted"],
 };
 

@@ -1,8 +1,9 @@
 // Latency (p50, p95, p99) and energy per inference over time, one line per release and device class; for a
-// language model also time to first token (p50, p95), decoding speed and energy per output token.
-import { ModelSummary, ModelTelemetry, get } from "../api";
+// language model also time to first token (p50, p95), decoding speed and energy per output token; and for one
+// under a routing policy the share answered in the cloud over time and the split by reason.
+import { ModelSummary, ModelTelemetry, RouteWindowStats, get } from "../api";
 import { Series, lineChart } from "../chart";
-import { h } from "../dom";
+import { bytes, card, h, num, table } from "../dom";
 import type { Ctx, Page } from "../main";
 
 export function telemetryPage(ctx: Ctx, chosen?: string): Page {
@@ -40,9 +41,11 @@ export function telemetryPage(ctx: Ctx, chosen?: string): Page {
           lineChart("Energy per output token", "energy per token (J)", llmSeries("joules_per_token"), "No sensor: no device running this model reported energy."),
         ]
       : [];
+    const routeCharts = t.windows.some((w) => w.route) ? routing(groups) : [];
     const noEnergy = [...groups].filter(([, ws]) => ws.every((w) => w.joules_per_inference === null)).map(([k]) => k);
     const note = noEnergy.length ? [h("p", { class: "muted", id: "no-sensor" }, `No sensor (no energy figures) for: ${noEnergy.join("; ")}.`)] : [];
     body.replaceChildren(
+      ...routeCharts,
       ...llmCharts,
       lineChart("p50 latency (median)", "p50 latency (ms)", series("p50_ms"), none),
       lineChart("p95 latency", "p95 latency (ms)", series("p95_ms"), none),
@@ -52,4 +55,40 @@ export function telemetryPage(ctx: Ctx, chosen?: string): Page {
     );
   }
   return { el, refresh };
+}
+
+/** The routing split: the cloud's share per window, and per release and class the totals by tier and reason. */
+function routing(groups: Map<string, ModelTelemetry["windows"]>): HTMLElement[] {
+  const share: Series[] = [...groups].map(([label, ws]) => ({
+    label,
+    points: new Map(ws.map((w) => [Date.parse(w.window_start) / 1000, w.route ? 100 * w.route.cloud_share : null])),
+  }));
+  const rows = [...groups].flatMap(([label, ws]) => {
+    const rs = ws.flatMap((w) => (w.route ? [w.route] : []));
+    if (rs.length === 0) return [];
+    const sum = (f: (r: RouteWindowStats) => number) => rs.reduce((a, r) => a + f(r), 0);
+    const reasons = new Map<string, number>();
+    for (const r of rs) for (const [k, n] of Object.entries(r.by_reason)) reasons.set(k, (reasons.get(k) ?? 0) + n);
+    const requests = sum((r) => r.requests);
+    const cloud = sum((r) => r.cloud);
+    const p95 = Math.max(...rs.map((r) => r.cloud_p95_ms ?? 0));
+    return [[
+      label,
+      requests.toLocaleString(),
+      (requests - cloud).toLocaleString(),
+      cloud.toLocaleString(),
+      requests ? `${num((100 * cloud) / requests, 1)} %` : "–",
+      [...reasons].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k.replace(/_/g, " ")} ${n.toLocaleString()}`).join(", "),
+      sum((r) => r.cloud_errors).toLocaleString(),
+      bytes(sum((r) => r.cloud_bytes_sent)),
+      p95 > 0 ? `${num(p95, 0)} ms (worst window)` : "–",
+    ]];
+  });
+  return [
+    lineChart("Share answered in the cloud", "cloud share (%)", share, "No routed request in the last 24 hours."),
+    card(
+      "Routing, last 24 hours (who answered and why)",
+      table(["Release and class", "Requests", "Local", "Cloud", "Cloud share", "By reason", "Cloud errors", "Sent to the cloud", "Cloud p95"], rows, { id: "routing" }),
+    ),
+  ];
 }

@@ -1,0 +1,36 @@
+-- Hybrid routing: language-model requests per routing reason (route_<reason>, the reasons of the telemetry
+-- contract) and those the cloud answered (route_cloud); cloud calls that failed, request bytes sent to the
+-- cloud, and answered calls' latency (c00..c16, on the inference-duration buckets).
+ALTER TABLE telemetry_rollups ADD COLUMN route_local_only BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_private BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_cloud_only BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_requested BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_prompt_tokens BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_ttft_slo BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_battery BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_local_not_ready BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_queue_depth BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_low_confidence BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_rules BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_no_cloud_tier BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_cloud_failed BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN route_cloud BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN cloud_errors BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN cloud_bytes BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c00 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c01 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c02 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c03 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c04 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c05 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c06 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c07 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c08 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c09 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c10 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c11 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c12 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c13 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c14 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c15 BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE telemetry_rollups ADD COLUMN c16 BIGINT NOT NULL DEFAULT 0;
