@@ -28,8 +28,11 @@ use serde_json::{Value, json};
 
 const SMOLLM: &str = "models/llm/smollm2-135m-instruct-q4_1.gguf";
 const GEMMA: &str = "models/llm/gemma-3-270m-q4_k_m.gguf";
-/// Tokens an answer may have; the cascade reads all of them.
-const MAX_TOKENS: u32 = 8;
+/// Tokens an answer may have (a number, ended by a new line); the cascade reads all of them.
+const MAX_TOKENS: u32 = 5;
+/// Questions are completions after four worked examples: both models are small, and the cloud's Gemma 3 270M
+/// here is a pretrained (not instruction-tuned) model, which continues a pattern but does not follow a chat.
+const FEW_SHOT: &str = "Q: 2 + 3\nA: 5\nQ: 14 + 21\nA: 35\nQ: 9 - 4\nA: 5\nQ: 6 * 7\nA: 42\n";
 
 struct Question {
     prompt: String,
@@ -54,7 +57,7 @@ fn questions(n: usize) -> Vec<Question> {
                 2 => (format!("{} - {}", a.max(b), a.min(b)), a.max(b) - a.min(b)),
                 _ => (format!("{} * {}", a % 10 + 1, b % 10 + 1), (a % 10 + 1) * (b % 10 + 1)),
             };
-            Question { prompt: format!("What is {text}? Answer with the number only."), answer }
+            Question { prompt: format!("{FEW_SHOT}Q: {text}\nA:"), answer }
         })
         .collect()
 }
@@ -78,9 +81,8 @@ struct Answer {
 fn ask(d: &Daemon, model: &str, q: &Question) -> Answer {
     let started = Instant::now();
     let r = http()
-        .post(format!("{}/v1/chat/completions", d.url))
-        .json(&json!({"model": model, "max_tokens": MAX_TOKENS, "temperature": 0,
-            "messages": [{"role": "user", "content": q.prompt}]}))
+        .post(format!("{}/v1/completions", d.url))
+        .json(&json!({"model": model, "max_tokens": MAX_TOKENS, "temperature": 0, "stop": ["\n"], "prompt": q.prompt}))
         .send()
         .expect("the edge answers");
     let header = |n: &str| r.headers().get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
@@ -88,7 +90,11 @@ fn ask(d: &Daemon, model: &str, q: &Question) -> Answer {
     assert_eq!(r.status(), 200, "{model}: {}", r.text().unwrap_or_default());
     let body: Value = r.json().expect("JSON");
     let secs = started.elapsed().as_secs_f64();
-    let text = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    let text = body["choices"][0]["text"].as_str().unwrap_or_default();
+    if std::env::var_os("VERBOSE").is_some() {
+        let question = q.prompt.rsplit("Q: ").next().unwrap_or_default().trim_end();
+        eprintln!("{model} {question:?} → {text:?} ({route}, {confidence:?}; expected {})", q.answer);
+    }
     Answer { right: first_integer(text) == Some(q.answer), cloud: route == "cloud", confidence, secs }
 }
 
@@ -186,6 +192,11 @@ fn main() {
         let right = (0..n).map(|i| if to_cloud[i] { all_cloud.answers[i].right } else { probe.answers[i].right });
         (share, accuracy(right))
     };
+    // What the reading knows whatever the cloud answers: the share of the local model's wrong answers below a bar.
+    let local_wrong = probe.answers.iter().filter(|a| !a.right).count().max(1) as f64;
+    let caught = |bar: f32| {
+        probe.answers.iter().zip(&readings).filter(|(a, r)| !a.right && **r < bar).count() as f64 / local_wrong
+    };
     let mut bars: Vec<f32> = readings.clone();
     bars.sort_by(f32::total_cmp);
     bars.dedup();
@@ -195,25 +206,32 @@ fn main() {
         // One row per tenth of cloud share: the best accuracy reached at or below it.
         let decile = (share * 10.0).ceil() as u32;
         let best = curve.entry(decile).or_insert((share, acc, bar));
-        if acc > best.1 {
+        if acc >= best.1 {
             *best = (share, acc, bar);
         }
     }
     let gap = acc_cloud - acc_local;
-    let recovered = |acc: f64| if gap.abs() < 1e-9 { f64::NAN } else { (acc - acc_local) / gap };
+    // RouteLLM's "performance gap recovered"; meaningless where the cloud is not the better model.
+    let recovered = |acc: f64| {
+        if gap > 1e-9 { format!("{:.0} %", (acc - acc_local) / gap * 100.0) } else { "– (cloud not better)".into() }
+    };
     println!("## The curve (cascade on the minimum token log-probability of the local answer)\n");
-    println!("| cloud share at most | cloud share | accuracy | quality gap recovered | random router at that share |");
-    println!("| --- | --- | --- | --- | --- |");
-    println!("| 0 % (all local) | 0.0 % | {:.1} % | 0 % | {:.1} % |", acc_local * 100.0, acc_local * 100.0);
-    for (decile, (share, acc, _)) in curve.iter().filter(|(d, _)| **d > 0) {
+    println!("all local {:.1} %, all cloud {:.1} %\n", acc_local * 100.0, acc_cloud * 100.0);
+    println!(
+        "| cloud share at most | cloud share | accuracy | quality gap recovered | random router at that share | local wrong answers sent to the cloud |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| 0 % (all local) | 0.0 % | {:.1} % | – | {:.1} % | 0 % |", acc_local * 100.0, acc_local * 100.0);
+    for (decile, (share, acc, bar)) in curve.iter().filter(|(d, _)| **d > 0) {
         let random = acc_local + gap * share;
         println!(
-            "| {} % | {:.1} % | {:.1} % | {:.0} % | {:.1} % |",
+            "| {} % | {:.1} % | {:.1} % | {} | {:.1} % | {:.0} % |",
             decile * 10,
             share * 100.0,
             acc * 100.0,
-            recovered(*acc) * 100.0,
-            random * 100.0
+            recovered(*acc),
+            random * 100.0,
+            caught(*bar) * 100.0
         );
     }
 
