@@ -4,6 +4,7 @@
 //! and a low battery go to the cloud before generation; a request may force a tier where the policy allows; a `private` model's requests never reach the cloud (not one byte at
 //! the cloud's door); with the cloud killed, every request is answered locally, flagged, none fails; and the
 //! control plane rolls the edge's telemetry up into the split per release: by tier, reason, failures and bytes.
+//! A policy loosened in a compromised control plane's database is refused by the device.
 
 use std::time::Duration;
 
@@ -190,6 +191,80 @@ fn requests_are_routed_by_signed_policy_and_private_ones_never_leave() {
     let secret = route("secret");
     assert_eq!((secret["requests"].as_u64(), secret["cloud_bytes_sent"].as_u64()), (Some(2), Some(0)), "{secret}");
     assert_eq!(secret["by_reason"], json!({"private": 2}), "{secret}");
+    drop(edge);
+    assert!(server.stop().success());
+}
+
+/// A compromised control plane (its database and fleet key) loosens a private model's signed policy: it edits
+/// the stored release to `auto` with a cloud tier the device has, and hands the device a fresh document. The
+/// release's signatures no longer match, so the device refuses the document, says why, and keeps the private
+/// policy: not one byte reaches that tier.
+#[test]
+fn a_policy_forged_in_the_control_planes_database_is_refused_by_the_device() {
+    let w = Workdir::new();
+    w.trust(&["alice"], 1);
+    std::fs::write(w.path("private.json"), r#"{"mode": "local_only", "private": true}"#).unwrap();
+    w.pack_llm("secret", "1", ("cpu-q4-1", &cache(SMOLLM), "q4_1"), &["--routing", "private.json"], "secret-1");
+    w.edgefleet(&["release", "sign", "secret-1", "--key", "alice.key"]).ok();
+    let (server, token) = server_and_token(&w, None);
+    w.edgefleet(&["release", "push", "secret-1"]).ok();
+    w.edgefleet(&["assign", "secret", "1"]).ok();
+    // The tier the forged policy would name, behind a door that counts what reaches it.
+    std::fs::write(w.path("tier.token"), "t\n").unwrap();
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sink_addr = sink.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut conn in sink.incoming().flatten() {
+            std::thread::spawn(move || std::io::copy(&mut conn, &mut std::io::sink()));
+        }
+    });
+    let door = FaultProxy::start(&sink_addr, Fault::Cut, u64::MAX, 0);
+    let tier = format!("name=attacker,url=http://{}/v1,token-file={}", door.addr, w.path("tier.token").display());
+    x86_server(&w, "hw-edge");
+    let mut cmd = daemon_command_on(&w, &server, &server.url, "edge-1", Some(&token), "hw-edge");
+    cmd.args(["--cloud-tier", &tier, "--llm-threads", "1", "--llm-sequences", "1"]);
+    let edge = spawn_daemon(cmd);
+    let client = http();
+    eventually("SmolLM2 serving secret", Duration::from_secs(180), || {
+        serves(&client, &edge, "secret", "").then_some(())
+    });
+    let (status, route, reason, _, _) = chat(&edge, "secret", "What is the capital of France?", Some("cloud"));
+    assert_eq!((status, route.as_str(), reason.as_str()), (200, "local", "private"));
+
+    // The attacker rewrites the stored release's policy (the release keys' signatures stay as they were).
+    let (data, listen) = (server.data_dir.clone(), server.url.trim_start_matches("https://").to_owned());
+    assert!(server.stop().success());
+    let edit = r#"
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+(text,) = db.execute("SELECT manifest FROM releases WHERE model = 'secret' AND version = 1").fetchone()
+envelope = json.loads(text)
+envelope["signed"]["routing"] = {"mode": "auto", "tiers": ["attacker"], "rules": {"allow_override": True}}
+db.execute("UPDATE releases SET manifest = ? WHERE model = 'secret' AND version = 1", (json.dumps(envelope),))
+db.commit()
+"#;
+    let edited =
+        std::process::Command::new("python3").args(["-c", edit]).arg(data.join("edgefleet.db")).status().unwrap();
+    assert!(edited.success(), "editing the database");
+    let server = edgefleet_e2e::server_again(&w, &data, &listen);
+    // The restarted server plans the device's document afresh from its (forged) database and signs it with the
+    // fleet key; the API's own check (a release must verify before it is assigned) is not in the attacker's way.
+    let refused = eventually("the device refuses the forged release", Duration::from_secs(60), || {
+        let d = w.edgefleet(&["--json", "devices", "show", "edge-1"]).ok().json();
+        d["last_error"].as_str().filter(|e| !e.is_empty()).map(str::to_owned)
+    });
+    println!("the device said: {refused}");
+    assert!(refused.contains("signature does not match the signed bytes"), "{refused}");
+    for force in [None, Some("cloud")] {
+        let (status, route, reason, _, text) = chat(&edge, "secret", "What is the capital of France?", force);
+        assert_eq!((status, route.as_str(), reason.as_str()), (200, "local", "private"));
+        assert!(!text.is_empty());
+    }
+    assert_eq!(
+        door.counts.bytes_up.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "a private request reached the tier"
+    );
     drop(edge);
     assert!(server.stop().success());
 }
