@@ -40,7 +40,6 @@ async fn current_release(state: &AppState, model: &ModelName) -> ApiResult<Optio
     Ok(assigned.chain(rolled).max_by_key(|(at, _)| *at).map(|(_, v)| v))
 }
 
-/// Whether a release's variants are language models (GGUF).
 /// What a release is, as far as gates go: a language model, and one whose signed routing policy may send
 /// requests to a cloud tier.
 async fn release_kind(
