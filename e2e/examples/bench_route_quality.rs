@@ -146,7 +146,7 @@ fn main() {
     ];
     let (server, _) = server_and_token(&w, None);
     for (model, policy) in &policies {
-        release(&w, model, &smollm, Some(policy));
+        release(&w, model, &smollm, policy);
     }
     let big = ("cpu-q4-k-m,chat-template=gemma", gemma.as_path(), "q4_k_m");
     w.pack_llm("big", "1", big, &[], "big-1");
@@ -243,7 +243,7 @@ fn main() {
         let bar = sorted[(n * q / 100).min(n - 1)];
         let milli = ((bar * 1000.0).round() as i32).clamp(-100_000, -1);
         let model = format!("q-op{}", i + 1);
-        release(&w, &model, &smollm, Some(&cascade(milli)));
+        release(&w, &model, &smollm, &cascade(milli));
         serve(&edge, &model, "");
         points.push((model, milli));
     }
@@ -286,15 +286,11 @@ fn cascade(milli: i32) -> Value {
 }
 
 /// Packs, signs, pushes and assigns release 1 of `model` (SmolLM2) under `policy` to the edge.
-fn release(w: &Workdir, model: &str, gguf: &std::path::Path, policy: Option<&Value>) {
+fn release(w: &Workdir, model: &str, gguf: &std::path::Path, policy: &Value) {
     let file = format!("{model}.json");
-    let mut extra = vec![];
-    if let Some(p) = policy {
-        std::fs::write(w.path(&file), p.to_string()).unwrap();
-        extra = vec!["--routing", &file];
-    }
+    std::fs::write(w.path(&file), policy.to_string()).unwrap();
     let out = format!("{model}-1");
-    w.pack_llm(model, "1", ("cpu-q4-1", gguf, "q4_1"), &extra, &out);
+    w.pack_llm(model, "1", ("cpu-q4-1", gguf, "q4_1"), &["--routing", &file], &out);
     w.edgefleet(&["release", "sign", &out, "--key", "alice.key"]).ok();
     w.edgefleet(&["release", "push", &out]).ok();
     w.edgefleet(&["assign", model, "1", "--selector", "role=edge"]).ok();
