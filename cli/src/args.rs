@@ -275,6 +275,9 @@ pub struct TrustRotate {
 pub enum ReleaseCmd {
     /// Pack ONNX files into a release: compress, digest, compute golden vectors, write an unsigned manifest.
     Pack(ReleasePack),
+    /// Make variants of a model (ONNX: int8, int4, dynamic-int8, qdq-int8, fp16, pruneNN; GGUF: llama.cpp
+    /// types), check each against the reference on sample inputs, and report size, accuracy and latency here.
+    Optimize(ReleaseOptimize),
     /// Add a release key's signature to a packed release's manifest.
     Sign {
         /// The release directory (or its manifest.json).
@@ -312,6 +315,46 @@ pub struct OrtArgs {
     /// The ONNX Runtime shared library (libonnxruntime.so.1.31.1).
     #[arg(long = "ort-lib", env = "EDGEFLEET_ORT_LIB")]
     pub lib: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReleaseOptimize {
+    /// The reference model: an fp32 ONNX file, or a GGUF.
+    pub model: PathBuf,
+    /// The variants to make, comma separated. ONNX: int8 and int4 (weight-only, per-channel), dynamic-int8,
+    /// qdq-int8 (static, calibrated on --samples), fp16, pruneNN (NN % of each weight tensor zeroed). GGUF:
+    /// llama.cpp types (q8_0, q6_k, q5_k_m, q5_0, q4_k_m, q4_1, q4_0, iq4_nl, f16, …).
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub to: Vec<String>,
+    /// ONNX: sample inputs (safetensors, tensors named `<case>/<input>`): the accuracy check, the calibration set
+    /// of qdq-int8 and the latency workload. GGUF: golden prompts (JSON), as `release pack` takes them.
+    #[arg(long)]
+    pub samples: PathBuf,
+    /// ONNX: the calibration set of qdq-int8, when it should not be --samples (safetensors, as --samples).
+    #[arg(long)]
+    pub calibration: Option<PathBuf>,
+    /// Override a tolerance, as `release pack` takes it: `[PRECISION:]OUTPUT=max_abs:X,top1:Y` or `OUTPUT=skip`.
+    #[arg(long = "tolerance")]
+    pub tolerances: Vec<String>,
+    /// ONNX: another tool's variant to check and time beside these, as `NAME=FILE.onnx` (ONNX Runtime's quantizer
+    /// output, say); reported, never written. Repeatable.
+    #[arg(long = "compare")]
+    pub compare: Vec<String>,
+    /// Timed passes over the samples per variant, for the latency column (ONNX).
+    #[arg(long, default_value_t = 10)]
+    pub runs: u32,
+    /// GGUF: tokens of the reference's answer to each golden prompt that the variants are scored on.
+    #[arg(long, default_value_t = 24)]
+    pub golden_tokens: u32,
+    /// zstd level of the compressed size reported (as `release pack` uses).
+    #[arg(long, default_value_t = 9)]
+    pub level: i32,
+    /// The directory to create: a model file per variant that passed its check, and `report.json` (refuses to
+    /// overwrite).
+    #[arg(long, short)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub ort: OrtArgs,
 }
 
 #[derive(Debug, Args)]

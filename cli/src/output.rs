@@ -42,6 +42,21 @@ impl Out {
         bar
     }
 
+    /// A progress bar over `len` steps of work (variants to make, runs to time), hidden with `--json`.
+    pub fn steps_bar(&self, len: u64, what: &str) -> ProgressBar {
+        if self.json {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(len).with_message(what.to_owned());
+        bar.set_style(
+            ProgressStyle::with_template("{msg:40} [{bar:30}] {pos}/{len} {elapsed}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
+    }
+
     /// A spinner for work of unknown length (running a model), hidden with `--json`.
     pub fn spinner(&self, what: &str) -> ProgressBar {
         if self.json {

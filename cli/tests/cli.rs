@@ -3,61 +3,15 @@
 //! runs first). Missing models are a loud failure, never a skip.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+mod common;
+
+use common::{Lab, Run};
 use edgefleet_e2e::cache;
-use std::process::{Command, Output};
-
-struct Run {
-    out: Output,
-}
-
-impl Run {
-    fn ok(self) -> Self {
-        assert!(self.out.status.success(), "command failed: {}{}", self.stdout(), self.stderr());
-        self
-    }
-    fn code(&self) -> Option<i32> {
-        self.out.status.code()
-    }
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.out.stdout).into_owned()
-    }
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.out.stderr).into_owned()
-    }
-    fn json(&self) -> serde_json::Value {
-        serde_json::from_str(self.stdout().trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.stdout()))
-    }
-    /// Fails with exit code `code` and says `says` on stderr.
-    fn fails(self, code: i32, says: &str) -> Self {
-        assert_eq!(self.code(), Some(code), "expected exit {code}: {}{}", self.stdout(), self.stderr());
-        assert!(self.stderr().contains(says), "stderr does not say {says:?}: {}", self.stderr());
-        self
-    }
-}
-
-/// A scratch directory with the `edgefleet` binary pointed at it.
-struct Lab {
-    dir: tempfile::TempDir,
-}
+use std::process::Command;
 
 impl Lab {
-    fn new() -> Self {
-        Self { dir: tempfile::tempdir().expect("tempdir") }
-    }
-    fn p(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-    fn run(&self, args: &[&str]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_edgefleet"))
-            .args(args)
-            .current_dir(self.dir.path())
-            .env("EDGEFLEET_ORT_LIB", cache("lib/libonnxruntime.so.1.31.1"))
-            .output()
-            .expect("run edgefleet");
-        Run { out }
-    }
     fn keys(&self, names: &[&str]) {
         for n in names {
             self.run(&["keys", "generate", "-o", &format!("{n}.key")]).ok();

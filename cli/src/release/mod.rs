@@ -24,6 +24,8 @@ use crate::docs;
 use crate::output::Out;
 use edgefleet_runtime::Runtime;
 
+mod optimize;
+mod optimize_llm;
 mod pack;
 mod pack_llm;
 
@@ -65,6 +67,7 @@ impl std::error::Error for Refused {}
 pub fn run(cmd: ReleaseCmd, out: &Out) -> anyhow::Result<()> {
     match cmd {
         ReleaseCmd::Pack(a) => pack::pack(a, out),
+        ReleaseCmd::Optimize(a) => optimize::optimize(a, out),
         ReleaseCmd::Sign { release, key } => sign(&release, &key, out),
         ReleaseCmd::Verify { release, root, chain, floor } => verify(&release, &root, &chain, floor, out),
         ReleaseCmd::Golden { release, variant, ort } => golden(&release, &variant, ort.lib.as_deref(), out),

@@ -23,6 +23,7 @@ use model_registry::{
 
 use crate::args::ReleasePack;
 use crate::output::Out;
+use edgefleet_protocol::tensor::TensorSpec;
 use edgefleet_runtime::Runtime;
 
 /// One `--variant` as given on the command line.
@@ -81,11 +82,11 @@ fn parse_variant(s: &str) -> anyhow::Result<VariantSpec> {
 }
 
 /// One `--tolerance`: for a precision (or all), an output's limits, or `None` to leave it unchecked.
-type ToleranceOverride = (Option<Precision>, String, Option<(f64, Option<f64>)>);
+pub(super) type ToleranceOverride = (Option<Precision>, String, Option<(f64, Option<f64>)>);
 
 /// `--tolerance [PRECISION:]OUTPUT=max_abs:X,top1:Y`, or `[PRECISION:]OUTPUT=skip` to leave an output out of
 /// the check (a recurrent state, say, that diverges under quantization while the real output stays close).
-fn parse_tolerances(specs: &[String]) -> anyhow::Result<Vec<ToleranceOverride>> {
+pub(super) fn parse_tolerances(specs: &[String]) -> anyhow::Result<Vec<ToleranceOverride>> {
     let mut out = Vec::new();
     for s in specs {
         let (lhs, rhs) = s.split_once('=').with_context(|| format!("--tolerance {s:?}: expected OUTPUT=max_abs:X"))?;
@@ -113,6 +114,29 @@ fn parse_tolerances(specs: &[String]) -> anyhow::Result<Vec<ToleranceOverride>> 
         out.push((precision, output.to_owned(), Some((max_abs, top1))));
     }
     Ok(out)
+}
+
+/// Each output's tolerance for a variant of `precision`: the precision's default, or what `--tolerance` says;
+/// outputs it skips are left out.
+pub(super) fn tolerances_for(
+    outputs: &[TensorSpec],
+    precision: Precision,
+    overrides: &[ToleranceOverride],
+) -> BTreeMap<String, Tolerance> {
+    let mut tolerances = BTreeMap::new();
+    'outputs: for output in outputs {
+        let mut t = Tolerance::default_for(precision);
+        for (p, name, limits) in overrides {
+            if name != &output.name || p.is_some_and(|p| p != precision) {
+                continue;
+            }
+            let Some((max_abs, top1)) = limits else { continue 'outputs };
+            t.max_abs_error = *max_abs;
+            t.min_top1_agreement = top1.unwrap_or(t.min_top1_agreement);
+        }
+        tolerances.insert(output.name.clone(), t);
+    }
+    tolerances
 }
 
 /// Compresses a variant's model file into `blobs/`: its raw and its zstd reference.
@@ -226,19 +250,7 @@ pub fn pack(a: ReleasePack, out: &Out) -> anyhow::Result<()> {
                 input.dtype
             );
         }
-        let mut tolerances = BTreeMap::new();
-        'outputs: for output in &reference.outputs {
-            let mut t = Tolerance::default_for(spec.precision);
-            for (p, name, limits) in &overrides {
-                if name != &output.name || p.is_some_and(|p| p != spec.precision) {
-                    continue;
-                }
-                let Some((max_abs, top1)) = limits else { continue 'outputs };
-                t.max_abs_error = *max_abs;
-                t.min_top1_agreement = top1.unwrap_or(t.min_top1_agreement);
-            }
-            tolerances.insert(output.name.clone(), t);
-        }
+        let tolerances = tolerances_for(&reference.outputs, spec.precision, &overrides);
         ensure!(!tolerances.is_empty(), "variant {}: every output is skipped; nothing would be checked", spec.id);
         let golden = GoldenVectors { inputs: samples.clone(), outputs: reference_outputs.clone(), tolerances };
         // A variant that cannot reproduce its own golden vectors here would be refused by every device.

@@ -64,7 +64,7 @@ pub(super) fn read_prompts(path: &Path) -> anyhow::Result<Vec<(String, Vec<ChatM
         .collect())
 }
 
-fn start(path: &Path, context_length: u32, template: Option<&str>) -> anyhow::Result<(Engine, u32)> {
+pub(super) fn start(path: &Path, context_length: u32, template: Option<&str>) -> anyhow::Result<(Engine, u32)> {
     let mut model = LlmModel::load(path, &LlmOptions::default())?;
     if let Some(t) = template {
         model = model.with_chat_template(t).with_context(|| format!("{}: chat-template={t}", path.display()))?;

@@ -10,6 +10,7 @@
 
 mod engine;
 pub mod golden;
+mod quantize;
 
 use std::num::NonZeroU16;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use llama_cpp_2::model::{LlamaChatMessage, LlamaChatTemplate, LlamaModel};
 use llama_cpp_2::token::LlamaToken;
 
 pub use engine::{Engine, EngineConfig, Finish, GenEvent, GenRequest, Sampling, StepScore, Submitted};
+pub use quantize::{quantize, quantize_types};
 
 /// llama.cpp's name for its CPU backend; always the last resort.
 pub const CPU_BACKEND: &str = "CPU";
@@ -58,6 +60,8 @@ pub enum LlmError {
     Context(String),
     #[error("the chat template: {0}")]
     Template(String),
+    #[error("quantizing: {0}")]
+    Quantize(String),
     #[error("llama.cpp: {0}")]
     Decode(String),
     #[error("the model's engine has stopped")]
