@@ -25,7 +25,7 @@ export EDGEFLEET_ORT_LIB="$C/lib/libonnxruntime.so.1.31.1"
 echo "== magika on $N files, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 "$E" release optimize "$C/models/magika/model.onnx" --to int8,int4,dynamic-int8,qdq-int8,fp16,prune50 \
   --samples "$D/corpus.safetensors" --calibration "$D/calibration.safetensors" \
-  --compare "ort-dynamic=$D/magika-ort-dynamic.onnx" --runs 3 -o "$D/magika" || true
+  --compare "ort-dynamic=$D/magika-ort-dynamic.onnx" --runs 1 -o "$D/magika" || true
 echo "== Gemma 3 270M (Q4_K_M source) requantized by llama.cpp"
 "$E" release optimize "$C/models/llm/gemma-3-270m-q4_k_m.gguf" --to q8_0,q4_0 \
   --samples fixtures/llm/golden-prompts.json -o "$D/gemma" || true
