@@ -118,9 +118,7 @@ fn rewrite(
         "Conv" => ("ConvInteger", n.attribute.clone()),
         _ => ("MatMulInteger", vec![]),
     };
-    let mut int_node = graph::node(int_op, names.fresh(&base, "_integer"), &[&xq, &wq, &xz, &wz], &[&product], attrs);
-    int_node.attribute.sort_by(|a, b| a.name().cmp(b.name()));
-    out.push(int_node);
+    out.push(graph::node(int_op, names.fresh(&base, "_integer"), &[&xq, &wq, &xz, &wz], &[&product], attrs));
     let as_float = names.fresh(&base, "_float");
     out.push(graph::node(
         "Cast",

@@ -75,17 +75,6 @@ pub fn has_subgraph(n: &NodeProto) -> bool {
 
 // === tensors ===
 
-/// Bytes of a tensor's data as stored.
-pub fn tensor_bytes(t: &TensorProto) -> usize {
-    t.raw_data.as_ref().map_or(0, Vec::len)
-        + t.float_data.len() * 4
-        + t.int32_data.len() * 4
-        + t.int64_data.len() * 8
-        + t.double_data.len() * 8
-        + t.uint64_data.len() * 8
-        + t.string_data.iter().map(Vec::len).sum::<usize>()
-}
-
 pub fn element_count(dims: &[i64]) -> usize {
     dims.iter().map(|&d| d.max(0) as usize).product()
 }

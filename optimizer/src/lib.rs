@@ -187,8 +187,3 @@ pub fn optimize(model: &ModelProto, kind: Kind, ranges: Option<&Ranges>) -> Resu
     });
     Ok(out)
 }
-
-/// Counts the initializer bytes of a model (what dominates its file size).
-pub fn initializer_bytes(model: &ModelProto) -> usize {
-    model.graph.as_ref().map_or(0, |g| g.initializer.iter().map(graph::tensor_bytes).sum())
-}

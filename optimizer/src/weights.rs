@@ -147,7 +147,7 @@ pub fn weight_only(model: &mut ModelProto, bits: Bits) -> Result<(), OptimizeErr
         let q = quantize(&w, &Layout::new(&dims, axes, bits));
         let q_name = names.fresh(&name, "_quantized");
         let s_name = names.fresh(&name, "_scale");
-        let (data_type, raw, mut attrs) = match bits {
+        let (data_type, raw, attrs) = match bits {
             Bits::Eight | Bits::EightReduced => (
                 DataType::INT8,
                 q.values.iter().map(|&v| v as u8).collect(),
@@ -159,7 +159,6 @@ pub fn weight_only(model: &mut ModelProto, bits: Bits) -> Result<(), OptimizeErr
                 vec![attr_int("axis", axes.reduce as i64), attr_int("block_size", INT4_BLOCK as i64)],
             ),
         };
-        attrs.sort_by(|a, b| a.name().cmp(b.name()));
         g.initializer[i] = raw_tensor(&q_name, data_type, &dims, raw);
         g.initializer.push(float_tensor(&s_name, &q.scale_dims, &q.scales));
         let n_name = names.fresh(&name, "_dequantize");

@@ -80,15 +80,7 @@ fn model(nodes: Vec<NodeProto>, inits: Vec<TensorProto>, input: ValueInfoProto, 
 }
 
 fn floats_in(name: &str, dims: &[usize], seed: u64) -> (String, HostTensor) {
-    let v = values(dims.iter().product(), seed);
-    (
-        name.into(),
-        HostTensor {
-            dtype: ElementType::Float32,
-            shape: dims.to_vec(),
-            data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        },
-    )
+    (name.into(), HostTensor::from_f32(dims.to_vec(), &values(dims.iter().product(), seed)))
 }
 
 fn w(name: &str, dims: &[i64], seed: u64) -> TensorProto {
@@ -168,9 +160,7 @@ fn run(m: &ModelProto, input: &(String, HostTensor), dir: &std::path::Path, name
     let out = model
         .run(&BTreeMap::from([input.clone()]))
         .unwrap_or_else(|e| panic!("{name}: ONNX Runtime cannot run it: {e}"));
-    out.into_iter()
-        .map(|(k, t)| (k, t.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()))
-        .collect()
+    out.into_iter().map(|(k, t)| (k, t.to_f64().iter().map(|&v| v as f32).collect())).collect()
 }
 
 fn ops(m: &ModelProto) -> Vec<String> {
@@ -184,9 +174,7 @@ fn calibrate(p: &Pattern, dir: &std::path::Path) -> Ranges {
     for n in names {
         let values = match outputs.get(&n) {
             Some(v) => v.clone(),
-            None if n == p.input.0 => {
-                p.input.1.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-            }
+            None if n == p.input.0 => p.input.1.to_f64().iter().map(|&v| v as f32).collect(),
             None => panic!("activation {n} was not produced"),
         };
         ranges.observe(&n, &values);

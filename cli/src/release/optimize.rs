@@ -228,30 +228,11 @@ pub fn optimize(a: ReleaseOptimize, out: &Out) -> anyhow::Result<()> {
                 &overrides,
             ),
         };
-        let mut report = VariantReport {
-            variant: kind.name(),
-            precision: kind.precision().into(),
-            file: Some(file),
-            bytes: encoded.len() as u64,
-            zstd_bytes: zstd_len(&encoded, a.level)?,
-            accuracy: serde_json::Value::Null,
-            latency_p50_ms: None,
-            passed: false,
-            refused: None,
-        };
-        match check(&rt, &path, &golden, a.runs) {
-            Ok((g, p50)) => {
-                report.accuracy = accuracy_json(&g);
-                report.latency_p50_ms = Some(p50);
-                report.passed = g.passed();
-                if !report.passed {
-                    report.refused = Some(format!("misses the reference's golden vectors:\n{g}"));
-                }
-            }
-            Err(e) => report.refused = Some(format!("{e:#}")),
-        }
-        if !report.passed {
-            report.file = None;
+        let mut report =
+            measure(&rt, (kind.name(), kind.precision().into()), &path, &encoded, a.level, &golden, a.runs)?;
+        if report.passed {
+            report.file = Some(file);
+        } else {
             std::fs::remove_file(&path)?;
         }
         reports.push(report);
@@ -266,26 +247,47 @@ pub fn optimize(a: ReleaseOptimize, out: &Out) -> anyhow::Result<()> {
             outputs: reference_outputs.clone(),
             tolerances: tolerances_for(&output_specs, model_registry::Precision::Int8, &overrides),
         };
-        let mut report = VariantReport {
-            variant: name,
-            precision: "compared".into(),
-            file: None,
-            bytes: bytes.len() as u64,
-            zstd_bytes: zstd_len(&bytes, a.level)?,
-            accuracy: serde_json::Value::Null,
-            latency_p50_ms: None,
-            passed: false,
-            refused: None,
-        };
-        match check(&rt, &file, &golden, a.runs) {
-            Ok((g, p50)) => {
-                (report.accuracy, report.latency_p50_ms, report.passed) = (accuracy_json(&g), Some(p50), g.passed());
-            }
-            Err(e) => report.refused = Some(format!("{e:#}")),
+        let mut report = measure(&rt, (name, "compared".into()), &file, &bytes, a.level, &golden, a.runs)?;
+        if !report.accuracy.is_null() {
+            report.refused = None; // another tool's variant that ran is reported, never refused
         }
         compared.push(report);
     }
     staging.finish(reference_report, reports, compared, out)
+}
+
+/// A variant's report: its sizes, its golden check and its latency on this machine; one outside its
+/// tolerances, or that ONNX Runtime cannot load or run, is refused with why.
+fn measure(
+    rt: &Runtime,
+    (variant, precision): (String, String),
+    path: &Path,
+    bytes: &[u8],
+    level: i32,
+    golden: &GoldenVectors,
+    runs: u32,
+) -> anyhow::Result<VariantReport> {
+    let mut report = VariantReport {
+        variant,
+        precision,
+        file: None,
+        bytes: bytes.len() as u64,
+        zstd_bytes: zstd_len(bytes, level)?,
+        accuracy: serde_json::Value::Null,
+        latency_p50_ms: None,
+        passed: false,
+        refused: None,
+    };
+    match check(rt, path, golden, runs) {
+        Ok((g, p50)) => {
+            (report.accuracy, report.latency_p50_ms, report.passed) = (accuracy_json(&g), Some(p50), g.passed());
+            if !report.passed {
+                report.refused = Some(format!("misses the reference's golden vectors:\n{g}"));
+            }
+        }
+        Err(e) => report.refused = Some(format!("{e:#}")),
+    }
+    Ok(report)
 }
 
 /// Loads a written variant, runs the golden vectors, and times it.
@@ -372,9 +374,7 @@ fn calibrate(model: &ModelProto, rt: &Runtime, samples: &Cases, staging: &Stagin
                 .or_else(|| inputs.get(name))
                 .with_context(|| format!("calibration: activation {name:?} was not produced"))?;
             ensure!(t.dtype == ElementType::Float32, "calibration: activation {name:?} is {:?}, not float32", t.dtype);
-            let values: Vec<f32> =
-                t.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-            ranges.observe(name, &values);
+            ranges.observe(name, &t.to_f64().iter().map(|&v| v as f32).collect::<Vec<_>>());
         }
     }
     drop(m);
