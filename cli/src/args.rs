@@ -100,6 +100,18 @@ pub enum RolloutCmd {
         /// What a failed gate does: `pause` or `rollback`.
         #[arg(long, default_value = "pause")]
         on_failure: String,
+        /// How each device's variant of the release is picked: `first-fit` (the manifest's first variant that
+        /// fits the device), or `by-measurement`: devices on the release run every variant they can on its
+        /// golden inputs, and each device class gets the fastest (or least energy, `--objective energy`) that
+        /// stays within its golden tolerances; a wave ends only once every class it reached has its choice.
+        #[arg(long, default_value = "first-fit")]
+        choose_variant: String,
+        /// With `--choose-variant by-measurement`: `latency` or `energy`.
+        #[arg(long, default_value = "latency")]
+        objective: String,
+        /// With `--choose-variant by-measurement`: devices of a class that must report before it is decided.
+        #[arg(long, default_value_t = 1)]
+        measure_devices: u64,
     },
     /// Every rollout, or one with each wave and gate.
     Status { id: Option<String> },

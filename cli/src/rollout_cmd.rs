@@ -3,7 +3,9 @@
 use std::fmt::Write as _;
 
 use anyhow::{Context, bail};
-use edgefleet_protocol::rollout::{CreateRollout, Gate, OnFailure, RolloutView, State, Verdict, Wave};
+use edgefleet_protocol::rollout::{
+    ChooseVariant, CreateRollout, Gate, Objective, OnFailure, RolloutView, State, Verdict, Wave,
+};
 use reqwest::Method;
 use serde_json::json;
 
@@ -67,6 +69,20 @@ pub fn gate(s: &str) -> anyhow::Result<Gate> {
     })
 }
 
+/// `--choose-variant` with its `--objective` and `--measure-devices`.
+pub fn choose_variant(how: &str, objective: &str, min_devices: u64) -> anyhow::Result<ChooseVariant> {
+    let objective = match objective {
+        "latency" => Objective::Latency,
+        "energy" => Objective::Energy,
+        other => bail!("--objective {other:?}: latency or energy"),
+    };
+    Ok(match how {
+        "first-fit" => ChooseVariant::FirstFit,
+        "by-measurement" => ChooseVariant::Measurement { objective, min_devices },
+        other => bail!("--choose-variant {other:?}: first-fit or by-measurement"),
+    })
+}
+
 fn state_text(s: &State) -> String {
     match s {
         State::Running { wave, .. } => format!("running (wave {})", wave + 1),
@@ -120,6 +136,25 @@ fn describe(v: &RolloutView) -> String {
             g.samples_baseline
         );
     }
+    if let ChooseVariant::Measurement { objective, min_devices } = r.choose_variant {
+        let _ = write!(t, "\n  variant chosen by measurement ({objective:?}, {min_devices} device(s) per class):");
+        if v.variant_choices.is_empty() {
+            t.push_str(" no class measured yet");
+        }
+        for c in &v.variant_choices {
+            let chosen = match (&c.variant, c.decided) {
+                (Some(v), _) => v.to_string(),
+                (None, true) => "first fit".into(),
+                (None, false) => "measuring".into(),
+            };
+            let _ = write!(t, "\n    {:18} {chosen:14} {}", c.class, c.reason);
+            for m in &c.measured {
+                let ms = m.median_ms.map_or("-".to_owned(), |x| format!("{x:.3} ms"));
+                let mj = m.energy_mj.map_or(String::new(), |x| format!(", {x:.3} mJ"));
+                let _ = write!(t, "\n      {:16} {ms}{mj} on {} device(s), {} failed", m.variant, m.devices, m.failed);
+            }
+        }
+    }
     t
 }
 
@@ -127,7 +162,19 @@ pub fn run(cmd: RolloutCmd, out: &Out) -> anyhow::Result<()> {
     let remote = Remote::from_saved()?;
     let view = |v: serde_json::Value| -> anyhow::Result<RolloutView> { Ok(serde_json::from_value(v)?) };
     let (path, action) = match cmd {
-        RolloutCmd::Create { model, release, baseline, selector, waves, gates, min_samples, on_failure } => {
+        RolloutCmd::Create {
+            model,
+            release,
+            baseline,
+            selector,
+            waves,
+            gates,
+            min_samples,
+            on_failure,
+            choose_variant,
+            objective,
+            measure_devices,
+        } => {
             let req = CreateRollout {
                 model: model.parse()?,
                 release: edgefleet_protocol::ReleaseVersion::new(release)?,
@@ -141,6 +188,7 @@ pub fn run(cmd: RolloutCmd, out: &Out) -> anyhow::Result<()> {
                     "rollback" | "roll-back" | "roll_back" => OnFailure::RollBack,
                     other => bail!("--on-failure {other:?}: pause or rollback"),
                 },
+                choose_variant: self::choose_variant(&choose_variant, &objective, measure_devices)?,
             };
             req.validate().map_err(anyhow::Error::msg)?;
             let v = remote.send_json(Method::POST, "/rollouts", &serde_json::to_value(&req)?)?;
@@ -190,5 +238,12 @@ mod tests {
         assert_eq!(gate("error-rate=0.01").expect("gate"), Gate::ErrorRate { max_increase: 0.01 });
         assert!(gate("speed=2").is_err());
         assert!(gate("p95-ratio").is_err());
+        assert_eq!(choose_variant("first-fit", "latency", 1).expect("how"), ChooseVariant::FirstFit);
+        assert_eq!(
+            choose_variant("by-measurement", "energy", 2).expect("how"),
+            ChooseVariant::Measurement { objective: Objective::Energy, min_devices: 2 }
+        );
+        assert!(choose_variant("fastest", "latency", 1).is_err());
+        assert!(choose_variant("by-measurement", "speed", 1).is_err());
     }
 }

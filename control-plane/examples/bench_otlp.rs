@@ -270,6 +270,7 @@ async fn evaluate_bench(devices: usize, url: Option<String>) -> anyhow::Result<(
         gates: vec![Gate::ErrorRate { max_increase: 0.01 }, Gate::P95LatencyRatio { max: 1.2 }],
         min_samples: 100,
         on_failure: OnFailure::Pause,
+        choose_variant: Default::default(),
     };
     for run in 0..3 {
         let t = Instant::now();

@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         ],
         min_samples: 100,
         on_failure: OnFailure::RollBack,
+        choose_variant: Default::default(),
     };
     let s = Stats { requests: 1000, errors: 1, p95_ms: Some(10.0), ..Stats::default() };
     let seen: BTreeMap<String, (Stats, Stats)> =

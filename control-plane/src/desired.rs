@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::{DateTime, Duration, Utc};
 use edgefleet_protocol::api::{HardwareProfile, Labels, Selector};
+use edgefleet_protocol::rollout::MAX_MEASURED_VARIANTS;
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion, VariantId};
 use model_registry::root::DocType;
 use model_registry::{
@@ -36,6 +37,9 @@ pub struct Entry {
     pub release: Release,
     /// For a rollout: the rollout, its state and its baseline release.
     pub rollout: Option<(Arc<Rollout>, State, Release)>,
+    /// For a rollout that chooses variants by measurement: each decided device class's variant (`None`: no
+    /// variant qualified, the class keeps the first fit). A class not in it is still being measured.
+    pub choices: Arc<BTreeMap<String, Option<VariantId>>>,
 }
 
 impl Entry {
@@ -82,6 +86,8 @@ pub struct Chosen {
     pub version: ReleaseVersion,
     pub variant: VariantId,
     pub envelope: Arc<Envelope>,
+    /// Variants the device is asked to run on the golden inputs and report (see `ChooseVariant::Measurement`).
+    pub measure: Vec<VariantId>,
 }
 
 /// What a device should run, and the models assigned to it for which no variant fits its hardware.
@@ -98,7 +104,9 @@ pub fn fits(req: &Requirements, format: ModelFormat, hw: &HardwareProfile) -> bo
 }
 
 /// For each model, the newest assignment or rollout whose selector matches `labels`, the release it names for
-/// `device`, and within that release the first variant (manifests list variants best first) that fits `hw`.
+/// `device`, and within that release the first variant (manifests list variants best first) that fits `hw` —
+/// or, on the new release of a rollout that chooses by measurement, the variant chosen for the device's class
+/// (when it fits), and while the class has no choice the first fit with every fitting variant to measure.
 pub fn plan(snapshot: &AssignmentSnapshot, device: &DeviceId, labels: &Labels, hw: &HardwareProfile) -> Plan {
     let mut newest: BTreeMap<&ModelName, &Entry> = BTreeMap::new();
     for e in &snapshot.entries {
@@ -109,15 +117,27 @@ pub fn plan(snapshot: &AssignmentSnapshot, device: &DeviceId, labels: &Labels, h
     let mut out = Plan::default();
     for (model, e) in newest {
         let Release { manifest, envelope } = e.release_for(device, labels);
-        match manifest.variants.iter().find(|v| fits(&v.requirements, v.format, hw)) {
-            Some(v) => out.models.push(Chosen {
-                model: model.clone(),
-                version: manifest.version,
-                variant: v.id.clone(),
-                envelope: envelope.clone(),
-            }),
-            None => out.unfit.push((model.clone(), manifest.version)),
-        }
+        let fitting: Vec<&VariantId> =
+            manifest.variants.iter().filter(|v| fits(&v.requirements, v.format, hw)).map(|v| &v.id).collect();
+        let Some(&first) = fitting.first() else {
+            out.unfit.push((model.clone(), manifest.version));
+            continue;
+        };
+        let measuring =
+            e.rollout.as_ref().is_some_and(|(r, ..)| !r.choose_variant.is_first_fit() && r.release == manifest.version);
+        let (variant, measure) = match e.choices.get(&hw.device_class) {
+            _ if !measuring => (first, Vec::new()),
+            Some(Some(chosen)) if fitting.contains(&chosen) => (chosen, Vec::new()),
+            Some(_) => (first, Vec::new()),
+            None => (first, fitting.iter().take(MAX_MEASURED_VARIANTS).map(|&v| v.clone()).collect()),
+        };
+        out.models.push(Chosen {
+            model: model.clone(),
+            version: manifest.version,
+            variant: variant.clone(),
+            envelope: envelope.clone(),
+            measure,
+        });
     }
     out
 }
@@ -136,7 +156,8 @@ pub fn content_digest(plan: &Plan) -> String {
         .iter()
         .map(|c| {
             let manifest = model_registry::canonical::to_canonical(&c.envelope.signed).unwrap_or_default();
-            format!("{}:{}:{}:{}", c.model, c.version, c.variant, Sha256Digest::of(&manifest))
+            let measure: Vec<&str> = c.measure.iter().map(VariantId::as_str).collect();
+            format!("{}:{}:{}:{}:{}", c.model, c.version, c.variant, Sha256Digest::of(&manifest), measure.join(","))
         })
         .collect();
     Sha256Digest::of(parts.join("\n").as_bytes()).to_hex()
@@ -164,6 +185,7 @@ pub fn sign(
                 model: c.model.clone(),
                 variant: c.variant.clone(),
                 release: (*c.envelope).clone(),
+                measure: c.measure.clone(),
             })
             .collect(),
     };

@@ -75,6 +75,8 @@ pub struct Agent {
     pub pause: Option<PausePoint>,
     /// How long past the long-poll a check-in may take before the server is treated as gone.
     pub checkin_slack: Duration,
+    /// The power sensor, if the device has one (energy of variant measurements).
+    pub power: Option<crate::power::Source>,
 }
 
 pub(crate) fn event(
@@ -95,6 +97,7 @@ pub(crate) fn event(
         variant: Some(variant.clone()),
         detail,
         at,
+        measurements: Vec::new(),
     }
 }
 
@@ -186,9 +189,18 @@ impl Agent {
         }
     }
 
-    /// One pass: send queued events, check in (long-poll `wait` seconds), verify, install what changed, report.
-    /// Answers the server's suggested interval.
+    /// One pass: send queued events, check in (long-poll `wait` seconds), verify, install what changed, measure
+    /// the variants a document asked to measure, report. Answers the server's suggested interval.
     pub async fn reconcile(&mut self, state: &mut DeviceState, wait: u64) -> anyhow::Result<Checkin> {
+        let checkin = self.check_in(state, wait).await?;
+        if !state.to_measure.is_empty() {
+            self.measure_pending(state).await?;
+            self.flush_events(state).await?;
+        }
+        Ok(checkin)
+    }
+
+    async fn check_in(&mut self, state: &mut DeviceState, wait: u64) -> anyhow::Result<Checkin> {
         self.flush_events(state).await?;
         let mut req =
             self.client.post(format!("{}/api/v1/device/checkin?wait={wait}", self.server)).json(&self.report(state));
@@ -282,6 +294,10 @@ impl Agent {
                         answer = Some(PassEvent::Removed);
                     }
                     PassEffect::Done(result) => {
+                        if result.is_ok() {
+                            state.to_measure = crate::measure::asks(verified, state);
+                            self.layout.save_state(state)?;
+                        }
                         self.flush_events(state).await?;
                         return result.map_err(|why| {
                             anyhow::anyhow!("a download was interrupted; it resumes at the next check-in: {why}")

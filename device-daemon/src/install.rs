@@ -83,7 +83,7 @@ struct Work<'a> {
 }
 
 impl Agent {
-    fn runtime(&self) -> anyhow::Result<&'static Runtime> {
+    pub(crate) fn runtime(&self) -> anyhow::Result<&'static Runtime> {
         Ok(Runtime::shared(Some(&self.ort_lib))?)
     }
 

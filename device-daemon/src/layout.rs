@@ -10,7 +10,7 @@
 //! <data>/downloads/<sha256>.partial      downloads, resumed with Range
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -87,6 +87,12 @@ pub struct DeviceState {
     /// request on the device).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub routing: BTreeMap<ModelName, RoutingPolicy>,
+    /// Variants the last accepted document asked this device to measure, not yet measured (`measure.rs`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub to_measure: Vec<crate::measure::MeasureAsk>,
+    /// Releases whose variants this device measured and reported: not measured again when asked again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub measured: BTreeSet<(ModelName, ReleaseVersion)>,
 }
 
 pub const MAX_PENDING_EVENTS: usize = 1000;

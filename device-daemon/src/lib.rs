@@ -15,6 +15,7 @@ pub mod identity;
 pub mod install;
 pub mod layout;
 pub mod machine;
+pub mod measure;
 pub mod openai;
 pub mod power;
 pub mod reconcile;

@@ -292,6 +292,7 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         Some(e) => Some(e.to_owned()),
         None => Some(format!("{}/v1/metrics", args.server.trim_end_matches('/'))),
     };
+    let power = crate::power::discover(&hardware_root);
     let telemetry = match endpoint {
         Some(endpoint) => Some(crate::telemetry::start(
             &crate::telemetry::Config {
@@ -302,7 +303,7 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
                 arch: detection.profile.arch.clone(),
             },
             shared.clone(),
-            crate::power::discover(&hardware_root),
+            power.clone(),
         )?),
         None => None,
     };
@@ -339,6 +340,7 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         disk_budget: args.disk_budget_mb.map(|mb| mb << 20),
         pause: args.pause_at,
         checkin_slack: Duration::from_secs(30),
+        power,
     };
     let mut state = layout.load_state()?;
     for problem in agent.restore(&state).await {

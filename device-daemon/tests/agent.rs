@@ -176,6 +176,7 @@ fn desired_of(
                 model: model.parse().expect("model"),
                 variant: "cpu-int8".parse().expect("variant"),
                 release: (*release).clone(),
+                measure: Vec::new(),
             })
             .collect(),
     };
@@ -241,6 +242,7 @@ impl Rig {
             disk_budget: None,
             pause: None,
             checkin_slack: std::time::Duration::from_secs(1),
+            power: None,
         };
         Rig { fake, server, agent, models, state: DeviceState::default(), sequence: 0, _dir: dir }
     }

@@ -308,6 +308,10 @@ pub struct ModelAssignment {
     pub model: ModelName,
     pub variant: VariantId,
     pub release: Envelope,
+    /// Variants of the release to run on its golden inputs, off the request path, and report (a rollout that
+    /// chooses each device class's variant by measurement); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measure: Vec<VariantId>,
 }
 
 /// The signed part of a desired-state document: what one device should run, fresh until `expires`.

@@ -252,11 +252,24 @@ impl<'a> Verifier<'a> {
             if m.model != assignment.model {
                 return Err(Refusal::ModelMismatch { assigned: assignment.model.clone(), manifest: m.model.clone() });
             }
-            if m.variant(&assignment.variant).is_none() {
-                return Err(Refusal::UnknownVariant {
-                    model: m.model.clone(),
-                    version: m.version,
-                    variant: assignment.variant.clone(),
+            for v in std::iter::once(&assignment.variant).chain(&assignment.measure) {
+                if m.variant(v).is_none() {
+                    return Err(Refusal::UnknownVariant {
+                        model: m.model.clone(),
+                        version: m.version,
+                        variant: v.clone(),
+                    });
+                }
+            }
+            if assignment.measure.len() > m.variants.len() {
+                return Err(Refusal::Malformed {
+                    document: DOC,
+                    message: format!(
+                        "{} names {} variants to measure; its release has {}",
+                        m.model,
+                        assignment.measure.len(),
+                        m.variants.len()
+                    ),
                 });
             }
             releases.push(release);
@@ -373,6 +386,10 @@ fn check_names(document: &'static str, signed: &serde_json::Value) -> Result<(),
     for (i, m) in models.iter().enumerate() {
         check::<ModelName>(document, format!("models[{i}].model"), m.get("model"))?;
         check::<VariantId>(document, format!("models[{i}].variant"), m.get("variant"))?;
+        let measure = m.get("measure").and_then(|v| v.as_array()).map(Vec::as_slice).unwrap_or_default();
+        for (j, v) in measure.iter().enumerate() {
+            check::<VariantId>(document, format!("models[{i}].measure[{j}]"), Some(v))?;
+        }
     }
     Ok(())
 }

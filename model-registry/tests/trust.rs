@@ -98,6 +98,7 @@ fn desired(sequence: u64, expires: DateTime<Utc>, releases: Vec<Envelope>) -> De
                 model: r.signed["model"].as_str().unwrap_or("magika").parse().expect("model"),
                 variant: "cpu-fp32".parse().expect("variant"),
                 release: r,
+                measure: Vec::new(),
             })
             .collect(),
     }
@@ -261,6 +262,15 @@ fn each_attack_is_refused_by_its_own_defence() {
         desired_case(fleet_signed(&d), &fresh),
         Some(Defence::MixAndMatch),
         "has no variant hexagon-int8",
+    );
+    // The same for a variant it is asked to measure.
+    let mut d = desired(1, later, vec![release(3, 1)]);
+    d.models[0].measure = vec!["cpu-fp32".parse().expect("variant"), "npu-int4".parse().expect("variant")];
+    check(
+        "variant to measure not in release",
+        desired_case(fleet_signed(&d), &fresh),
+        Some(Defence::MixAndMatch),
+        "has no variant npu-int4",
     );
 
     // Mix-and-match: a release of another model under this model's name.

@@ -278,6 +278,9 @@ pub struct DeviceEvent {
     pub detail: String,
     /// When it happened on the device, RFC 3339.
     pub at: String,
+    /// A `measured` event: each variant the device ran on the release's golden inputs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<crate::rollout::VariantMeasurement>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +301,9 @@ pub enum EventKind {
     Refused,
     /// The desired state no longer names the model: unloaded, its slots deleted.
     Removed,
+    /// The variants the desired state asked to measure were run on the release's golden inputs (the event's
+    /// `measurements`).
+    Measured,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

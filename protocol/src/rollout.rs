@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::api::Selector;
-use crate::ids::{ModelName, ReleaseVersion};
+use crate::ids::{ModelName, ReleaseVersion, VariantId};
 
 /// One wave: the share of the selected devices on the new release once it starts (cumulative, 0–100], an
 /// explicit cohort that joins with it (devices whose labels match, such as `canary=true`), and how long it
@@ -82,6 +82,97 @@ impl Gate {
     }
 }
 
+/// How a rollout picks the variant of its new release each device gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ChooseVariant {
+    /// The first variant of the manifest that fits the device's hardware (manifests list variants best first).
+    #[default]
+    FirstFit,
+    /// Devices on the new release whose class has no choice yet run the first fit, and also run every variant
+    /// they are eligible for on its golden inputs, off the request path; once `min_devices` devices of a class
+    /// reported, the class gets the variant best on `objective` among those that answered their golden vectors
+    /// on every device that ran them. The first wave does not end before every class it reached has its choice.
+    Measurement {
+        #[serde(default)]
+        objective: Objective,
+        #[serde(default = "one")]
+        min_devices: u64,
+    },
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl ChooseVariant {
+    pub fn is_first_fit(&self) -> bool {
+        matches!(self, ChooseVariant::FirstFit)
+    }
+}
+
+/// What a measured variant choice minimises.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Median time of one inference on the golden inputs.
+    #[default]
+    Latency,
+    /// Energy per inference, where the class has a power sensor (without one: latency, and the choice says so).
+    Energy,
+}
+
+/// The most variants a device is asked to measure of one release (the first that fit, in the manifest's order),
+/// and the most measurements one `measured` event may carry.
+pub const MAX_MEASURED_VARIANTS: usize = 16;
+
+/// One variant run by one device on its golden inputs (sent in a `measured` device event).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantMeasurement {
+    pub variant: VariantId,
+    /// Whether it answered its golden vectors within their signed tolerances.
+    pub golden_passed: bool,
+    /// Timed inferences (0 when it failed before any), and the median and p95 of one, µs.
+    pub runs: u64,
+    pub median_us: u64,
+    pub p95_us: u64,
+    /// Energy per inference, µJ, where a power sensor measured it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_uj: Option<u64>,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// What one device class measured of one variant, and the class's choice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantSummary {
+    pub variant: VariantId,
+    /// Devices that ran it, and how many of them saw it miss its golden vectors (or fail to load).
+    pub devices: u64,
+    pub failed: u64,
+    /// The median over devices of each device's median inference time, ms; energy per inference, mJ, over
+    /// devices with a sensor.
+    pub median_ms: Option<f64>,
+    pub energy_mj: Option<f64>,
+}
+
+/// A device class's variant choice in a rollout that chooses by measurement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassChoice {
+    pub class: String,
+    /// The variant chosen; `None` while the class is still being measured, or when no variant qualified.
+    pub variant: Option<VariantId>,
+    /// Whether the choice is made (it then no longer changes).
+    pub decided: bool,
+    /// Why, in words with the numbers.
+    pub reason: String,
+    /// Devices of the class that reported measurements.
+    pub devices: u64,
+    pub measured: Vec<VariantSummary>,
+}
+
 /// What a failed gate does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -103,6 +194,8 @@ pub struct Rollout {
     /// Samples each gate needs on each side (requests, inferences with energy, or installs) before it judges.
     pub min_samples: u64,
     pub on_failure: OnFailure,
+    #[serde(default, skip_serializing_if = "ChooseVariant::is_first_fit")]
+    pub choose_variant: ChooseVariant,
 }
 
 /// Where a rollout stands. `since` is when the current wave started (ms since the epoch).
@@ -201,6 +294,8 @@ pub struct CreateRollout {
     pub min_samples: u64,
     #[serde(default = "default_on_failure")]
     pub on_failure: OnFailure,
+    #[serde(default)]
+    pub choose_variant: ChooseVariant,
 }
 
 fn default_min_samples() -> u64 {
@@ -243,6 +338,11 @@ impl CreateRollout {
         if self.min_samples == 0 {
             return Err("min_samples must be at least 1".into());
         }
+        if let ChooseVariant::Measurement { min_devices, .. } = self.choose_variant
+            && !(1..=1000).contains(&min_devices)
+        {
+            return Err(format!("min_devices is 1 to 1000, not {min_devices}"));
+        }
         if self.baseline == Some(self.release) {
             return Err("the baseline and the new release are the same".into());
         }
@@ -260,6 +360,9 @@ pub struct RolloutView {
     pub share_percent: f64,
     /// Every gate on every device class at the last evaluation: value, threshold, samples, verdict.
     pub gate_results: Vec<GateResult>,
+    /// With variant choice by measurement: each device class's measurements and choice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub variant_choices: Vec<ClassChoice>,
     /// When the gates were last evaluated (RFC 3339), if ever.
     pub evaluated_at: Option<String>,
     pub created_at: String,
@@ -281,6 +384,7 @@ mod tests {
             gates: vec![Gate::P95LatencyRatio { max: 1.2 }],
             min_samples: 10,
             on_failure: OnFailure::RollBack,
+            choose_variant: ChooseVariant::FirstFit,
         }
     }
 
@@ -314,5 +418,14 @@ mod tests {
         let s = serde_json::to_value(State::Running { wave: 1, since: 5 }).expect("json");
         assert_eq!(s, serde_json::json!({"state": "running", "wave": 1, "since": 5}));
         assert!(serde_json::from_str::<Gate>(r#"{"kind":"p95_latency_ratio","max":1.5,"x":1}"#).is_err());
+        let c: ChooseVariant = serde_json::from_str(r#"{"by":"measurement"}"#).expect("choice");
+        assert_eq!(c, ChooseVariant::Measurement { objective: Objective::Latency, min_devices: 1 });
+        let c: ChooseVariant =
+            serde_json::from_str(r#"{"by":"measurement","objective":"energy","min_devices":3}"#).expect("choice");
+        assert_eq!(c, ChooseVariant::Measurement { objective: Objective::Energy, min_devices: 3 });
+        assert!(serde_json::from_str::<ChooseVariant>(r#"{"by":"measurement","objective":"speed"}"#).is_err());
+        let mut none = create(&[100.0]);
+        none.choose_variant = ChooseVariant::Measurement { objective: Objective::Latency, min_devices: 0 };
+        assert!(none.validate().is_err());
     }
 }

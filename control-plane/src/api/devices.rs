@@ -14,6 +14,7 @@ use edgefleet_protocol::api::{
     DeviceTelemetry, DeviceWindow, EnrollRequest, EnrollResponse, EnrollTokenCreated, EventKind, EventsAccepted,
     FleetOverview, HardwareProfile, ROOT_VERSION_HEADER, RenewRequest, Running, Selector, SetLabels, check_label,
 };
+use edgefleet_protocol::rollout::MAX_MEASURED_VARIANTS;
 use edgefleet_protocol::{DeviceId, ModelName, ReleaseVersion};
 use model_registry::{Envelope, ReleaseManifest};
 use serde::Deserialize;
@@ -208,18 +209,31 @@ async fn snapshot(state: &AppState) -> ApiResult<Arc<AssignmentSnapshot>> {
     let mut entries = Vec::new();
     for a in state.store.assignments().await? {
         if let Some(r) = release(&a.model, a.version).await? {
-            entries.push(Entry { created_at: a.created_at, selector: a.selector, release: r, rollout: None });
+            entries.push(Entry {
+                created_at: a.created_at,
+                selector: a.selector,
+                release: r,
+                rollout: None,
+                choices: Default::default(),
+            });
         }
     }
     for row in state.store.rollouts().await? {
         let r = &row.rollout;
         if let (Some(new), Some(baseline)) = (release(&r.model, r.release).await?, release(&r.model, r.baseline).await?)
         {
+            let choices = if r.choose_variant.is_first_fit() {
+                Default::default()
+            } else {
+                let stored = state.store.rollout_choices(&r.id).await?;
+                Arc::new(stored.into_iter().filter(|c| c.decided).map(|c| (c.class, c.variant)).collect())
+            };
             entries.push(Entry {
                 created_at: row.created_at,
                 selector: r.selector.clone(),
                 release: new,
                 rollout: Some((Arc::new(row.rollout), row.state, baseline)),
+                choices,
             });
         }
     }
@@ -328,6 +342,7 @@ async fn record_unfit(
                 hw.execution_providers.join(", ")
             ),
             at: rfc3339(now),
+            measurements: Vec::new(),
         };
         let body = serde_json::to_string(&event).map_err(|e| ApiError::internal(&e))?;
         rows.push((event.id, "no_variant_fits".to_owned(), body));
@@ -438,8 +453,40 @@ pub async fn events(
         let body = serde_json::to_string(e).map_err(|e| ApiError::internal(&e))?;
         rows.push((e.id.clone(), kind.as_str().unwrap_or_default().to_owned(), body));
     }
-    let accepted = state.store.add_events(&id, &rows, now_ms()).await?;
+    let now = now_ms();
+    for e in events.iter().filter(|e| !e.measurements.is_empty()) {
+        record_measurements(&state, &id, e, now).await?;
+    }
+    let accepted = state.store.add_events(&id, &rows, now).await?;
     Ok(Json(EventsAccepted { accepted, duplicates: rows.len() - accepted }))
+}
+
+/// The variant measurements a `measured` event carries, stored under the device's class for the rollout
+/// engine's choice: only of a release the registry holds, and only of variants it has.
+async fn record_measurements(state: &AppState, id: &DeviceId, e: &DeviceEvent, now: i64) -> ApiResult<()> {
+    let invalid = |m: String| ApiError::bad_request("invalid_event", m);
+    let (EventKind::Measured, Some(model), Some(release)) = (e.kind, &e.model, e.release) else {
+        return Err(invalid("measurements come in a measured event that names its model and release".into()));
+    };
+    if e.measurements.len() > MAX_MEASURED_VARIANTS || e.measurements.iter().any(|m| m.detail.len() > 1024) {
+        return Err(invalid(format!(
+            "at most {MAX_MEASURED_VARIANTS} measurements per event, each detail at most 1 KiB"
+        )));
+    }
+    let row = state
+        .store
+        .get_release(model, release)
+        .await?
+        .ok_or_else(|| invalid(format!("no release {release} of {model}")))?;
+    let envelope: Envelope = serde_json::from_str(&row.manifest).map_err(|e| ApiError::internal(&e))?;
+    let manifest: ReleaseManifest = envelope.typed().map_err(|e| ApiError::internal(&e))?;
+    if let Some(m) = e.measurements.iter().find(|m| manifest.variant(&m.variant).is_none()) {
+        return Err(invalid(format!("release {release} of {model} has no variant {}", m.variant)));
+    }
+    let device =
+        state.store.device(id).await?.ok_or_else(|| ApiError::forbidden(format!("device {id} is not enrolled")))?;
+    state.store.add_measurements(id, &device.device_class, model, release, &e.measurements, now).await?;
+    Ok(())
 }
 
 // === inventory ===

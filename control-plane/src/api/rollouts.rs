@@ -13,8 +13,15 @@ use crate::rollout::engine;
 use crate::state::{AppState, now_ms, rfc3339};
 use crate::store::{Audit, RolloutRow};
 
-pub fn view(row: RolloutRow) -> RolloutView {
-    RolloutView {
+/// A rollout as the API shows it, with each device class's variant choice when it chooses by measurement.
+async fn view(state: &AppState, row: RolloutRow) -> ApiResult<RolloutView> {
+    let variant_choices = if row.rollout.choose_variant.is_first_fit() {
+        Vec::new()
+    } else {
+        state.store.rollout_choices(&row.rollout.id).await?
+    };
+    Ok(RolloutView {
+        variant_choices,
         share_percent: crate::rollout::share(&row.rollout, &row.state),
         rollout: row.rollout,
         state: row.state,
@@ -23,7 +30,7 @@ pub fn view(row: RolloutRow) -> RolloutView {
         created_at: rfc3339(row.created_at),
         created_by: row.created_by,
         updated_at: rfc3339(row.updated_at),
-    }
+    })
 }
 
 /// The release the newest assignment or rollout of `model` leaves devices on: an assignment's release; a
@@ -86,6 +93,28 @@ pub async fn create(
             ),
         ));
     }
+    if !req.choose_variant.is_first_fit() {
+        if llm {
+            return Err(ApiError::bad_request(
+                "invalid_rollout",
+                "variant choice by measurement runs an ONNX release's golden vectors on the devices; a language \
+                 model's variants are not measured yet",
+            ));
+        }
+        let variants = state.store.get_release(&req.model, req.release).await?.map_or(0, |row| {
+            let envelope: serde_json::Value = serde_json::from_str(&row.manifest).unwrap_or_default();
+            envelope["signed"]["variants"].as_array().map_or(0, Vec::len)
+        });
+        if variants < 2 {
+            return Err(ApiError::bad_request(
+                "invalid_rollout",
+                format!(
+                    "{} {} has {variants} variant(s): nothing to choose between by measurement",
+                    req.model, req.release
+                ),
+            ));
+        }
+    }
     let baseline = match req.baseline {
         Some(b) => b,
         None => current_release(&state, &req.model).await?.ok_or_else(|| {
@@ -118,6 +147,7 @@ pub async fn create(
             gates: req.gates,
             min_samples: req.min_samples,
             on_failure: req.on_failure,
+            choose_variant: req.choose_variant,
         },
         state: RolloutState::Running { wave: 0, since: now },
         gates: vec![],
@@ -133,7 +163,7 @@ pub async fn create(
         .insert_rollout(&row, Audit { actor: &actor, action: "rollout.create", target: &id, source: &source.0, detail })
         .await?;
     state.invalidate();
-    Ok((StatusCode::CREATED, Json(view(row))))
+    Ok((StatusCode::CREATED, Json(view(&state, row).await?)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,7 +185,11 @@ pub async fn list(
     let mut rows = state.store.rollouts().await?;
     rows.retain(|r| model.as_ref().is_none_or(|m| &r.rollout.model == m));
     rows.reverse();
-    Ok(Json(rows.into_iter().map(view).collect()))
+    let mut views = Vec::with_capacity(rows.len());
+    for row in rows {
+        views.push(view(&state, row).await?);
+    }
+    Ok(Json(views))
 }
 
 fn rollout_id(id: &str) -> ApiResult<&str> {
@@ -172,7 +206,7 @@ pub async fn show(
 ) -> ApiResult<Json<RolloutView>> {
     let row =
         state.store.rollout(rollout_id(&id)?).await?.ok_or_else(|| ApiError::not_found(format!("rollout {id}")))?;
-    Ok(Json(view(row)))
+    Ok(Json(view(&state, row).await?))
 }
 
 async fn act(
@@ -184,7 +218,7 @@ async fn act(
 ) -> ApiResult<Json<RolloutView>> {
     let id = rollout_id(&id)?;
     match engine::act(&state, id, action, &who.actor(), &source.0).await? {
-        Ok(row) => Ok(Json(view(row))),
+        Ok(row) => Ok(Json(view(&state, row).await?)),
         Err(engine::Refused::NotFound) => Err(ApiError::not_found(format!("rollout {id}"))),
         Err(engine::Refused::Conflict(why)) => Err(ApiError::conflict("rollout_state", why)),
     }

@@ -3,12 +3,12 @@
 //! gate's numbers, and moves the rollout when the planner says so — in one transaction with an audit entry
 //! that carries the numbers that caused it. Any move changes what devices are told at their next check-in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use edgefleet_protocol::rollout::{Action, Verdict};
+use edgefleet_protocol::rollout::{Action, ChooseVariant, Objective, Verdict};
 
-use super::{Observations, Rollout, State, Stats, apply, describe, evaluate};
+use super::{Observations, Rollout, State, Stats, apply, choice, describe, evaluate};
 use crate::state::{AppState, now_ms};
 use crate::store::{Audit, ClassStats, RolloutRow, StoreError};
 
@@ -79,10 +79,56 @@ fn audit_detail(row: &RolloutRow, to: &State, gates: &[super::GateResult]) -> se
     })
 }
 
+/// For a rollout that chooses variants by measurement: each device class's choice from what its devices
+/// measured, stored (a decision with its audit entry, which carries the numbers). Answers the classes the
+/// waves reached that have no decided choice yet, which hold the wave, and whether any class was decided.
+async fn choose_variants(
+    state: &AppState,
+    r: &Rollout,
+    (objective, min_devices): (Objective, u64),
+    seen: &Observations,
+    now: i64,
+) -> Result<(Vec<String>, bool), StoreError> {
+    let rows = state.store.measurements(&r.model, r.release).await?;
+    let stored: BTreeMap<String, _> =
+        state.store.rollout_choices(&r.id).await?.into_iter().map(|c| (c.class.clone(), c)).collect();
+    let reached: BTreeSet<&String> = seen.iter().filter(|(_, (new, _))| new.devices > 0).map(|(c, _)| c).collect();
+    let classes: BTreeSet<&String> = reached.iter().copied().chain(rows.iter().map(|m| &m.class)).collect();
+    let (mut undecided, mut decided) = (Vec::new(), false);
+    for class in classes {
+        if stored.get(class).is_some_and(|c| c.decided) {
+            continue;
+        }
+        let of_class: Vec<_> = rows.iter().filter(|m| &m.class == class).collect();
+        let c = choice::choose(class, objective, min_devices, &of_class);
+        if c.decided {
+            let audit = Audit {
+                actor: "rollout-engine",
+                action: "rollout.variant_chosen",
+                target: &r.id,
+                source: "server",
+                detail: serde_json::json!(c),
+            };
+            if state.store.set_rollout_choice(&r.id, &c, Some(audit), now).await? {
+                tracing::info!(rollout = %r.id, %class, variant = ?c.variant, reason = %c.reason, "variant chosen");
+                decided = true;
+            }
+            continue;
+        }
+        if stored.get(class) != Some(&c) {
+            state.store.set_rollout_choice(&r.id, &c, None, now).await?;
+        }
+        if reached.contains(class) {
+            undecided.push(class.clone());
+        }
+    }
+    Ok((undecided, decided))
+}
+
 /// Evaluates every active rollout once at `now`; answers how many changed state.
 pub async fn evaluate_all(state: &AppState, now: i64) -> Result<usize, StoreError> {
     let lookback = (state.config.rollout_baseline_lookback_secs as i64).saturating_mul(1000);
-    let mut moved = 0;
+    let (mut moved, mut chosen) = (0, false);
     let rollouts = state.store.rollouts().await?;
     state
         .reached
@@ -104,7 +150,13 @@ pub async fn evaluate_all(state: &AppState, now: i64) -> Result<usize, StoreErro
                 seen.entry(class).or_default().0.devices = devices;
             }
         }
-        let e = evaluate(r, &row.state, &seen, withdrawn(state, r).await?, now);
+        let mut undecided = Vec::new();
+        if let ChooseVariant::Measurement { objective, min_devices } = r.choose_variant {
+            let (pending, decided) = choose_variants(state, r, (objective, min_devices), &seen, now).await?;
+            (undecided, chosen) = (pending, chosen || decided);
+        }
+        let mut e = evaluate(r, &row.state, &seen, withdrawn(state, r).await?, now);
+        e.state = choice::hold(&row.state, e.state, &undecided);
         state.store.set_rollout_gates(&r.id, &e.gates, now).await?;
         if e.state == row.state {
             continue;
@@ -126,7 +178,7 @@ pub async fn evaluate_all(state: &AppState, now: i64) -> Result<usize, StoreErro
             moved += 1;
         }
     }
-    if moved > 0 {
+    if moved > 0 || chosen {
         state.invalidate();
     }
     Ok(moved)
@@ -211,6 +263,7 @@ mod tests {
             gates: vec![],
             min_samples: 1,
             on_failure: super::super::OnFailure::Pause,
+            choose_variant: ChooseVariant::FirstFit,
         };
         let stats = |requests| Stats { requests, ..Stats::default() };
         let row = |class: &str, release, requests| ClassStats {

@@ -15,6 +15,7 @@ pub use edgefleet_protocol::rollout::{Action, Gate, GateResult, OnFailure, Rollo
 use edgefleet_protocol::{DeviceId, ReleaseVersion};
 use sha2::{Digest, Sha256};
 
+pub mod choice;
 pub mod engine;
 
 /// What one release did on one device class over the rollout so far.
@@ -292,6 +293,7 @@ mod tests {
             ],
             min_samples: 100,
             on_failure,
+            choose_variant: Default::default(),
         }
     }
 

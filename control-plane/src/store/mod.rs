@@ -25,9 +25,11 @@ pub enum StoreError {
     Url(String),
 }
 
+mod measurements;
 mod rollouts;
 mod telemetry;
 
+pub use measurements::MeasuredRow;
 pub use rollouts::RolloutRow;
 pub use telemetry::ClassStats;
 

@@ -1,7 +1,7 @@
 //! Rollouts: what was asked for, where each stands, and its gates at the last evaluation. A state changes only
 //! from the state it was read in (compare and set), in one transaction with its audit entry.
 
-use edgefleet_protocol::rollout::{Gate, GateResult, OnFailure, Rollout, State, Wave};
+use edgefleet_protocol::rollout::{ChooseVariant, Gate, GateResult, OnFailure, Rollout, State, Wave};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 use sqlx::any::AnyRow;
@@ -29,6 +29,8 @@ struct Spec {
     gates: Vec<Gate>,
     min_samples: u64,
     on_failure: OnFailure,
+    #[serde(default, skip_serializing_if = "ChooseVariant::is_first_fit")]
+    choose_variant: ChooseVariant,
 }
 
 fn text<T: Serialize>(v: &T) -> Result<String, StoreError> {
@@ -48,6 +50,7 @@ fn rollout_row(r: &AnyRow) -> Result<RolloutRow, StoreError> {
             gates: spec.gates,
             min_samples: spec.min_samples,
             on_failure: spec.on_failure,
+            choose_variant: spec.choose_variant,
         },
         state: json("rollout state", &r.try_get::<String, _>("state")?)?,
         gates: json("rollout gates", &r.try_get::<String, _>("gates")?)?,
@@ -101,6 +104,7 @@ impl Store {
             gates: r.gates.clone(),
             min_samples: r.min_samples,
             on_failure: r.on_failure,
+            choose_variant: r.choose_variant,
         };
         let mut tx = self.write_tx().await?;
         sqlx::query(&format!(

@@ -378,3 +378,122 @@ async fn report_served(app: &TestApp, d: &Device, release: i64) -> (i64, String)
     };
     accepted(app, &d.client, &served.export()).await
 }
+
+/// The magika assignment of a device's current desired state: (release, variant, variants to measure).
+async fn assigned(app: &TestApp, dev: &Device) -> (u64, String, Vec<String>) {
+    let r = dev.client.post(app.url("/device/checkin")).json(&serde_json::json!({})).send().await.expect("checkin");
+    assert_eq!(r.status(), 200);
+    let env: Envelope = r.json().await.expect("document");
+    let doc: DesiredState = env.typed().expect("desired state");
+    let m = doc.models.iter().find(|m| m.model.as_str() == "magika").expect("magika assigned");
+    let manifest: model_registry::ReleaseManifest = m.release.typed().expect("manifest");
+    (manifest.version.get(), m.variant.to_string(), m.measure.iter().map(ToString::to_string).collect())
+}
+
+/// Variant choice by measurement through the API: devices of a class with no choice yet are told the first fit
+/// and asked to measure every fitting variant; measurements arrive as `measured` events (only of variants the
+/// release has); the wave holds until each class it reached is decided; each class then gets its fastest
+/// variant within the golden tolerances, in its devices' documents, the rollout's view and the audit log.
+async fn variants_are_chosen_per_class_by_measurement(backend: Backend) {
+    let app = TestApp::spawn_with(backend, |c| {
+        c.rollout_eval_secs = 3600.0;
+        c.flush_interval_ms = 20;
+    })
+    .await;
+    magika_release_1(&app).await;
+    let publisher = app.token(TokenRole::Publisher).await;
+    let m2 = upload_release(&app, &publisher, "magika", 2).await;
+    assert_eq!(publish(&app, &publisher, signed(&m2, &[key(10), key(11)])).await.status(), 201);
+    let operator = app.token(TokenRole::Operator).await;
+    let phone = app
+        .enroll(
+            "phone-0",
+            &[("region", "eu")],
+            hardware("qualcomm-hexagon", &["QNNExecutionProvider", "CPUExecutionProvider"]),
+        )
+        .await;
+    let server = app.enroll("srv-0", &[("region", "eu")], hardware("x86-server", &["CPUExecutionProvider"])).await;
+    for d in [&phone, &server] {
+        report_running(&app, d).await;
+    }
+    let spec = serde_json::json!({
+        "model": "magika", "release": 2, "baseline": 1, "selector": "region=eu",
+        "waves": [{"percent": 100, "bake_secs": 0}], "choose_variant": {"by": "measurement"}
+    });
+    let r = app.client().post(app.url("/rollouts")).bearer_auth(&operator).json(&spec).send().await.expect("post");
+    assert_eq!(r.status(), 201);
+    let id = r.json::<RolloutView>().await.expect("view").rollout.id;
+
+    // While measuring: the first fit, and every fitting variant to measure.
+    assert_eq!(assigned(&app, &phone).await, (2, "npu-int8".into(), vec!["npu-int8".into(), "cpu-fp32".into()]));
+    assert_eq!(assigned(&app, &server).await, (2, "cpu-fp32".into(), vec!["cpu-fp32".into()]));
+    for d in [&phone, &server] {
+        let dev: DeviceId = d.id.parse().expect("id");
+        for _ in 0..500 {
+            if app.state.store.device(&dev).await.expect("read").and_then(|r| r.last_seen).is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    let evaluate = || async {
+        edgefleet_server::rollout::engine::evaluate_all(&app.state, edgefleet_server::state::now_ms())
+            .await
+            .expect("evaluate");
+        app.state.store.rollout(&id).await.expect("read").expect("rollout")
+    };
+    assert_eq!(evaluate().await.state.name(), "running", "no class measured: the wave holds");
+
+    let measured = |variant: &str, passed: bool, median_us: u64| {
+        serde_json::json!({"variant": variant, "golden_passed": passed, "runs": 50, "median_us": median_us,
+            "p95_us": median_us * 2})
+    };
+    let event = |id: &str, measurements: Vec<serde_json::Value>| {
+        serde_json::json!([{"id": id, "kind": "measured", "model": "magika", "release": 2, "variant": "npu-int8",
+            "at": "2026-12-03T10:00:00Z", "measurements": measurements}])
+    };
+    let send = |d: &Device, body: serde_json::Value| {
+        let (client, url) = (d.client.clone(), app.url("/device/events"));
+        async move { client.post(url).json(&body).send().await.expect("events") }
+    };
+    // A variant the release does not have is refused.
+    let bad = send(&phone, event("m-0", vec![measured("gpu-fp16", true, 10)])).await;
+    assert_error(bad, 400, "invalid_event").await;
+    // The phone's NPU variant is the first fit, but the CPU one measured faster on it.
+    let ok = send(&phone, event("m-1", vec![measured("npu-int8", true, 900), measured("cpu-fp32", true, 400)])).await;
+    assert_eq!(ok.status(), 200);
+    let row = evaluate().await;
+    assert_eq!(row.state.name(), "running", "the x86 class has not reported: {:?}", row.state);
+    let ok = send(&server, event("m-2", vec![measured("cpu-fp32", false, 300)])).await;
+    assert_eq!(ok.status(), 200);
+    let row = evaluate().await;
+    assert_eq!(row.state.name(), "done", "{:?}", row.state);
+
+    let view: RolloutView = get(&app, &operator, &format!("/rollouts/{id}")).await;
+    let choice = |class: &str| view.variant_choices.iter().find(|c| c.class == class).expect("a choice").clone();
+    let hexagon = choice("qualcomm-hexagon");
+    assert!(hexagon.decided, "{hexagon:?}");
+    assert_eq!(hexagon.variant.as_ref().map(ToString::to_string).as_deref(), Some("cpu-fp32"), "{hexagon:?}");
+    assert!(
+        hexagon.reason.contains("cpu-fp32 0.400 ms") && hexagon.reason.contains("npu-int8 0.900 ms"),
+        "{hexagon:?}"
+    );
+    // The server's only variant missed its golden vectors: no variant qualifies, it keeps the first fit.
+    let x86 = choice("x86-server");
+    assert!(x86.decided && x86.variant.is_none(), "{x86:?}");
+    assert!(x86.reason.contains("no variant answered"), "{x86:?}");
+    assert_eq!(assigned(&app, &phone).await, (2, "cpu-fp32".into(), vec![]));
+    assert_eq!(assigned(&app, &server).await, (2, "cpu-fp32".into(), vec![]));
+
+    let audit: Vec<serde_json::Value> = get(&app, &operator, &format!("/audit?target={id}&limit=50")).await;
+    let chosen: Vec<_> = audit.iter().filter(|e| e["action"] == "rollout.variant_chosen").collect();
+    assert_eq!(chosen.len(), 2, "{audit:?}");
+    assert!(chosen.iter().any(|e| e["detail"]["class"] == "qualcomm-hexagon" && e["detail"]["variant"] == "cpu-fp32"));
+    // A decision does not change with later numbers.
+    let late = send(&phone, event("m-3", vec![measured("npu-int8", true, 100), measured("cpu-fp32", true, 400)])).await;
+    assert_eq!(late.status(), 200);
+    evaluate().await;
+    assert_eq!(assigned(&app, &phone).await.1, "cpu-fp32");
+}
+
+crate::both_backends!(variants_are_chosen_per_class_by_measurement);

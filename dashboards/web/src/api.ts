@@ -231,13 +231,23 @@ export interface RolloutView {
   gates: Gate[];
   min_samples: number;
   on_failure: "pause" | "roll_back";
+  choose_variant?: { by: "measurement"; objective: "latency" | "energy"; min_devices: number };
   state: RolloutState;
   share_percent: number;
   gate_results: GateResult[];
+  variant_choices?: ClassChoice[];
   evaluated_at: string | null;
   created_at: string;
   created_by: string;
   updated_at: string;
+}
+export interface ClassChoice {
+  class: string;
+  variant: string | null;
+  decided: boolean;
+  reason: string;
+  devices: number;
+  measured: { variant: string; devices: number; failed: number; median_ms: number | null; energy_mj: number | null }[];
 }
 export interface AuditEntry {
   id: number;

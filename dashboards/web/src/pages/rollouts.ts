@@ -143,6 +143,25 @@ export function rolloutPage(ctx: Ctx, id: string): Page {
             )
           : h("p", { class: "empty" }, `Gates: ${r.gates.map(gateText).join("; ") || "none"}. No results yet.`),
       ),
+      ...(r.choose_variant
+        ? [card(
+            `Variant chosen by measurement (${r.choose_variant.objective}, ${r.choose_variant.min_devices} device(s) per class)`,
+            (r.variant_choices ?? []).length
+              ? table(
+                  ["Device class", "Variant", "Why", "Measured (median over devices)"],
+                  (r.variant_choices ?? []).map((c) => [
+                    c.class,
+                    c.variant ?? (c.decided ? "first fit" : "measuring…"),
+                    c.reason,
+                    c.measured
+                      .map((m) => `${m.variant}: ${m.failed ? `missed golden on ${m.failed} of ${m.devices}` : `${num(m.median_ms, 3)} ms${m.energy_mj === null ? "" : `, ${num(m.energy_mj, 3)} mJ`}`}`)
+                      .join("; "),
+                  ]),
+                  { id: "variant-choices" },
+                )
+              : h("p", { class: "empty" }, "No device class has reported measurements yet."),
+          )]
+        : []),
       card(
         "What happened (audit log)",
         audit.length
