@@ -137,7 +137,8 @@ fn describe(v: &RolloutView) -> String {
         );
     }
     if let ChooseVariant::Measurement { objective, min_devices } = r.choose_variant {
-        let _ = write!(t, "\n  variant chosen by measurement ({objective:?}, {min_devices} device(s) per class):");
+        let _ =
+            write!(t, "\n  variant chosen by measurement ({}, {min_devices} device(s) per class):", objective.as_str());
         if v.variant_choices.is_empty() {
             t.push_str(" no class measured yet");
         }

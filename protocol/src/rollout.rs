@@ -122,6 +122,15 @@ pub enum Objective {
     Energy,
 }
 
+impl Objective {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Objective::Latency => "latency",
+            Objective::Energy => "energy",
+        }
+    }
+}
+
 /// The most variants a device is asked to measure of one release (the first that fit, in the manifest's order),
 /// and the most measurements one `measured` event may carry.
 pub const MAX_MEASURED_VARIANTS: usize = 16;
