@@ -28,4 +28,4 @@ echo "== magika on $N files, $(nproc) cores, $(grep -m1 'model name' /proc/cpuin
   --compare "ort-dynamic=$D/magika-ort-dynamic.onnx" --runs 1 -o "$D/magika" || true
 echo "== Gemma 3 270M (Q4_K_M source) requantized by llama.cpp"
 "$E" release optimize "$C/models/llm/gemma-3-270m-q4_k_m.gguf" --to q8_0,q4_0 \
-  --samples fixtures/llm/golden-prompts.json -o "$D/gemma" || true
+  --samples fixtures/llm/golden-prompts.json --chat-template gemma -o "$D/gemma" || true

@@ -358,6 +358,10 @@ pub struct ReleaseOptimize {
     /// GGUF: tokens of the reference's answer to each golden prompt that the variants are scored on.
     #[arg(long, default_value_t = 24)]
     pub golden_tokens: u32,
+    /// GGUF: the chat template to answer the golden prompts with, for a model whose GGUF carries none (a
+    /// llama.cpp template name: `gemma`, `chatml`, …), as `chat-template=` of `release pack`.
+    #[arg(long)]
+    pub chat_template: Option<String>,
     /// zstd level of the compressed size reported (as `release pack` uses).
     #[arg(long, default_value_t = 9)]
     pub level: i32,

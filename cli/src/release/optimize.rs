@@ -145,6 +145,7 @@ pub fn optimize(a: ReleaseOptimize, out: &Out) -> anyhow::Result<()> {
     if a.model.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
         return super::optimize_llm::optimize(a, out);
     }
+    ensure!(a.chat_template.is_none(), "--chat-template is for GGUF models");
     let mut compare = Vec::new();
     for c in &a.compare {
         let (name, file) = c.split_once('=').with_context(|| format!("--compare {c:?}: expected NAME=FILE.onnx"))?;

@@ -34,7 +34,8 @@ pub(super) fn optimize(a: ReleaseOptimize, out: &Out) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let source = std::fs::read(&a.model).with_context(|| format!("reading {}", a.model.display()))?;
 
-    let (reference, _) = start(&a.model, CONTEXT, None)?;
+    let template = a.chat_template.as_deref();
+    let (reference, _) = start(&a.model, CONTEXT, template)?;
     let bar = out.spinner(&format!("answering {} golden prompts with {}", prompts.len(), a.model.display()));
     let golden = rt
         .block_on(golden::reference(&reference, &prompts, a.golden_tokens, LlmTolerance::OTHER_QUANTIZATION))
@@ -65,7 +66,7 @@ pub(super) fn optimize(a: ReleaseOptimize, out: &Out) -> anyhow::Result<()> {
         quantize(&a.model, &path, to, 0)?;
         let bytes = std::fs::read(&path)?;
         let (report, ms) = {
-            let (engine, _) = start(&path, CONTEXT, None)?;
+            let (engine, _) = start(&path, CONTEXT, template)?;
             let r = golden.check(&rt.block_on(golden::measure(&engine, &golden))?);
             (r, ms_per_token(&rt, &engine, &golden)?)
         };
