@@ -254,6 +254,20 @@ async fn the_default_baseline_follows_finished_rollouts(backend: Backend) {
 
 crate::both_backends!(the_default_baseline_follows_finished_rollouts);
 
+/// Waits (bounded) until each device's check-in is on record: `last_seen` is written in batches, and a wave counts
+/// only devices seen online.
+async fn last_seen_on_record(app: &TestApp, devices: &[&Device]) {
+    for d in devices {
+        let dev: DeviceId = d.id.parse().expect("id");
+        for _ in 0..500 {
+            if app.state.store.device(&dev).await.expect("read").and_then(|r| r.last_seen).is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// A wave is judged on every class it put devices in, not only on the classes that have reported: devices that
 /// checked in but have said nothing of the new release yet hold the wave, however long it baked.
 async fn a_wave_waits_for_every_class_it_reached(backend: Backend) {
@@ -290,15 +304,7 @@ async fn a_wave_waits_for_every_class_it_reached(backend: Backend) {
     for d in &devices {
         assert_eq!(told(&app, d).await, 2, "{}", d.id);
     }
-    for d in &devices {
-        let dev: DeviceId = d.id.parse().expect("id");
-        for _ in 0..500 {
-            if app.state.store.device(&dev).await.expect("read").and_then(|r| r.last_seen).is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
+    last_seen_on_record(&app, &devices.iter().collect::<Vec<_>>()).await;
     // The servers report both releases, the same speed; the Pis have not said a word of release 2.
     assert_eq!(report_served(&app, &devices[0], 1).await.0, 0);
     assert_eq!(report_served(&app, &devices[1], 2).await.0, 0);
@@ -427,15 +433,7 @@ async fn variants_are_chosen_per_class_by_measurement(backend: Backend) {
     // While measuring: the first fit, and every fitting variant to measure.
     assert_eq!(assigned(&app, &phone).await, (2, "npu-int8".into(), vec!["npu-int8".into(), "cpu-fp32".into()]));
     assert_eq!(assigned(&app, &server).await, (2, "cpu-fp32".into(), vec!["cpu-fp32".into()]));
-    for d in [&phone, &server] {
-        let dev: DeviceId = d.id.parse().expect("id");
-        for _ in 0..500 {
-            if app.state.store.device(&dev).await.expect("read").and_then(|r| r.last_seen).is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
-    }
+    last_seen_on_record(&app, &[&phone, &server]).await;
     let evaluate = || async {
         edgefleet_server::rollout::engine::evaluate_all(&app.state, edgefleet_server::state::now_ms())
             .await
