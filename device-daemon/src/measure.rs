@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::agent::{Agent, event};
 use crate::download::{NotSigned, download, stage};
 use crate::layout::DeviceState;
+use crate::machine::{Fit, fit};
 use crate::power::Meter;
 use crate::serving::Served;
 
@@ -144,11 +145,10 @@ impl Agent {
         if let Some(why) = v.requirements.unmet(v.format, &self.hardware) {
             return Ok(failed(v, format!("does not fit this device: {why}")));
         }
+        // Beside everything that serves (one session), as an install's load beside is judged.
         let serving: u64 = self.models.all().iter().map(|s| s.memory).sum();
-        if let Some(budget) = self.memory_budget
-            && serving + v.raw.size > budget
-        {
-            let why = format!("needs {} bytes beside the {serving} serving, over the budget {budget}", v.raw.size);
+        if fit(self.memory_budget, serving, 0, v.raw.size) != Fit::Beside {
+            let why = format!("needs {} bytes beside the {serving} serving, over the memory budget", v.raw.size);
             return Ok(failed(v, why));
         }
         let fetched = async {
@@ -179,7 +179,6 @@ impl Agent {
         golden_file: &std::path::Path,
         scratch: &std::path::Path,
     ) -> anyhow::Result<VariantMeasurement> {
-        let _ = std::fs::remove_dir_all(scratch);
         let golden = GoldenVectors::from_bytes(&std::fs::read(golden_file)?).context("golden vectors")?;
         let (zst, variant, dir) = (zst.to_owned(), v.clone(), scratch.to_owned());
         let path = tokio::task::spawn_blocking(move || stage(&zst, &variant, &dir, None)).await??;

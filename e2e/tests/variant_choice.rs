@@ -85,6 +85,15 @@ fn each_device_class_ends_on_the_variant_it_measured_fastest() {
         eventually("release 1 serving", Duration::from_secs(90), || classify(&client, d).filter(|(v, _)| v == "1"));
     }
 
+    // Both devices on record as online and on release 1 (their check-ins' `last_seen` is written in batches): the
+    // engine counts the classes a wave reached from that inventory.
+    eventually("both devices online on release 1", Duration::from_secs(60), || {
+        let list = w.edgefleet(&["--json", "devices", "list"]).ok().json();
+        let devices = list["devices"].as_array()?.clone();
+        let ready = devices.len() == 2
+            && devices.iter().all(|d| d["online"] == true && d["running"].as_array().is_some_and(|r| !r.is_empty()));
+        ready.then_some(())
+    });
     let id = w.rollout(&[
         "2",
         "--selector",

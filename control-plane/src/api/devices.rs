@@ -462,7 +462,8 @@ pub async fn events(
 }
 
 /// The variant measurements a `measured` event carries, stored under the device's class for the rollout
-/// engine's choice: only of a release the registry holds, and only of variants it has.
+/// engine's choice: only of the new release of a rollout that chooses by measurement (from the assignment
+/// snapshot every check-in uses), and only of variants that release has.
 async fn record_measurements(state: &AppState, id: &DeviceId, e: &DeviceEvent, now: i64) -> ApiResult<()> {
     let invalid = |m: String| ApiError::bad_request("invalid_event", m);
     let (EventKind::Measured, Some(model), Some(release)) = (e.kind, &e.model, e.release) else {
@@ -473,14 +474,17 @@ async fn record_measurements(state: &AppState, id: &DeviceId, e: &DeviceEvent, n
             "at most {MAX_MEASURED_VARIANTS} measurements per event, each detail at most 1 KiB"
         )));
     }
-    let row = state
-        .store
-        .get_release(model, release)
-        .await?
-        .ok_or_else(|| invalid(format!("no release {release} of {model}")))?;
-    let envelope: Envelope = serde_json::from_str(&row.manifest).map_err(|e| ApiError::internal(&e))?;
-    let manifest: ReleaseManifest = envelope.typed().map_err(|e| ApiError::internal(&e))?;
-    if let Some(m) = e.measurements.iter().find(|m| manifest.variant(&m.variant).is_none()) {
+    let snap = snapshot(state).await?;
+    let measured = snap.entries.iter().find(|e| {
+        let m = &e.release.manifest;
+        e.rollout.as_ref().is_some_and(|(r, ..)| !r.choose_variant.is_first_fit())
+            && m.model == *model
+            && m.version == release
+    });
+    let Some(entry) = measured else {
+        return Err(invalid(format!("no rollout chooses the variant of {model} {release} by measurement")));
+    };
+    if let Some(m) = e.measurements.iter().find(|m| entry.release.manifest.variant(&m.variant).is_none()) {
         return Err(invalid(format!("release {release} of {model} has no variant {}", m.variant)));
     }
     let device =

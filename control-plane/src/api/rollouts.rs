@@ -47,19 +47,19 @@ async fn current_release(state: &AppState, model: &ModelName) -> ApiResult<Optio
     Ok(assigned.chain(rolled).max_by_key(|(at, _)| *at).map(|(_, v)| v))
 }
 
-/// What a release is, as far as gates go: a language model, and one whose signed routing policy may send
-/// requests to a cloud tier.
+/// What a release is, as far as a rollout's gates and variant choice go: a language model, one whose signed
+/// routing policy may send requests to a cloud tier, and how many variants it has.
 async fn release_kind(
     state: &AppState,
     model: &edgefleet_protocol::ModelName,
     version: edgefleet_protocol::ReleaseVersion,
-) -> ApiResult<(bool, bool)> {
-    let Some(row) = state.store.get_release(model, version).await? else { return Ok((false, false)) };
+) -> ApiResult<(bool, bool, usize)> {
+    let Some(row) = state.store.get_release(model, version).await? else { return Ok((false, false, 0)) };
     let envelope: serde_json::Value = serde_json::from_str(&row.manifest).unwrap_or_default();
     let variants = envelope["signed"]["variants"].as_array().cloned().unwrap_or_default();
     let routing = &envelope["signed"]["routing"];
     let may_use_cloud = routing.is_object() && routing["mode"] != "local_only" && routing["private"] != true;
-    Ok((variants.iter().any(|v| v["format"] == "gguf"), may_use_cloud))
+    Ok((variants.iter().any(|v| v["format"] == "gguf"), may_use_cloud, variants.len()))
 }
 
 pub async fn create(
@@ -70,7 +70,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<RolloutView>)> {
     req.validate().map_err(|m| ApiError::bad_request("invalid_rollout", m))?;
     super::trusted_release(&state, &req.model, req.release).await?;
-    let (llm, may_use_cloud) = release_kind(&state, &req.model, req.release).await?;
+    let (llm, may_use_cloud, variants) = release_kind(&state, &req.model, req.release).await?;
     if let Some(g) = req.gates.iter().find(|g| g.is_llm())
         && !llm
     {
@@ -101,10 +101,6 @@ pub async fn create(
                  model's variants are not measured yet",
             ));
         }
-        let variants = state.store.get_release(&req.model, req.release).await?.map_or(0, |row| {
-            let envelope: serde_json::Value = serde_json::from_str(&row.manifest).unwrap_or_default();
-            envelope["signed"]["variants"].as_array().map_or(0, Vec::len)
-        });
         if variants < 2 {
             return Err(ApiError::bad_request(
                 "invalid_rollout",

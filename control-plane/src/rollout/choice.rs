@@ -1,6 +1,6 @@
-//! Variant choice by measurement, pure: what one device class's measurements say ([`choose`]), and holding a
-//! rollout's wave while a class it reached has no choice yet ([`hold`]). The engine reads the measurements and
-//! stores the choices; `desired.rs` gives each device its class's choice.
+//! Variant choice by measurement, pure: what one device class's measurements say ([`choose`]). The engine reads
+//! the measurements, stores the choices and marks a reached class without one as choosing (`Stats::choosing`,
+//! which holds the wave in the planner); `desired.rs` gives each device its class's choice.
 //!
 //! A variant qualifies on a class when every device of the class that ran it saw it answer its golden vectors
 //! (the release's signed tolerances: the accuracy bound). Among those, the class gets the one with the lowest
@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use edgefleet_protocol::rollout::{ClassChoice, Objective, State, VariantMeasurement, VariantSummary};
+use edgefleet_protocol::rollout::{ClassChoice, Objective, VariantMeasurement, VariantSummary};
 use edgefleet_protocol::{DeviceId, VariantId};
 
 use crate::store::MeasuredRow;
@@ -96,19 +96,6 @@ pub fn choose(class: &str, objective: Objective, min_devices: u64, rows: &[&Meas
     choice
 }
 
-/// `next` as the planner answered it, unless it leaves the current wave while `undecided` (classes the wave
-/// reached without a decided choice) is not empty: then the rollout stays where it is. Failures, pauses and
-/// aborts pass.
-pub fn hold(current: &State, next: State, undecided: &[String]) -> State {
-    match (current, &next) {
-        (State::Running { wave, .. }, State::Running { wave: to, .. }) if to > wave && !undecided.is_empty() => {
-            current.clone()
-        }
-        (State::Running { .. }, State::Done) if !undecided.is_empty() => current.clone(),
-        _ => next,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,16 +169,5 @@ mod tests {
         let c = choose_of(&rows, Objective::Latency, 1);
         assert!(c.decided && c.variant.is_none());
         assert!(c.reason.contains("no variant answered"), "{}", c.reason);
-    }
-
-    #[test]
-    fn a_wave_waits_for_its_classes_choices() {
-        let running = |wave| State::Running { wave, since: 0 };
-        let pending = vec!["pi".to_owned()];
-        assert_eq!(hold(&running(0), running(1), &pending), running(0));
-        assert_eq!(hold(&running(1), State::Done, &pending), running(1));
-        assert_eq!(hold(&running(0), running(1), &[]), running(1));
-        let paused = State::Paused { wave: 0, reason: "gate".into() };
-        assert_eq!(hold(&running(0), paused.clone(), &pending), paused, "a failed gate is never held back");
     }
 }

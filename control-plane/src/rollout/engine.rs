@@ -3,7 +3,7 @@
 //! gate's numbers, and moves the rollout when the planner says so — in one transaction with an audit entry
 //! that carries the numbers that caused it. Any move changes what devices are told at their next check-in.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use edgefleet_protocol::rollout::{Action, ChooseVariant, Objective, Verdict};
@@ -79,28 +79,32 @@ fn audit_detail(row: &RolloutRow, to: &State, gates: &[super::GateResult]) -> se
     })
 }
 
-/// For a rollout that chooses variants by measurement: each device class's choice from what its devices
-/// measured, stored (a decision with its audit entry, which carries the numbers). Answers the classes the
-/// waves reached that have no decided choice yet, which hold the wave, and whether any class was decided.
+/// For a rollout that chooses variants by measurement: each device class the waves reached that has no decided
+/// choice gets one from what its devices measured, once enough of them reported (stored with its audit entry,
+/// which carries the numbers); until then its progress is stored and it is marked choosing, which holds the
+/// wave. Measurements are read only while such a class exists. Answers whether any class was decided.
 async fn choose_variants(
     state: &AppState,
     r: &Rollout,
     (objective, min_devices): (Objective, u64),
-    seen: &Observations,
+    seen: &mut Observations,
     now: i64,
-) -> Result<(Vec<String>, bool), StoreError> {
-    let rows = state.store.measurements(&r.model, r.release).await?;
+) -> Result<bool, StoreError> {
     let stored: BTreeMap<String, _> =
         state.store.rollout_choices(&r.id).await?.into_iter().map(|c| (c.class.clone(), c)).collect();
-    let reached: BTreeSet<&String> = seen.iter().filter(|(_, (new, _))| new.devices > 0).map(|(c, _)| c).collect();
-    let classes: BTreeSet<&String> = reached.iter().copied().chain(rows.iter().map(|m| &m.class)).collect();
-    let (mut undecided, mut decided) = (Vec::new(), false);
-    for class in classes {
-        if stored.get(class).is_some_and(|c| c.decided) {
-            continue;
-        }
-        let of_class: Vec<_> = rows.iter().filter(|m| &m.class == class).collect();
-        let c = choice::choose(class, objective, min_devices, &of_class);
+    let open: Vec<String> = seen
+        .iter()
+        .filter(|(class, (new, _))| new.devices > 0 && !stored.get(*class).is_some_and(|c| c.decided))
+        .map(|(class, _)| class.clone())
+        .collect();
+    if open.is_empty() {
+        return Ok(false);
+    }
+    let rows = state.store.measurements(&r.model, r.release).await?;
+    let mut decided = false;
+    for class in open {
+        let of_class: Vec<_> = rows.iter().filter(|m| m.class == class).collect();
+        let c = choice::choose(&class, objective, min_devices, &of_class);
         if c.decided {
             let audit = Audit {
                 actor: "rollout-engine",
@@ -115,14 +119,14 @@ async fn choose_variants(
             }
             continue;
         }
-        if stored.get(class) != Some(&c) {
+        if stored.get(&class) != Some(&c) {
             state.store.set_rollout_choice(&r.id, &c, None, now).await?;
         }
-        if reached.contains(class) {
-            undecided.push(class.clone());
+        if let Some((new, _)) = seen.get_mut(&class) {
+            new.choosing = true;
         }
     }
-    Ok((undecided, decided))
+    Ok(decided)
 }
 
 /// Evaluates every active rollout once at `now`; answers how many changed state.
@@ -150,13 +154,10 @@ pub async fn evaluate_all(state: &AppState, now: i64) -> Result<usize, StoreErro
                 seen.entry(class).or_default().0.devices = devices;
             }
         }
-        let mut undecided = Vec::new();
         if let ChooseVariant::Measurement { objective, min_devices } = r.choose_variant {
-            let (pending, decided) = choose_variants(state, r, (objective, min_devices), &seen, now).await?;
-            (undecided, chosen) = (pending, chosen || decided);
+            chosen |= choose_variants(state, r, (objective, min_devices), &mut seen, now).await?;
         }
-        let mut e = evaluate(r, &row.state, &seen, withdrawn(state, r).await?, now);
-        e.state = choice::hold(&row.state, e.state, &undecided);
+        let e = evaluate(r, &row.state, &seen, withdrawn(state, r).await?, now);
         state.store.set_rollout_gates(&r.id, &e.gates, now).await?;
         if e.state == row.state {
             continue;

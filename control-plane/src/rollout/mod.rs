@@ -32,6 +32,9 @@ pub struct Stats {
     /// Online devices of the class that the rollout's waves so far put on this release (counted from the
     /// inventory, not from telemetry): a class with such devices has been reached even before any reports.
     pub devices: u64,
+    /// The rollout chooses variants by measurement and this class, reached, has no decided choice yet: the
+    /// wave holds (see `choice.rs`).
+    pub choosing: bool,
     /// A language model's numbers (all zero for other models).
     pub llm: LlmStats,
     /// How a language model's requests were routed (all zero without a routing policy's telemetry).
@@ -240,7 +243,9 @@ pub fn evaluate(r: &Rollout, state: &State, seen: &Observations, withdrawn: bool
                 let judged = gates
                     .iter()
                     .all(|g| matches!(g.verdict, Verdict::Pass | Verdict::Unavailable | Verdict::NotReached));
-                if baked && judged {
+                // Nor while a class it reached still has its variant chosen by measurement.
+                let chosen = seen.values().all(|(new, _)| !new.choosing);
+                if baked && judged && chosen {
                     if wave + 1 < r.waves.len() { State::Running { wave: wave + 1, since: now } } else { State::Done }
                 } else {
                     state.clone()
@@ -309,6 +314,7 @@ mod tests {
             devices: 0,
             llm: LlmStats::default(),
             route: RouteStats::default(),
+            choosing: false,
         }
     }
 
@@ -610,5 +616,22 @@ mod tests {
         assert!(matches!(apply(&paused, Action::Abort, 7).expect("abort"), State::Aborted { .. }));
         assert!(apply(&State::Done, Action::Resume, 7).is_err());
         assert!(apply(&running, Action::Resume, 7).is_err());
+    }
+
+    #[test]
+    fn a_wave_waits_for_its_classes_variant_choices() {
+        let r = Rollout { gates: vec![], ..rollout(OnFailure::Pause) };
+        let running = State::Running { wave: 0, since: 0 };
+        let mut choosing = healthy();
+        choosing.choosing = true;
+        let e = evaluate(&r, &running, &seen("pi", choosing, healthy()), false, 60 * MIN);
+        assert_eq!(e.state, running, "baked, every gate judged, but the Pis' variant is not chosen yet");
+        let e = evaluate(&r, &running, &seen("pi", healthy(), healthy()), false, 60 * MIN);
+        assert_eq!(e.state, State::Running { wave: 1, since: 60 * MIN });
+        let failing = Rollout { gates: vec![Gate::ErrorRate { max_increase: 0.01 }], ..rollout(OnFailure::Pause) };
+        let mut bad = stats(1000, 500, 10.0, None);
+        bad.choosing = true;
+        let e = evaluate(&failing, &running, &seen("pi", bad, healthy()), false, 60 * MIN);
+        assert!(matches!(e.state, State::Paused { .. }), "a failed gate is never held back: {:?}", e.state);
     }
 }

@@ -138,6 +138,7 @@ fn class_stats(r: &sqlx::any::AnyRow) -> Result<ClassStats, StoreError> {
         installs: n("installs")?,
         install_failures: n("install_failures")?,
         devices: 0,
+        choosing: false,
         llm: LlmStats {
             ttft_requests: ttft.iter().sum(),
             ttft_p50_ms: quantile(&ttft, 0.5).map(|s| s * 1000.0),

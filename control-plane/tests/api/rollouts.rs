@@ -254,6 +254,16 @@ async fn the_default_baseline_follows_finished_rollouts(backend: Backend) {
 
 crate::both_backends!(the_default_baseline_follows_finished_rollouts);
 
+/// magika release 1 assigned and release 2 published (each with `npu-int8` and `cpu-fp32`); answers an operator
+/// token.
+async fn releases_1_and_2(app: &TestApp) -> String {
+    magika_release_1(app).await;
+    let publisher = app.token(TokenRole::Publisher).await;
+    let m2 = upload_release(app, &publisher, "magika", 2).await;
+    assert_eq!(publish(app, &publisher, signed(&m2, &[key(10), key(11)])).await.status(), 201);
+    app.token(TokenRole::Operator).await
+}
+
 /// Waits (bounded) until each device's check-in is on record: `last_seen` is written in batches, and a wave counts
 /// only devices seen online.
 async fn last_seen_on_record(app: &TestApp, devices: &[&Device]) {
@@ -277,11 +287,7 @@ async fn a_wave_waits_for_every_class_it_reached(backend: Backend) {
         c.flush_interval_ms = 20;
     })
     .await;
-    magika_release_1(&app).await;
-    let publisher = app.token(TokenRole::Publisher).await;
-    let m2 = upload_release(&app, &publisher, "magika", 2).await;
-    assert_eq!(publish(&app, &publisher, signed(&m2, &[key(10), key(11)])).await.status(), 201);
-    let operator = app.token(TokenRole::Operator).await;
+    let operator = releases_1_and_2(&app).await;
     let mut devices = Vec::new();
     for (id, class) in
         [("srv-0", "x86-server"), ("srv-1", "x86-server"), ("pi-0", "raspberry-pi-5"), ("pi-1", "raspberry-pi-5")]
@@ -406,11 +412,7 @@ async fn variants_are_chosen_per_class_by_measurement(backend: Backend) {
         c.flush_interval_ms = 20;
     })
     .await;
-    magika_release_1(&app).await;
-    let publisher = app.token(TokenRole::Publisher).await;
-    let m2 = upload_release(&app, &publisher, "magika", 2).await;
-    assert_eq!(publish(&app, &publisher, signed(&m2, &[key(10), key(11)])).await.status(), 201);
-    let operator = app.token(TokenRole::Operator).await;
+    let operator = releases_1_and_2(&app).await;
     let phone = app
         .enroll(
             "phone-0",
