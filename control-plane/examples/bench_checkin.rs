@@ -1,11 +1,15 @@
 //! Check-in throughput and latency over TLS with keep-alive, for BENCHMARKS.md.
 //!
 //!     cargo run --release -p edgefleet-server --example bench_checkin -- [DEVICES] [CONNECTIONS] [SECONDS] [DATABASE_URL]
+//!     REPLICAS=2 cargo run ... -- 100000 64 20 postgres://...   # two replicas over one PostgreSQL database
 //!
 //! Defaults: 100,000 enrolled devices in the database, 64 concurrent devices (each its own client certificate
 //! and keep-alive connection), 20 seconds on the 304 path, SQLite in a temporary directory. The server runs
 //! in this process on its own 2-thread runtime; the load runs on another: both share the machine's cores, so
-//! the numbers are a floor for a server with the machine to itself.
+//! the numbers are a floor for a server with the machine to itself. With `REPLICAS=N` (PostgreSQL only), N
+//! servers share the database and the same two threads (each its own runtime of 2/N threads, at least one),
+//! the devices split between them, and a last phase times how long a change made on one replica takes to
+//! reach the other (`LISTEN/NOTIFY` and the change log).
 //!
 //! Phases: (1) the 304 path: every check-in names the device's current ETag; (2) the changed path: the
 //! assignment flips between two releases, and every device's next check-in gets a freshly planned and signed
@@ -75,6 +79,11 @@ fn main() -> anyhow::Result<()> {
     let conns: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(64);
     let seconds: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(20);
     let db_url = args.get(3).cloned();
+    let replicas: usize = std::env::var("REPLICAS").ok().map(|s| s.parse()).transpose()?.unwrap_or(1).max(1);
+    anyhow::ensure!(
+        replicas == 1 || db_url.as_deref().is_some_and(|u| u.starts_with("postgres")),
+        "REPLICAS > 1 needs a PostgreSQL DATABASE_URL"
+    );
 
     let dir = tempfile::tempdir()?;
     let root = Root::new(
@@ -100,20 +109,23 @@ fn main() -> anyhow::Result<()> {
         ..Config::default()
     };
 
-    let server_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let built = server_rt.block_on(edgefleet_server::app::build(config))?;
+    // The servers: one, or `replicas` over the same database, sharing two worker threads.
+    let mut servers = Vec::new();
+    for i in 0..replicas {
+        let rt =
+            tokio::runtime::Builder::new_multi_thread().worker_threads((2 / replicas).max(1)).enable_all().build()?;
+        let config = Config { data_dir: dir.path().join(format!("data-{i}")), ..config.clone() };
+        let built = rt.block_on(edgefleet_server::app::build(config))?;
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+        let url = format!("https://127.0.0.1:{}/api/v1/device/checkin", listener.local_addr()?.port());
+        let router = edgefleet_server::api::router(built.state.clone());
+        let limits = edgefleet_server::server::ConnLimits::from_config(&built.state.config);
+        rt.spawn(edgefleet_server::server::serve(listener, router, built.tls.clone(), limits, std::future::pending()));
+        servers.push((rt, built, url));
+    }
+    let (server_rt, built, _) = &servers[0];
     let state = built.state.clone();
-    let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
-    let url = format!("https://127.0.0.1:{}/api/v1/device/checkin", listener.local_addr()?.port());
-    let router = edgefleet_server::api::router(state.clone());
-    let limits = edgefleet_server::server::ConnLimits::from_config(&state.config);
-    server_rt.spawn(edgefleet_server::server::serve(
-        listener,
-        router,
-        built.tls.clone(),
-        limits,
-        std::future::pending(),
-    ));
+    let urls: Vec<String> = servers.iter().map(|(_, _, u)| u.clone()).collect();
 
     // Enrolled devices, written straight into the database in batches (enrolling 100,000 through the API
     // would benchmark the CA, not check-in).
@@ -162,7 +174,7 @@ fn main() -> anyhow::Result<()> {
         anyhow::Ok(())
     })?;
     println!(
-        "database: {} with {devices} enrolled devices (inserted in {:.1} s)",
+        "database: {} with {devices} enrolled devices (inserted in {:.1} s); {replicas} replica(s)",
         pool_url.split('?').next().unwrap_or(""),
         t.elapsed().as_secs_f64()
     );
@@ -194,10 +206,12 @@ fn main() -> anyhow::Result<()> {
     let load_rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let body = "{\"models\":[]}";
     // Warm up: every device's first check-in (plans and signs its first document), and learn its ETag.
+    // Device i checks in with replica i mod N, over its own keep-alive connection.
+    let url_of = |i: usize| urls[i % urls.len()].clone();
     let etags: Vec<String> = load_rt.block_on(async {
         let mut out = Vec::new();
-        for c in &clients {
-            let r = c.post(&url).header("content-type", "application/json").body(body).send().await?;
+        for (i, c) in clients.iter().enumerate() {
+            let r = c.post(url_of(i)).header("content-type", "application/json").body(body).send().await?;
             out.push(r.headers()["etag"].to_str()?.to_owned());
         }
         anyhow::Ok(out)
@@ -208,8 +222,8 @@ fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let results = load_rt.block_on(async {
         let mut tasks = Vec::new();
-        for (c, etag) in clients.iter().cloned().zip(etags.clone()) {
-            let url = url.clone();
+        for (i, (c, etag)) in clients.iter().cloned().zip(etags.clone()).enumerate() {
+            let url = url_of(i);
             tasks.push(tokio::spawn(async move {
                 let (mut lat, mut errors) = (Vec::new(), 0usize);
                 while Instant::now() < deadline {
@@ -248,12 +262,17 @@ fn main() -> anyhow::Result<()> {
     for round in 0..rounds {
         let version = ReleaseVersion::new(1 + (round % 2) as u64)?;
         server_rt.block_on(state.store.add_assignment(&"magika".parse()?, version, &"".parse()?, "bench", 0))?;
-        state.invalidate();
+        // Made on replica 0; the round starts once every replica has taken it in.
+        let before: Vec<u64> = servers.iter().map(|(_, b, _)| *b.state.generation.borrow()).collect();
+        server_rt.block_on(state.changed(edgefleet_server::changes::Scope::All))?;
+        while servers.iter().zip(&before).any(|((_, b, _), g)| *b.state.generation.borrow() == *g) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let t0 = Instant::now();
         let (l, e) = load_rt.block_on(async {
             let mut tasks = Vec::new();
-            for (c, etag) in clients.iter().cloned().zip(etags.clone()) {
-                let url = url.clone();
+            for (i, (c, etag)) in clients.iter().cloned().zip(etags.clone()).enumerate() {
+                let url = url_of(i);
                 tasks.push(tokio::spawn(async move {
                     let t = Instant::now();
                     let r = c
@@ -283,5 +302,32 @@ fn main() -> anyhow::Result<()> {
         errors += e;
     }
     report("check-in, changed (plan + sign + write)", lat, busy, errors);
+
+    // A change on replica 0, seen by replica 1: from the write to replica 1's caches dropping it.
+    if let Some((rt1, b1, _)) = servers.get(1) {
+        let mut seen = Vec::new();
+        for round in 0..50u64 {
+            let mut changes = b1.state.generation.subscribe();
+            changes.borrow_and_update();
+            let version = ReleaseVersion::new(1 + round % 2)?;
+            let t = Instant::now();
+            server_rt.block_on(async {
+                state.store.add_assignment(&"magika".parse()?, version, &"".parse()?, "bench", 0).await?;
+                state.changed(edgefleet_server::changes::Scope::All).await?;
+                anyhow::Ok(())
+            })?;
+            rt1.block_on(async { tokio::time::timeout(Duration::from_secs(5), changes.changed()).await })??;
+            seen.push(t.elapsed());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        seen.sort();
+        println!(
+            "change on replica 0 seen by replica 1: p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms over {} changes",
+            percentile(&seen, 0.5).as_secs_f64() * 1e3,
+            percentile(&seen, 0.99).as_secs_f64() * 1e3,
+            seen.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            seen.len()
+        );
+    }
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, bail};
 use model_registry::verify::{self_signed_root, update_root};
-use model_registry::{FsBlobStore, KeyPair, Limits};
+use model_registry::{KeyPair, Limits};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
@@ -30,7 +30,7 @@ pub struct Built {
 
 /// Loads the stored root chain (importing `config.trust_root` into an empty database) and verifies it from the
 /// first version forward.
-async fn load_trust(store: &Store, config: &Config, limits: &Limits) -> anyhow::Result<Trust> {
+pub(crate) async fn load_trust(store: &Store, config: &Config, limits: &Limits) -> anyhow::Result<Trust> {
     let mut stored = store.roots().await?;
     if stored.is_empty() {
         let path = config
@@ -61,11 +61,81 @@ async fn load_trust(store: &Store, config: &Config, limits: &Limits) -> anyhow::
     Ok(Trust { chain, root })
 }
 
+/// The device CA and the server's identity. Files named in the config are used as given. Otherwise on SQLite
+/// (one server) both live in the data directory, made at first start; on PostgreSQL (replicas) both live in the
+/// database, made once by the first server to start (or imported from its data directory) and read by every
+/// other: a replica never makes a CA of its own.
+async fn tls_material(store: &Store, config: &Config) -> anyhow::Result<(DeviceCa, ServerIdentity)> {
+    // A new device CA only for a fleet that has never enrolled a device (revoked ones count: their
+    // certificates chain to the CA too).
+    let may_create = !store.has_devices().await?;
+    let given_identity = match (&config.tls_cert, &config.tls_key) {
+        (Some(c), Some(k)) => Some(ServerIdentity::load_or_create(&config.data_dir, Some(c), Some(k))?),
+        _ => None,
+    };
+    let given_ca = match (&config.device_ca_cert, &config.device_ca_key) {
+        (Some(c), Some(k)) => Some(DeviceCa::from_files(c, k)?),
+        (None, None) => None,
+        _ => bail!("set both device_ca_cert and device_ca_key, or neither"),
+    };
+    if store.backend != crate::store::Backend::Postgres {
+        let ca = match given_ca {
+            Some(ca) => ca,
+            None => DeviceCa::load_or_create(&config.data_dir, may_create)?,
+        };
+        let identity = match given_identity {
+            Some(i) => i,
+            None => ServerIdentity::load_or_create(&config.data_dir, None, None)?,
+        };
+        return Ok((ca, identity));
+    }
+    let ca = match given_ca {
+        Some(ca) => ca,
+        None => {
+            if store.shared_pem("device-ca.crt").await?.is_none() {
+                let (cert_file, key_file) = DeviceCa::files(&config.data_dir);
+                let pems = if cert_file.exists() && key_file.exists() {
+                    tracing::info!(from = %cert_file.display(), "sharing this data directory's device CA with every replica");
+                    (std::fs::read_to_string(&cert_file)?, std::fs::read_to_string(&key_file)?)
+                } else if may_create {
+                    DeviceCa::generate_pem()?
+                } else {
+                    bail!(
+                        "the database has enrolled devices but no device CA: give device_ca_cert and device_ca_key \
+                         (the CA those devices' certificates chain to), or restore the shared_pem table"
+                    );
+                };
+                store.share_pems_once(&[("device-ca.crt", &pems.0), ("device-ca.key", &pems.1)], now_ms()).await?;
+            }
+            let (cert, key) = (store.shared_pem("device-ca.crt").await?, store.shared_pem("device-ca.key").await?);
+            let (Some(cert), Some(key)) = (cert, key) else {
+                bail!("the shared device CA is incomplete in the database")
+            };
+            DeviceCa::from_pem(&cert, &key, std::path::Path::new("database:shared_pem/device-ca.crt"))?
+        }
+    };
+    let identity = match given_identity {
+        Some(i) => i,
+        None => {
+            if store.shared_pem("server.crt").await?.is_none() {
+                let (cert, key) = crate::tls::self_signed_server_pem()?;
+                store.share_pems_once(&[("server.crt", &cert), ("server.key", &key)], now_ms()).await?;
+            }
+            let (cert, key) = (store.shared_pem("server.crt").await?, store.shared_pem("server.key").await?);
+            let (Some(cert), Some(key)) = (cert, key) else {
+                bail!("the shared server identity is incomplete in the database")
+            };
+            ServerIdentity::from_pem(&cert, &key, &config.data_dir.join("tls").join("server.crt"))?
+        }
+    };
+    Ok((ca, identity))
+}
+
 pub async fn build(config: Config) -> anyhow::Result<Built> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating {}", config.data_dir.display()))?;
     let limits = Limits::default();
     let store = Store::connect(&config.database_url()).await.context("opening the database")?;
-    let blobs = FsBlobStore::open(config.data_dir.join("blobs")).await.context("opening the blob store")?;
+    let blobs = crate::blobs::open(&config).await?;
     let trust = load_trust(&store, &config, &limits).await?;
     let key_path =
         config.fleet_key.as_ref().context("set fleet_key (EDGEFLEET_FLEET_KEY) to the fleet role's private key")?;
@@ -78,11 +148,7 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
             trust.root.version
         );
     }
-    // A new device CA only for a fleet that has never enrolled a device (revoked ones count: their
-    // certificates chain to the CA too).
-    let ca = DeviceCa::load_or_create(&config.data_dir, !store.has_devices().await?)?;
-    let identity =
-        ServerIdentity::load_or_create(&config.data_dir, config.tls_cert.as_deref(), config.tls_key.as_deref())?;
+    let (ca, identity) = tls_material(&store, &config).await?;
     let tls = server_config(&identity, &ca)?;
     let (seen, seen_rx) = mpsc::unbounded_channel();
     let flusher = tokio::spawn(flush_last_seen(store.clone(), seen_rx, config.flush_interval_ms));
@@ -100,7 +166,7 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
     let state = AppState(Arc::new(Inner {
         config,
         store,
-        blobs: Arc::new(blobs),
+        blobs,
         limits,
         trust: RwLock::new(Arc::new(trust)),
         fleet_key,
@@ -119,15 +185,24 @@ pub async fn build(config: Config) -> anyhow::Result<Built> {
         checkin_limiter,
         event_limiter,
         enroll_limiter,
+        replica: replica_name(),
+        synced_at: std::sync::atomic::AtomicI64::new(now_ms()),
+        waiters: crate::state::device_cache(cache),
     }));
     let telemetry = tokio::spawn(crate::telemetry::background(state.clone()));
     let rollouts = tokio::spawn(crate::rollout::engine::run(state.clone()));
-    Ok(Built {
-        state,
-        tls,
-        fingerprint: identity.fingerprint,
-        cert_path: identity.cert_path,
-        flusher,
-        background: vec![telemetry, rollouts],
-    })
+    let mut background = vec![telemetry, rollouts];
+    if state.store.backend == crate::store::Backend::Postgres {
+        background.push(tokio::spawn(crate::changes::follow(state.clone(), state.config.database_url())));
+    }
+    Ok(Built { state, tls, fingerprint: identity.fingerprint, cert_path: identity.cert_path, flusher, background })
+}
+
+/// A name for this server among the replicas: its host name and a random suffix (a restarted server is a new
+/// replica: its caches start empty).
+fn replica_name() -> String {
+    let mut b = [0u8; 6];
+    let _ = getrandom::fill(&mut b);
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}-{}", host.trim(), hex::encode(b))
 }

@@ -22,6 +22,23 @@ pub struct Config {
     pub trust_root: Option<PathBuf>,
     /// The fleet role's private key (signs desired-state documents). Must be a `fleet` key of the root.
     pub fleet_key: Option<PathBuf>,
+    /// Where blobs live: `s3://bucket[/prefix]` for an S3-compatible store (credentials from the usual
+    /// `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` variables), or a directory; default `<data_dir>/blobs`.
+    pub blobs: Option<String>,
+    /// The S3 endpoint (another provider, MinIO, a gateway) and region; default AWS's, or `AWS_ENDPOINT_URL`
+    /// and `AWS_REGION`.
+    pub blob_endpoint: Option<String>,
+    pub blob_region: Option<String>,
+    /// Allow a plain-HTTP endpoint (default false).
+    pub blob_allow_http: bool,
+    /// How devices get blobs from an S3 store: `proxy` (through the server, the default) or `redirect` (a 307
+    /// to a presigned URL valid for `blob_redirect_secs`, default 300).
+    pub blob_downloads: crate::blobs::Downloads,
+    pub blob_redirect_secs: u64,
+    /// The device CA's certificate and key (PEM), shared by every replica. Without them, the CA lives in the
+    /// data directory (SQLite) or in the database (PostgreSQL), made once for the fleet.
+    pub device_ca_cert: Option<PathBuf>,
+    pub device_ca_key: Option<PathBuf>,
     /// Largest blob accepted, in bytes (default 8 GiB).
     pub max_blob_bytes: u64,
     /// Largest JSON request body, in bytes (default 1 MiB; releases may be as large as the manifest limit).
@@ -72,6 +89,10 @@ pub struct Config {
     /// How long device events are kept, in days (default 90), and audit entries (default 400).
     pub events_retention_days: u64,
     pub audit_retention_days: u64,
+    /// PostgreSQL replicas: a server that has not read the change log for this many seconds (its database
+    /// connection is gone) answers check-ins 503 and is not ready, rather than serve what it cannot vouch for
+    /// (default 5).
+    pub replica_stale_secs: f64,
     /// Connections served at once (default 10,000); more wait in the kernel's backlog.
     pub max_connections: usize,
     /// Seconds a client has for its TLS handshake, and for each request's headers (default 10).
@@ -92,6 +113,14 @@ impl Default for Config {
             tls_key: None,
             trust_root: None,
             fleet_key: None,
+            blobs: None,
+            blob_endpoint: None,
+            blob_region: None,
+            blob_allow_http: false,
+            blob_downloads: crate::blobs::Downloads::Proxy,
+            blob_redirect_secs: 300,
+            device_ca_cert: None,
+            device_ca_key: None,
             max_blob_bytes: 8 << 30,
             max_json_bytes: 1 << 20,
             desired_ttl_secs: 3600,
@@ -117,6 +146,7 @@ impl Default for Config {
             device_cache_entries: 250_000,
             events_retention_days: 90,
             audit_retention_days: 400,
+            replica_stale_secs: 5.0,
             max_connections: 10_000,
             header_timeout_secs: 10.0,
             idle_timeout_secs: 120.0,

@@ -8,6 +8,8 @@
 
 pub mod api;
 pub mod app;
+pub mod blobs;
+pub mod changes;
 pub mod config;
 pub mod desired;
 pub mod limiter;

@@ -29,6 +29,22 @@ struct Cli {
     trust_root: Option<PathBuf>,
     #[arg(long, env = "EDGEFLEET_FLEET_KEY", global = true)]
     fleet_key: Option<PathBuf>,
+    /// `s3://bucket[/prefix]` or a directory (default: `<data-dir>/blobs`).
+    #[arg(long, env = "EDGEFLEET_BLOBS", global = true)]
+    blobs: Option<String>,
+    #[arg(long, env = "EDGEFLEET_BLOB_ENDPOINT", global = true)]
+    blob_endpoint: Option<String>,
+    #[arg(long, env = "EDGEFLEET_BLOB_REGION", global = true)]
+    blob_region: Option<String>,
+    /// Allow a plain-HTTP S3 endpoint.
+    #[arg(long, env = "EDGEFLEET_BLOB_ALLOW_HTTP", global = true)]
+    blob_allow_http: bool,
+    #[arg(long, env = "EDGEFLEET_BLOB_DOWNLOADS", global = true)]
+    blob_downloads: Option<edgefleet_server::blobs::Downloads>,
+    #[arg(long, env = "EDGEFLEET_DEVICE_CA_CERT", global = true)]
+    device_ca_cert: Option<PathBuf>,
+    #[arg(long, env = "EDGEFLEET_DEVICE_CA_KEY", global = true)]
+    device_ca_key: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -67,7 +83,24 @@ fn config(cli: &Cli) -> anyhow::Result<Config> {
     macro_rules! opt {
         ($($f:ident),*) => {$( if cli.$f.is_some() { c.$f = cli.$f.clone(); } )*};
     }
-    opt!(database_url, tls_cert, tls_key, trust_root, fleet_key);
+    opt!(
+        database_url,
+        tls_cert,
+        tls_key,
+        trust_root,
+        fleet_key,
+        blobs,
+        blob_endpoint,
+        blob_region,
+        device_ca_cert,
+        device_ca_key
+    );
+    if cli.blob_allow_http {
+        c.blob_allow_http = true;
+    }
+    if let Some(d) = cli.blob_downloads {
+        c.blob_downloads = d;
+    }
     Ok(c)
 }
 
@@ -81,6 +114,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let addr = listener.local_addr()?;
             println!("edgefleet-server listening on https://{addr}");
             println!("certificate {} sha256 fingerprint {}", built.cert_path.display(), built.fingerprint);
+            println!("replica {}", built.state.replica);
             let router = edgefleet_server::api::router(built.state.clone());
             let limits = edgefleet_server::server::ConnLimits::from_config(&built.state.config);
             edgefleet_server::server::serve(listener, router, built.tls, limits, shutdown_signal()).await?;

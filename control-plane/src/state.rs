@@ -2,7 +2,7 @@
 //! check-in hot path off the database.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
 
 use edgefleet_protocol::api::DeviceReport;
@@ -59,6 +59,12 @@ pub struct Inner {
     pub checkins_unchanged: AtomicU64,
     /// Per rollout id: where its waves reached (see `rollout::engine`).
     pub reached: Mutex<HashMap<String, Reached>>,
+    /// This server among the replicas (random per start): changes it logged are not applied again when read.
+    pub replica: String,
+    /// When the change log was last read through (ms; see `crate::changes`).
+    pub synced_at: AtomicI64,
+    /// Long-polls waiting, per device: woken by a change to that device alone.
+    pub waiters: DeviceCache<Arc<tokio::sync::Notify>>,
 }
 
 /// What a device reported: the digest of the stored report (an unchanged report costs no write), the releases
@@ -160,6 +166,7 @@ impl Inner {
             if previous.is_some() {
                 self.store.retire_prev_cert(id).await?;
                 self.credentials.insert(id.clone(), Credential::Serials { current, previous: None });
+                self.publish(&crate::changes::Scope::Device(id.clone())).await?;
             }
             return Ok(CertCheck::Current);
         }

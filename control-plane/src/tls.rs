@@ -76,8 +76,13 @@ pub struct ServerIdentity {
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = std::fs::read(path).map_err(io(path))?;
-    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+    let pem = std::fs::read_to_string(path).map_err(io(path))?;
+    pem_certs(&pem, path)
+}
+
+/// The certificates of PEM text; `path` names where it came from, in errors.
+fn pem_certs(pem: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem { path: path.to_owned(), message: e.to_string() })?;
     if certs.is_empty() {
@@ -93,9 +98,19 @@ fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
         .ok_or_else(|| TlsError::Pem { path: path.to_owned(), message: "no private key in file".into() })
 }
 
+/// A new self-signed server certificate (SAN localhost, 127.0.0.1), as (certificate PEM, key PEM).
+pub fn self_signed_server_pem() -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
+    params.distinguished_name.push(DnType::CommonName, "edgefleet-server");
+    params.not_before = in_days(-1);
+    params.not_after = in_days(3650);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
 impl ServerIdentity {
-    /// Uses `cert` and `key` as given, or else `<data>/tls/server.{crt,key}`, made self-signed (SAN localhost,
-    /// 127.0.0.1) the first time.
+    /// Uses `cert` and `key` as given, or else `<data>/tls/server.{crt,key}`, made self-signed the first time.
     pub fn load_or_create(data_dir: &Path, cert: Option<&Path>, key: Option<&Path>) -> Result<Self, TlsError> {
         let (cert_path, key_path) = match (cert, key) {
             (Some(c), Some(k)) => (c.to_owned(), k.to_owned()),
@@ -104,14 +119,9 @@ impl ServerIdentity {
                 std::fs::create_dir_all(&dir).map_err(io(&dir))?;
                 let (c, k) = (dir.join("server.crt"), dir.join("server.key"));
                 if !c.exists() || !k.exists() {
-                    let key = KeyPair::generate()?;
-                    let mut params = CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])?;
-                    params.distinguished_name.push(DnType::CommonName, "edgefleet-server");
-                    params.not_before = in_days(-1);
-                    params.not_after = in_days(3650);
-                    let cert = params.self_signed(&key)?;
-                    write_secret(&k, key.serialize_pem().as_bytes())?;
-                    write_file_atomic(&c, cert.pem().as_bytes())
+                    let (cert, key) = self_signed_server_pem()?;
+                    write_secret(&k, key.as_bytes())?;
+                    write_file_atomic(&c, cert.as_bytes())
                         .map_err(|e| TlsError::Io { path: c.clone(), source: e.source })?;
                 }
                 (c, k)
@@ -121,6 +131,22 @@ impl ServerIdentity {
         let key = read_key(&key_path)?;
         let fingerprint = fingerprint(&chain[0]);
         Ok(Self { chain, key, fingerprint, cert_path })
+    }
+
+    /// From PEM text (shared through the database); the certificate is also written to `cert_path`, for people
+    /// and devices to pin.
+    pub fn from_pem(cert_pem: &str, key_pem: &str, cert_path: &Path) -> Result<Self, TlsError> {
+        let chain = pem_certs(cert_pem, cert_path)?;
+        let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+            .map_err(|e| TlsError::Pem { path: cert_path.to_owned(), message: e.to_string() })?
+            .ok_or_else(|| TlsError::Pem { path: cert_path.to_owned(), message: "no private key".into() })?;
+        if let Some(dir) = cert_path.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        write_file_atomic(cert_path, cert_pem.as_bytes())
+            .map_err(|e| TlsError::Io { path: cert_path.to_owned(), source: e.source })?;
+        let fingerprint = fingerprint(&chain[0]);
+        Ok(Self { chain, key, fingerprint, cert_path: cert_path.to_owned() })
     }
 }
 
@@ -146,35 +172,56 @@ impl DeviceCa {
     pub fn load_or_create(data_dir: &Path, may_create: bool) -> Result<Self, TlsError> {
         let dir = data_dir.join("ca");
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let (cert_path, key_path) = (dir.join("device-ca.crt"), dir.join("device-ca.key"));
+        let (cert_path, key_path) = Self::files(data_dir);
         let (has_cert, has_key) = (cert_path.exists(), key_path.exists());
         if has_cert != has_key || (!has_cert && !may_create) {
             let missing = if has_cert { &key_path } else { &cert_path };
             return Err(TlsError::CaMissing { path: missing.clone() });
         }
         if !has_cert {
-            let key = KeyPair::generate()?;
-            let mut params = CertificateParams::default();
-            let mut dn = DistinguishedName::new();
-            dn.push(DnType::CommonName, "edgefleet device CA");
-            params.distinguished_name = dn;
-            params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-            params.not_before = in_days(-1);
-            params.not_after = in_days(3650);
-            let cert = params.self_signed(&key)?;
-            write_secret(&key_path, key.serialize_pem().as_bytes())?;
-            write_file_atomic(&cert_path, cert.pem().as_bytes())
+            let (cert, key) = Self::generate_pem()?;
+            write_secret(&key_path, key.as_bytes())?;
+            write_file_atomic(&cert_path, cert.as_bytes())
                 .map_err(|e| TlsError::Io { path: cert_path.clone(), source: e.source })?;
         }
-        let pem = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-        let key_pem = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-        let key = KeyPair::from_pem(&key_pem)?;
+        Self::from_files(&cert_path, &key_path)
+    }
+
+    /// Where a data directory keeps the CA: (certificate, key).
+    pub fn files(data_dir: &Path) -> (PathBuf, PathBuf) {
+        let dir = data_dir.join("ca");
+        (dir.join("device-ca.crt"), dir.join("device-ca.key"))
+    }
+
+    pub fn from_files(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        let pem = std::fs::read_to_string(cert_path).map_err(io(cert_path))?;
+        let key_pem = std::fs::read_to_string(key_path).map_err(io(key_path))?;
+        Self::from_pem(&pem, &key_pem, cert_path)
+    }
+
+    /// A new CA, as (certificate PEM, key PEM).
+    pub fn generate_pem() -> Result<(String, String), TlsError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "edgefleet device CA");
+        params.distinguished_name = dn;
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        params.not_before = in_days(-1);
+        params.not_after = in_days(3650);
+        let cert = params.self_signed(&key)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    /// From PEM text; `origin` names where it came from, in errors.
+    pub fn from_pem(pem: &str, key_pem: &str, origin: &Path) -> Result<Self, TlsError> {
+        let key = KeyPair::from_pem(key_pem)?;
         // rcgen signs with a Certificate value; rebuilding it from the stored CA keeps subject and key id, so
         // certificates it issues chain to the stored CA certificate.
-        let cert = CertificateParams::from_ca_cert_pem(&pem)?.self_signed(&key)?;
-        let der = read_certs(&cert_path)?.remove(0);
-        Ok(Self { cert, key, pem, der })
+        let cert = CertificateParams::from_ca_cert_pem(pem)?.self_signed(&key)?;
+        let der = pem_certs(pem, origin)?.remove(0);
+        Ok(Self { cert, key, pem: pem.to_owned(), der })
     }
 
     /// Signs a client certificate for `device` from its CSR (the subject the CSR asks for is replaced).

@@ -56,6 +56,8 @@ pub struct Agent {
     pub device: DeviceId,
     pub server: String,
     pub client: reqwest::Client,
+    /// How blob downloads redirected to an object store are fetched.
+    pub redirects: crate::identity::Redirects,
     pub layout: Layout,
     pub root: Root,
     /// The ONNX Runtime library, loaded on first use: a device with nothing to serve never maps it.

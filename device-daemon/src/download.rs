@@ -73,6 +73,7 @@ pub struct NotSigned(pub String);
 /// size and digest as it goes. Answers the path of the complete, verified file.
 pub async fn download(
     client: &reqwest::Client,
+    redirects: &crate::identity::Redirects,
     server: &str,
     layout: &Layout,
     r: &ArtifactRef,
@@ -95,16 +96,19 @@ pub async fn download(
             // Longer than signed: the partial is not the signed blob; start over.
             drop(file);
             std::fs::remove_file(&path)?;
-            return Box::pin(download(client, server, layout, r, pause)).await;
+            return Box::pin(download(client, redirects, server, layout, r, pause)).await;
         }
         have += n as u64;
     }
     if have < r.size {
-        let mut resp = client
-            .get(format!("{server}/api/v1/blobs/{}", r.sha256))
-            .header("range", format!("bytes={have}-"))
-            .send()
-            .await?;
+        let range = format!("bytes={have}-");
+        let mut resp = client.get(format!("{server}/api/v1/blobs/{}", r.sha256)).header("range", &range).send().await?;
+        if resp.status().is_redirection() {
+            let target =
+                redirect_target(&resp, redirects.allow_http).map_err(|e| anyhow::anyhow!("blob {}: {e}", r.sha256))?;
+            tracing::debug!(blob = %r.sha256, host = target.host_str().unwrap_or_default(), "downloading from the object store");
+            resp = redirects.client.get(target).header("range", &range).send().await?;
+        }
         let status = resp.status().as_u16();
         if status != 206 && !(status == 200 && have == 0) {
             bail!("blob {}: server answered {status} to a range request", r.sha256);
@@ -129,6 +133,24 @@ pub async fn download(
             let _ = std::fs::remove_file(&path);
             Err(NotSigned(format!("blob {}: {e}", r.sha256)).into())
         }
+    }
+}
+
+/// Where a redirect answer points, if it may be followed: an absolute https URL (or http where allowed).
+fn redirect_target(resp: &reqwest::Response, allow_http: bool) -> Result<reqwest::Url, String> {
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| format!("the server answered {} without a Location", resp.status()))?;
+    let url = reqwest::Url::parse(location).map_err(|e| format!("the server redirected to an invalid URL: {e}"))?;
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if allow_http => Ok(url),
+        scheme => Err(format!(
+            "the server redirected to a {scheme} URL on {}; only https is followed (--blob-allow-http allows http)",
+            url.host_str().unwrap_or("?")
+        )),
     }
 }
 

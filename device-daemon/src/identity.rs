@@ -44,11 +44,56 @@ pub fn http_client(
     };
     Ok(reqwest::Client::builder()
         .use_preconfigured_tls(tls)
+        // Nothing the server says moves this client (and its certificate) elsewhere: a blob redirect is
+        // followed by `Redirects`, on its own terms.
+        .redirect(reqwest::redirect::Policy::none())
         .connect_timeout(Duration::from_secs(10))
         // No total timeout (a large model on a slow link may take long); a connection silent for
         // `read_timeout` is dropped, and the download resumes from its partial file on the next pass.
         .read_timeout(read_timeout)
         .build()?)
+}
+
+/// How blob downloads the server redirects (to a presigned object-store URL) are fetched: by a client of
+/// their own, which presents no device certificate and trusts the server's CA and the `--blob-ca` bundle;
+/// plain HTTP only where allowed. The bytes are checked against the signed digests either way.
+#[derive(Debug, Clone)]
+pub struct Redirects {
+    pub client: reqwest::Client,
+    pub allow_http: bool,
+}
+
+impl Redirects {
+    pub fn new(
+        server_ca: &Path,
+        extra_ca: Option<&Path>,
+        allow_http: bool,
+        read_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for path in std::iter::once(server_ca).chain(extra_ca) {
+            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots.add(c?)?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .read_timeout(read_timeout)
+            .build()?;
+        Ok(Self { client, allow_http })
+    }
+
+    /// For tests and tools that never see a redirect.
+    pub fn none() -> Self {
+        Self { client: reqwest::Client::new(), allow_http: false }
+    }
 }
 
 /// Enrolls once: a key pair made here (kept 0600), a CSR, the one-time token; the certificate is stored.

@@ -201,12 +201,20 @@ impl Agent {
         match effect {
             Effect::Download => {
                 let fetch = async {
-                    let zst = download(&self.client, &self.server, &self.layout, &w.variant.zstd, self.pause)
-                        .await
-                        .context("model download")?;
-                    let golden = download(&self.client, &self.server, &self.layout, &w.variant.golden, None)
-                        .await
-                        .context("golden download")?;
+                    let zst = download(
+                        &self.client,
+                        &self.redirects,
+                        &self.server,
+                        &self.layout,
+                        &w.variant.zstd,
+                        self.pause,
+                    )
+                    .await
+                    .context("model download")?;
+                    let golden =
+                        download(&self.client, &self.redirects, &self.server, &self.layout, &w.variant.golden, None)
+                            .await
+                            .context("golden download")?;
                     anyhow::Ok((zst, golden))
                 };
                 match fetch.await {

@@ -152,8 +152,8 @@ impl Agent {
             return Ok(failed(v, why));
         }
         let fetched = async {
-            let zst = download(&self.client, &self.server, &self.layout, &v.zstd, None).await?;
-            let golden = download(&self.client, &self.server, &self.layout, &v.golden, None).await?;
+            let zst = download(&self.client, &self.redirects, &self.server, &self.layout, &v.zstd, None).await?;
+            let golden = download(&self.client, &self.redirects, &self.server, &self.layout, &v.golden, None).await?;
             anyhow::Ok((zst, golden))
         };
         let (zst, golden_file) = match fetched.await {

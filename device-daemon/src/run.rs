@@ -72,6 +72,14 @@ pub struct RunArgs {
     /// partial file on the next pass. Must exceed --wait (a long-poll is silent until it answers).
     #[arg(long, env = "EDGEFLEET_READ_TIMEOUT_SECS", default_value_t = 90)]
     pub read_timeout_secs: u64,
+    /// CA certificates (PEM bundle) to trust for blob downloads the server redirects to an object store (an
+    /// S3 endpoint's CA); the server's CA is trusted there too. The bytes are checked against the signed
+    /// digests either way.
+    #[arg(long, env = "EDGEFLEET_BLOB_CA")]
+    pub blob_ca: Option<PathBuf>,
+    /// Follow blob redirects to plain-HTTP URLs (a store on a private network; the bytes are still verified).
+    #[arg(long, env = "EDGEFLEET_BLOB_ALLOW_HTTP")]
+    pub blob_allow_http: bool,
     /// Bake window after a swap, seconds: the new release is watched and rolled back if too many requests fail.
     #[arg(long, env = "EDGEFLEET_BAKE_SECS", default_value_t = 30)]
     pub bake_secs: u64,
@@ -312,6 +320,12 @@ pub async fn run(args: RunArgs, hardware_root: PathBuf) -> anyhow::Result<()> {
         device: args.device_id.clone(),
         server: args.server.clone(),
         client,
+        redirects: crate::identity::Redirects::new(
+            &args.server_ca,
+            args.blob_ca.as_deref(),
+            args.blob_allow_http,
+            read_timeout,
+        )?,
         layout: layout.clone(),
         root,
         ort_lib: args.ort_lib.clone(),

@@ -229,6 +229,7 @@ impl Rig {
             device: "edge-1".parse().expect("device"),
             server: server.clone(),
             client: reqwest::Client::new(),
+            redirects: edgefleet_daemon::identity::Redirects::none(),
             layout: Layout { root: dir.path().to_owned() },
             root,
             ort_lib: cache("lib/libonnxruntime.so.1.31.1"),
@@ -434,16 +435,20 @@ async fn refusals_golden_failures_installs_and_resumed_downloads() {
     std::fs::create_dir_all(partial.parent().expect("dir")).expect("mkdir");
     std::fs::write(&partial, &z[..z.len() / 2]).expect("partial");
     let before = fake.served_bytes.load(Ordering::Relaxed);
-    let path = download(&agent.client, &server, &agent.layout, &good_variant.zstd, None).await.expect("resumed");
+    let path = download(&agent.client, &agent.redirects, &server, &agent.layout, &good_variant.zstd, None)
+        .await
+        .expect("resumed");
     assert_eq!(fake.served_bytes.load(Ordering::Relaxed) - before, (z.len() - z.len() / 2) as u64);
     assert_eq!(std::fs::read(&path).expect("read"), z);
     // A partial with wrong bytes fails its digest, is removed, and the next try starts clean.
     let mut bad = z[..z.len() / 2].to_vec();
     bad[10] ^= 1;
     std::fs::write(&partial, &bad).expect("bad partial");
-    assert!(download(&agent.client, &server, &agent.layout, &good_variant.zstd, None).await.is_err());
+    assert!(download(&agent.client, &agent.redirects, &server, &agent.layout, &good_variant.zstd, None).await.is_err());
     assert!(!partial.exists(), "a partial that failed its digest must not be resumed from");
-    let path = download(&agent.client, &server, &agent.layout, &good_variant.zstd, None).await.expect("clean retry");
+    let path = download(&agent.client, &agent.redirects, &server, &agent.layout, &good_variant.zstd, None)
+        .await
+        .expect("clean retry");
     assert_eq!(std::fs::read(&path).expect("read"), z);
 
     // A release that passes its golden vectors but fails real requests during the bake window is rolled back.

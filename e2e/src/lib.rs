@@ -1,6 +1,7 @@
 //! Helpers for whole-system tests: find (building if needed) the real binaries, run the CLI, and start
 //! `edgefleet-server` as a child process on a free loopback port.
 
+pub mod balancer;
 pub mod proxy;
 
 use std::io::{BufRead, BufReader};
@@ -295,6 +296,8 @@ pub struct ServerProcess {
     pub data_dir: PathBuf,
     /// The configuration file it was started with, if any (its database, say).
     pub config: Option<PathBuf>,
+    /// Its name among replicas (the `source` of the rollout engine's audit entries).
+    pub replica: String,
 }
 
 impl ServerProcess {
@@ -306,9 +309,9 @@ impl ServerProcess {
             cmd.env(k, v);
         }
         let (child, lines) = spawn_with_stdout(cmd);
-        let (mut url, mut fingerprint) = (None, None);
+        let (mut url, mut fingerprint, mut replica) = (None, None, None);
         let deadline = Instant::now() + Duration::from_secs(60);
-        while url.is_none() || fingerprint.is_none() {
+        while url.is_none() || fingerprint.is_none() || replica.is_none() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = lines.recv_timeout(left).expect("edgefleet-server did not print its address within 60 s");
             if let Some(u) = line.strip_prefix("edgefleet-server listening on ") {
@@ -317,6 +320,9 @@ impl ServerProcess {
             if let Some(i) = line.find("fingerprint ") {
                 fingerprint = Some(line[i + "fingerprint ".len()..].trim().to_owned());
             }
+            if let Some(r) = line.strip_prefix("replica ") {
+                replica = Some(r.trim().to_owned());
+            }
         }
         Self {
             child,
@@ -324,6 +330,7 @@ impl ServerProcess {
             fingerprint: fingerprint.unwrap_or_default(),
             data_dir: data_dir.to_owned(),
             config: env.iter().find(|(k, _)| *k == "EDGEFLEET_CONFIG").map(|(_, v)| v.to_path_buf()),
+            replica: replica.unwrap_or_default(),
         }
     }
 

@@ -2,7 +2,8 @@
 //! digest and size as bytes arrive, and makes the blob visible only once it is whole and verified.
 //!
 //! [`FsBlobStore`] keeps blobs under `<root>/sha256/<first two hex>/<hex>` with atomic writes;
-//! [`MemBlobStore`] keeps them in memory for tests. An S3-backed store (object_store) fits the same trait.
+//! [`MemBlobStore`] keeps them in memory for tests. The control plane's S3-compatible store (through
+//! `object_store`) implements the same trait with [`PutCheck`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -53,6 +54,9 @@ pub enum BlobError {
     Artifact(#[from] ArtifactError),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    /// A remote store (S3) failed or could not be reached.
+    #[error("object store: {0}")]
+    Remote(String),
 }
 
 #[async_trait]
@@ -69,6 +73,17 @@ pub trait BlobStore: Send + Sync + fmt::Debug {
 
     /// Removes a blob; answers whether it was there.
     async fn delete(&self, digest: &Sha256Digest) -> Result<bool, BlobError>;
+
+    /// A URL from which a client may fetch the blob itself for `ttl` (a presigned object-store URL), where the
+    /// store can hand one out.
+    async fn presign(&self, _digest: &Sha256Digest, _ttl: std::time::Duration) -> Result<Option<String>, BlobError> {
+        Ok(None)
+    }
+
+    /// Whether the store answers (for `/readyz`).
+    async fn health(&self) -> Result<(), BlobError> {
+        Ok(())
+    }
 }
 
 /// Resolves a range against a blob's size.
@@ -81,6 +96,38 @@ fn resolve(range: Option<ByteRange>, total: u64) -> Result<(u64, u64), BlobError
     Ok((r.start, end - r.start))
 }
 
+/// The check a put runs over its bytes: against the signed reference when there is one, else measured and capped.
+#[derive(Debug)]
+pub enum PutCheck {
+    Signed(StreamCheck, ArtifactRef),
+    Unsigned(Measure),
+}
+
+impl PutCheck {
+    pub fn new(expected: Option<ArtifactRef>, limit: u64) -> Self {
+        match expected {
+            Some(e) => Self::Signed(StreamCheck::new("blob", e), e),
+            None => Self::Unsigned(Measure::new("blob", limit)),
+        }
+    }
+
+    /// Checks the next chunk, before it is written anywhere.
+    pub fn update(&mut self, chunk: &[u8]) -> Result<(), ArtifactError> {
+        match self {
+            Self::Signed(c, _) => c.update(chunk),
+            Self::Unsigned(m) => m.update(chunk),
+        }
+    }
+
+    /// The blob the stream was, once it ended.
+    pub fn finish(self) -> Result<ArtifactRef, ArtifactError> {
+        match self {
+            Self::Signed(c, e) => c.finish().map(|()| e),
+            Self::Unsigned(m) => Ok(m.finish()),
+        }
+    }
+}
+
 /// Copies `src` into `sink`, checking every chunk before it is written.
 async fn pump(
     mut src: BlobReader,
@@ -89,14 +136,7 @@ async fn pump(
     limit: u64,
     sink_path: &Path,
 ) -> Result<ArtifactRef, BlobError> {
-    enum Check {
-        Signed(StreamCheck, ArtifactRef),
-        Unsigned(Measure),
-    }
-    let mut check = match expected {
-        Some(e) => Check::Signed(StreamCheck::new("blob", e), e),
-        None => Check::Unsigned(Measure::new("blob", limit)),
-    };
+    let mut check = PutCheck::new(expected, limit);
     let mut buf = vec![0u8; 128 << 10];
     let io_err = |source| BlobError::Io { path: sink_path.to_owned(), source };
     loop {
@@ -104,20 +144,11 @@ async fn pump(
         if n == 0 {
             break;
         }
-        match &mut check {
-            Check::Signed(c, _) => c.update(&buf[..n])?,
-            Check::Unsigned(m) => m.update(&buf[..n])?,
-        }
+        check.update(&buf[..n])?;
         sink.write_all(&buf[..n]).await.map_err(io_err)?;
     }
     sink.flush().await.map_err(io_err)?;
-    Ok(match check {
-        Check::Signed(c, e) => {
-            c.finish()?;
-            e
-        }
-        Check::Unsigned(m) => m.finish(),
-    })
+    Ok(check.finish()?)
 }
 
 // === FsBlobStore ===
@@ -214,6 +245,11 @@ impl BlobStore for FsBlobStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(BlobError::Io { path, source: e }),
         }
+    }
+
+    async fn health(&self) -> Result<(), BlobError> {
+        let dir = self.root.join("sha256");
+        tokio::fs::read_dir(&dir).await.map(drop).map_err(Self::io(&dir))
     }
 }
 

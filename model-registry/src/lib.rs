@@ -19,7 +19,7 @@ pub mod routing;
 pub mod verify;
 
 pub use artifact::{ArtifactError, ArtifactRef, StreamCheck, compress, decompress_verified};
-pub use blob::{BlobError, BlobStore, ByteRange, FsBlobStore, MemBlobStore};
+pub use blob::{BlobError, BlobStore, ByteRange, FsBlobStore, MemBlobStore, PutCheck};
 pub use edgefleet_protocol::{DeviceId, IdError, KeyId, ModelName, ReleaseVersion, Sha256Digest, VariantId};
 pub use envelope::{Envelope, Signature};
 pub use golden::{GoldenReport, GoldenVectors, HostTensor, Tolerance};

@@ -163,7 +163,7 @@ pub async fn add_root(
     chain.push((next.version, text));
     let version = next.version;
     *state.trust.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(Trust { chain, root: next });
-    state.invalidate();
+    state.changed(crate::changes::Scope::Roots).await?;
     state.audit(&who, &source, "trust.root.add", &version.to_string(), serde_json::json!({})).await?;
     Ok(StatusCode::CREATED)
 }
@@ -180,7 +180,7 @@ pub async fn create_assignment(
     super::above_floor(&state, &req.model, &[req.version]).await?;
     let now = now_ms();
     let id = state.store.add_assignment(&req.model, req.version, &req.selector, &who.actor(), now).await?;
-    state.invalidate();
+    state.changed(crate::changes::Scope::All).await?;
     state
         .audit(
             &who,
@@ -232,7 +232,7 @@ pub async fn delete_assignment(
     if !state.store.delete_assignment(id).await? {
         return Err(ApiError::not_found(format!("assignment {id}")));
     }
-    state.invalidate();
+    state.changed(crate::changes::Scope::All).await?;
     state.audit(&who, &source, "assignment.delete", &id.to_string(), serde_json::json!({})).await?;
     Ok(StatusCode::NO_CONTENT)
 }

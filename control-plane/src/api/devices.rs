@@ -22,8 +22,9 @@ use serde::Deserialize;
 use super::{
     ApiError, ApiJson, ApiResult, Authorized, DeviceCaller, Operator, Principal, Source, Viewer, new_token, token_hash,
 };
+use crate::changes::Scope;
 use crate::desired::{self, AssignmentSnapshot, CachedDesired, Entry, Release};
-use crate::state::{AppState, Credential, Reported, now_ms, rfc3339};
+use crate::state::{AppState, Reported, now_ms, rfc3339};
 use crate::store::{DeviceFilter, DeviceRow, EnrollRefusal};
 
 fn device_id(s: &str) -> ApiResult<DeviceId> {
@@ -158,7 +159,7 @@ pub async fn renew(
     // The new certificate is the device's; the one it renewed with is retired at the new one's first use.
     let presented = conn.client.map(|c| c.serial).unwrap_or_default();
     state.store.renew_cert(&id, &serial, &presented).await?;
-    state.credentials.insert(id.clone(), Credential::Serials { current: serial.clone(), previous: Some(presented) });
+    state.changed(Scope::Device(id.clone())).await?;
     state.audit(&who, &source, "device.renew", id.as_str(), serde_json::json!({"serial": serial})).await?;
     Ok(Json(serde_json::json!({"certificate_pem": pem, "ca_pem": state.ca.pem})))
 }
@@ -381,7 +382,22 @@ async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) ->
         state.desired.invalidate(id);
     }
     state.reports.insert(id.clone(), reported.digest);
+    // Other replicas drop what they cached of this device: a report they remember may be this one's
+    // predecessor (a device that went back to it through them would otherwise not be written).
+    state.publish(&Scope::Device(id.clone())).await?;
     Ok(())
+}
+
+/// Refuses to answer a device from caches this server can no longer vouch for (see `crate::changes`).
+fn in_sync(state: &AppState) -> ApiResult<()> {
+    if state.in_sync() {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "out_of_sync",
+        "this server cannot reach its database; try again (another replica may answer)",
+    ))
 }
 
 /// `POST /api/v1/device/checkin[?wait=SECONDS]`: 200 with the signed desired state, or 304 when the device's
@@ -393,6 +409,7 @@ pub async fn checkin(
     headers: HeaderMap,
     ApiJson(report): ApiJson<DeviceReport>,
 ) -> ApiResult<Response> {
+    in_sync(&state)?;
     let _ = state.seen.send((id.clone(), now_ms()));
     store_report(&state, &id, &report).await?;
     let known = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).map(str::to_owned);
@@ -402,7 +419,20 @@ pub async fn checkin(
     let interval = HeaderValue::from(state.config.checkin_interval_secs);
     let root_at_start = state.trust().root.version;
     let root_header = |v: u64| (ROOT_VERSION_HEADER, HeaderValue::from(v));
+    // A change to this device alone (labels, revocation) wakes this long-poll without waking the fleet's.
+    let waiter = if wait.is_zero() {
+        None
+    } else {
+        Some(state.waiters.get_with(id.clone(), || Arc::new(tokio::sync::Notify::new())))
+    };
     loop {
+        let device_changed = waiter.as_ref().map(|w| w.notified());
+        let mut device_changed = std::pin::pin!(async move {
+            match device_changed {
+                Some(n) => n.await,
+                None => std::future::pending().await,
+            }
+        });
         let current = desired_for(&state, &id).await?;
         let etag = current.etag();
         if known.as_deref() != Some(etag.as_str()) {
@@ -423,10 +453,13 @@ pub async fn checkin(
                 // A new trust root leaves the document as it was: answer now, so the device walks to it.
                 if changed.is_err() || state.trust().root.version != root_at_start { break; }
             }
+            () = &mut device_changed, if tokio::time::Instant::now() < deadline => {}
             _ = tokio::time::sleep_until(refresh), if refresh < deadline => {}
             _ = tokio::time::sleep_until(deadline) => break,
         }
     }
+    // "Unchanged" only from a server that still follows the database.
+    in_sync(&state)?;
     state.checkins_unchanged.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok((StatusCode::NOT_MODIFIED, [(CHECKIN_INTERVAL_HEADER, interval), root_header(state.trust().root.version)])
         .into_response())
@@ -624,7 +657,8 @@ pub async fn set_labels(
         return Err(ApiError::not_found(format!("device {id}")));
     }
     state.audit(&who, &source, "device.labels", id.as_str(), serde_json::json!({"labels": req.labels})).await?;
-    state.invalidate();
+    // Labels choose what this one device runs: it alone is planned again (and woken if it long-polls).
+    state.changed(Scope::Device(id)).await?;
     Ok(Json(req))
 }
 
@@ -639,8 +673,8 @@ pub async fn revoke(
         return Err(ApiError::not_found(format!("device {id}")));
     }
     state.store.revoke_device(&id, now_ms()).await?;
-    state.credentials.insert(id.clone(), Credential::Revoked);
-    state.desired.invalidate(&id);
+    // Every replica reads the device's credentials again (revoked), here at once, the others within a second.
+    state.changed(Scope::Device(id.clone())).await?;
     state.audit(&who, &source, "device.revoke", id.as_str(), serde_json::json!({})).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -75,6 +75,15 @@ impl From<model_registry::BlobError> for ApiError {
                 other => Self::bad_request("digest_mismatch", other.to_string()),
             },
             BlobError::Io { .. } => Self::internal(&e),
+            // The store is down or refusing: the reason (bucket, endpoint) goes to the log only.
+            BlobError::Remote(_) => {
+                tracing::warn!(error = %e, "the blob store failed");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "blob_store_unavailable",
+                    "the blob store does not answer; try again",
+                )
+            }
         }
     }
 }

@@ -318,15 +318,23 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
-    match state.store.ping().await {
-        Ok(()) => "ready".into_response(),
-        // The reason goes to the server's log, not to whoever asks: `/readyz` answers anyone, and a database
-        // error names hosts, users and paths.
-        Err(e) => {
-            tracing::warn!(error = %e, "not ready: the database does not answer");
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the database does not answer").into_response()
-        }
+    let unready =
+        |what: &'static str| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", what).into_response();
+    // Reasons go to the server's log, not to whoever asks: `/readyz` answers anyone, and database and store
+    // errors name hosts, users, buckets and paths.
+    if let Err(e) = state.store.ping().await {
+        tracing::warn!(error = %e, "not ready: the database does not answer");
+        return unready("the database does not answer");
     }
+    if !state.in_sync() {
+        tracing::warn!("not ready: the change log has not been read lately");
+        return unready("this server is behind the database's change log");
+    }
+    if let Err(e) = state.blobs.health().await {
+        tracing::warn!(error = %e, "not ready: the blob store does not answer");
+        return unready("the blob store does not answer");
+    }
+    "ready".into_response()
 }
 
 /// Refusals may answer before the request body was read (a bad digest, a body too large, a missing role). On

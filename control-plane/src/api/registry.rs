@@ -1,6 +1,8 @@
 //! The registry: blobs (streamed in with their digest checked, served with Range, ETag and immutable caching)
 //! and releases (verified against the server's trust root; every blob present; versions only go up).
 
+use std::time::Duration;
+
 use axum::Json;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -116,6 +118,17 @@ pub async fn get_blob(
     resp_headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) == Some(etag.as_str()) {
         return Ok((StatusCode::NOT_MODIFIED, resp_headers).into_response());
+    }
+    if state.config.blob_downloads == crate::blobs::Downloads::Redirect
+        && let Some(url) =
+            state.blobs.presign(&sha256, Duration::from_secs(state.config.blob_redirect_secs.max(1))).await?
+    {
+        // The bytes from the object store itself; the client keeps its Range header across the redirect and
+        // checks the bytes against the signed digest as ever. The redirect is for this client only.
+        let mut redirect = HeaderMap::new();
+        redirect.insert(header::LOCATION, hv(&url)?);
+        redirect.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
+        return Ok((StatusCode::TEMPORARY_REDIRECT, redirect).into_response());
     }
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,

@@ -158,7 +158,7 @@ pub async fn create(
         .store
         .insert_rollout(&row, Audit { actor: &actor, action: "rollout.create", target: &id, source: &source.0, detail })
         .await?;
-    state.invalidate();
+    state.changed(crate::changes::Scope::All).await?;
     Ok((StatusCode::CREATED, Json(view(&state, row).await?)))
 }
 

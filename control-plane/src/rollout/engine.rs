@@ -110,7 +110,7 @@ async fn choose_variants(
                 actor: "rollout-engine",
                 action: "rollout.variant_chosen",
                 target: &r.id,
-                source: "server",
+                source: &state.replica,
                 detail: serde_json::json!(c),
             };
             if state.store.set_rollout_choice(&r.id, &c, Some(audit), now).await? {
@@ -168,7 +168,7 @@ pub async fn evaluate_all(state: &AppState, now: i64) -> Result<usize, StoreErro
             actor: "rollout-engine",
             action: &action,
             target: &r.id,
-            source: "server",
+            source: &state.replica,
             detail: audit_detail(&row, &e.state, &e.gates),
         };
         if state.store.set_rollout_state(&r.id, &row.state, &e.state, audit, now).await? {
@@ -180,7 +180,7 @@ pub async fn evaluate_all(state: &AppState, now: i64) -> Result<usize, StoreErro
         }
     }
     if moved > 0 || chosen {
-        state.invalidate();
+        state.changed(crate::changes::Scope::All).await?;
     }
     Ok(moved)
 }
@@ -212,7 +212,7 @@ pub async fn act(
     if !state.store.set_rollout_state(id, &row.state, &to, audit, now).await? {
         return Ok(Err(Refused::Conflict("the rollout changed meanwhile; look again and retry".into())));
     }
-    state.invalidate();
+    state.changed(crate::changes::Scope::All).await?;
     Ok(Ok(RolloutRow { state: to, updated_at: now, ..row }))
 }
 

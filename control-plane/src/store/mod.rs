@@ -25,10 +25,12 @@ pub enum StoreError {
     Url(String),
 }
 
+mod changes;
 mod measurements;
 mod rollouts;
 mod telemetry;
 
+pub use changes::{CHANNEL, ChangeRow};
 pub use measurements::MeasuredRow;
 pub use rollouts::RolloutRow;
 pub use telemetry::ClassStats;
