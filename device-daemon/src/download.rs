@@ -64,6 +64,9 @@ impl<W: Write> Write for Tripwire<W> {
     }
 }
 
+/// How the reason of a download whose bytes missed their digest begins (the reconciler fetches it again).
+pub const BAD_DOWNLOAD: &str = "downloaded bytes do not match the signed digest";
+
 /// A download whose bytes are not the signed ones (as opposed to one that could not finish).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

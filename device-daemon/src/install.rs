@@ -224,7 +224,10 @@ impl Agent {
                     }
                     // Bytes that are not the signed ones are a verification failure; anything else (the network,
                     // the server) may go away by itself and is tried again on the next pass.
-                    Err(e) if e.chain().any(|c| c.is::<NotSigned>()) => failed(EventKind::VerificationFailed)(e),
+                    Err(e) if e.chain().any(|c| c.is::<NotSigned>()) => Outcome::Failed(
+                        EventKind::VerificationFailed,
+                        format!("{}: {e:#}", crate::download::BAD_DOWNLOAD),
+                    ),
                     Err(e) => failed(EventKind::DownloadFailed)(e),
                 }
             }

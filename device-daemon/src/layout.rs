@@ -93,7 +93,15 @@ pub struct DeviceState {
     /// Releases whose variants this device measured and reported: not measured again when asked again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub measured: BTreeSet<(ModelName, ReleaseVersion)>,
+    /// Per model, the release and variant whose downloaded bytes missed their signed digest, and how often:
+    /// the bytes came through a mirror (an object store, a CDN) and may be right on the next try, so they are
+    /// fetched again at the next pass until [`MAX_BAD_DOWNLOADS`], then remembered in `failed`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub bad_downloads: BTreeMap<ModelName, (ReleaseVersion, VariantId, u32)>,
 }
+
+/// Downloads of one release's variant whose bytes missed the signed digest before it is given up.
+pub const MAX_BAD_DOWNLOADS: u32 = 3;
 
 pub const MAX_PENDING_EVENTS: usize = 1000;
 

@@ -20,7 +20,7 @@ use edgefleet_protocol::{ModelName, ReleaseVersion, VariantId};
 use model_registry::VerifiedDesiredState;
 use model_registry::routing::RoutingPolicy;
 
-use crate::layout::{DeviceState, Installed, Slot, partial_name};
+use crate::layout::{DeviceState, Installed, MAX_BAD_DOWNLOADS, Slot, partial_name};
 
 /// What a pass needs of one model the verified document names.
 #[derive(Debug, Clone, PartialEq)]
@@ -188,12 +188,22 @@ impl Pass {
                         effects.push(report(EventKind::Installed, &job, detail));
                         effects.push(Effect::Save);
                         state.committed.insert(job.model.clone(), installed);
+                        state.bad_downloads.remove(&job.model);
                         state.last_error = None;
                     }
                     // The network, not the bytes: tried again from where it stopped, at the next check-in.
                     Err((EventKind::DownloadFailed, why)) => {
                         self.interrupted = Some(why.clone());
                         effects.extend(self.ended(state, &job, EventKind::DownloadFailed, why));
+                    }
+                    // Bytes that missed the signed digest on the way (never used): fetched again from scratch at
+                    // the next check-in, a few times, before the release is given up.
+                    Err((EventKind::VerificationFailed, why))
+                        if why.starts_with(crate::download::BAD_DOWNLOAD)
+                            && bad_download(state, &job) < MAX_BAD_DOWNLOADS =>
+                    {
+                        self.interrupted = Some(why.clone());
+                        effects.extend(self.ended(state, &job, EventKind::VerificationFailed, why));
                     }
                     Err((kind, why)) => {
                         state.failed.insert(job.model.clone(), (job.release, job.variant.clone()));
@@ -244,6 +254,16 @@ impl Pass {
         effects.push(Effect::Remove { models: self.removing.clone(), keep: self.keep.clone() });
         effects
     }
+}
+
+/// Counts one more download of `job` whose bytes missed their digest; answers how many there were.
+fn bad_download(state: &mut DeviceState, job: &Job) -> u32 {
+    let entry = state.bad_downloads.entry(job.model.clone()).or_insert((job.release, job.variant.clone(), 0));
+    if (entry.0, &entry.1) != (job.release, &job.variant) {
+        *entry = (job.release, job.variant.clone(), 0);
+    }
+    entry.2 += 1;
+    entry.2
 }
 
 fn report(kind: EventKind, job: &Job, detail: String) -> Effect {
@@ -423,6 +443,34 @@ mod tests {
         assert!(plan(&state, &d).is_empty(), "nothing is tried again while the document names them");
         // A newer release of one of them is tried.
         assert_eq!(plan(&state, &doc(3, vec![wanted("a", 2, 1)])).len(), 1);
+    }
+
+    /// Issue 16: bytes that missed their digest on the way (a mirror's fault, perhaps) are fetched again at
+    /// the next passes, and the release is given up after `MAX_BAD_DOWNLOADS` such downloads.
+    #[test]
+    fn bad_downloads_are_tried_again_a_few_times() {
+        let mut state = DeviceState::default();
+        let d = doc(2, vec![wanted("a", 1, 1)]);
+        let bad = format!("{}: blob ...: sha256 differs", crate::download::BAD_DOWNLOAD);
+        for attempt in 1..MAX_BAD_DOWNLOADS {
+            let effects = run(
+                &mut state,
+                &d,
+                vec![Event::Judged(None), Event::Installed(Err((EventKind::VerificationFailed, bad.clone())))],
+            );
+            assert_eq!(kinds(&effects).last().map(String::as_str), Some("done interrupted"), "attempt {attempt}");
+            assert!(state.failed.is_empty(), "attempt {attempt} is not the last");
+            assert_eq!(state.bad_downloads[&name("a")].2, attempt);
+            assert_eq!(plan(&state, &d).len(), 1, "tried again");
+        }
+        run(&mut state, &d, vec![Event::Judged(None), Event::Installed(Err((EventKind::VerificationFailed, bad)))]);
+        assert_eq!(state.failed.len(), 1, "given up after {MAX_BAD_DOWNLOADS} bad downloads");
+        assert!(plan(&state, &d).is_empty());
+        // A success forgets the count.
+        let mut state = DeviceState::default();
+        state.bad_downloads.insert(name("a"), (v(1), "cpu".parse().unwrap(), 2));
+        run(&mut state, &d, vec![Event::Judged(None), Event::Installed(Ok(installed(1, Slot::A)))]);
+        assert!(state.bad_downloads.is_empty());
     }
 
     /// Issue 15, item 7: a model no longer named is removed once the document is applied, its failure forgotten.

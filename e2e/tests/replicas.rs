@@ -2,8 +2,10 @@
 //! moto's S3 server (from PyPI, on loopback) as the blob store, behind the test's own TCP load balancer.
 //! Devices enroll and check in through the balancer and download their blobs from the object store by
 //! redirect, verifying every byte. A root rotation and a revocation made through one replica are honoured by
-//! the other within a second. A rollout moves through its waves; the replica that leads its evaluation is
-//! killed mid-rollout and the other finishes it. With the object store down, the survivor is not ready.
+//! the other within a second. A rollout moves through its waves while the store hands out wrong bytes for its
+//! release: devices refuse them and fetch again once the store is right; the replica that leads the rollout's
+//! evaluation is killed mid-rollout and the other finishes it. With the object store down, the survivor is
+//! not ready; cut off from its database, it answers check-ins 503 rather than from what it cached.
 
 use std::path::Path;
 use std::process::{Child, Command};
@@ -34,6 +36,25 @@ impl Moto {
         let client = http();
         eventually("moto answers", Duration::from_secs(60), || client.get(&endpoint).send().ok().map(drop));
         Self { child, endpoint }
+    }
+}
+
+impl Moto {
+    /// Writes `bytes` to `key` of the bucket as a credentialed client would (boto3, which moto's server brings:
+    /// an anonymous request may not overwrite an object).
+    fn put(&self, w: &Workdir, key: &str, bytes: &[u8]) {
+        let file = w.path("object.tmp");
+        std::fs::write(&file, bytes).expect("object file");
+        let script = "import boto3, sys\n\
+                      s3 = boto3.client('s3', endpoint_url=sys.argv[1], aws_access_key_id='edgefleet-test',\n\
+                      aws_secret_access_key='edgefleet-test-secret', region_name='us-east-1')\n\
+                      s3.upload_file(sys.argv[3], 'fleet-blobs', sys.argv[2])\n";
+        let out = Command::new(cache("venv/bin/python"))
+            .args(["-c", script, &self.endpoint, key])
+            .arg(&file)
+            .output()
+            .expect("python with boto3");
+        assert!(out.status.success(), "writing {key}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
 
@@ -106,12 +127,17 @@ fn two_replicas_over_postgres_and_s3_serve_one_fleet_and_survive_losing_one() {
         format!(
             "database_url = \"postgres://postgres@127.0.0.1:5432/{db}\"\nblobs = \"s3://fleet-blobs/edgefleet\"\n\
              blob_endpoint = \"{}\"\nblob_allow_http = true\nblob_downloads = \"redirect\"\n\
-             rollout_eval_secs = 0.5\ntelemetry_flush_ms = 200\n",
+             rollout_eval_secs = 0.5\ntelemetry_flush_ms = 200\nreplica_stale_secs = 2\n",
             moto.endpoint
         ),
     )
     .expect("config");
     let (root, fleet) = (w.path("root.json"), w.path("fleet.key"));
+    // Each replica reaches the database through a proxy of its own, which the test can cut.
+    let (db_a, db_b) = (Balancer::start(vec!["127.0.0.1:5432".into()]), Balancer::start(vec!["127.0.0.1:5432".into()]));
+    let leak = |s: String| -> &'static Path { Path::new(Box::leak(s.into_boxed_str())) };
+    let url_a = leak(format!("postgres://postgres@{}/{db}", db_a.host_port()));
+    let url_b = leak(format!("postgres://postgres@{}/{db}", db_b.host_port()));
     let env: Vec<(&str, &Path)> = vec![
         ("EDGEFLEET_CONFIG", &config),
         ("EDGEFLEET_TRUST_ROOT", &root),
@@ -122,8 +148,13 @@ fn two_replicas_over_postgres_and_s3_serve_one_fleet_and_survive_losing_one() {
     ];
     // Replica a starts first, so it is the first to take rollout evaluation; b shares its CA and identity
     // through the database rather than making its own.
-    let a = ServerProcess::start(&w.path("replica-a"), &env);
-    let b = ServerProcess::start(&w.path("replica-b"), &env);
+    let with_db = |url: &'static Path| {
+        let mut e = env.clone();
+        e.push(("EDGEFLEET_DATABASE_URL", url));
+        e
+    };
+    let a = ServerProcess::start(&w.path("replica-a"), &with_db(url_a));
+    let b = ServerProcess::start(&w.path("replica-b"), &with_db(url_b));
     assert_eq!(a.fingerprint, b.fingerprint, "both replicas present the one shared server identity");
     assert_eq!(
         std::fs::read(a.data_dir.join("tls/server.crt")).expect("a's cert"),
@@ -133,19 +164,23 @@ fn two_replicas_over_postgres_and_s3_serve_one_fleet_and_survive_losing_one() {
         Balancer::start([&a, &b].iter().map(|s| s.url.trim_start_matches("https://").to_owned()).collect::<Vec<_>>());
     let admin = a.token("ci", "admin");
     w.edgefleet(&["login", "--server", &lb.url(), "--token", &admin, "--fingerprint", &a.fingerprint]).ok();
+    let keys = || -> Vec<String> {
+        let listing = client
+            .get(format!("{bucket}?list-type=2&prefix=edgefleet/sha256/"))
+            .send()
+            .and_then(|r| r.text())
+            .expect("list the bucket");
+        listing.split("<Key>").skip(1).filter_map(|k| k.split("</Key>").next()).map(str::to_owned).collect()
+    };
     w.edgefleet(&["release", "push", "magika-1"]).ok();
+    let release_1 = keys();
     w.edgefleet(&["release", "push", "magika-2"]).ok();
+    let keys = keys();
+    let release_2: Vec<&String> = keys.iter().filter(|k| !release_1.contains(k)).collect();
     w.edgefleet(&["assign", "magika", "1", "--selector", "site=lab"]).ok();
 
     // Blobs went to the object store, not to a replica's disk.
-    let listing = client
-        .get(format!("{bucket}?list-type=2&prefix=edgefleet/sha256/"))
-        .send()
-        .expect("list")
-        .text()
-        .expect("text");
-    let keys: Vec<&str> = listing.split("<Key>").skip(1).filter_map(|k| k.split("</Key>").next()).collect();
-    assert!(keys.len() >= 4, "the releases' blobs are in the bucket: {listing}");
+    assert!(release_1.len() >= 2 && !release_2.is_empty(), "the releases' blobs are in the bucket: {keys:?}");
     for s in [&a, &b] {
         let local = s.data_dir.join("blobs/sha256");
         assert!(
@@ -221,6 +256,21 @@ fn two_replicas_over_postgres_and_s3_serve_one_fleet_and_survive_losing_one() {
     println!("edge-c revoked through b, refused by a after {took:?}");
     assert!(took <= Duration::from_secs(1), "a took {took:?} to honour the revocation");
 
+    // The store goes bad for release 2: every one of its objects one byte off.
+    let originals: Vec<(String, Vec<u8>)> = release_2
+        .iter()
+        .map(|k| {
+            let bytes = client.get(format!("{bucket}/{k}")).send().and_then(|r| r.bytes()).expect("object");
+            (k.to_string(), bytes.to_vec())
+        })
+        .collect();
+    for (key, bytes) in &originals {
+        let mut wrong = bytes.clone();
+        let last = wrong.len() - 1;
+        wrong[last] ^= 0x01;
+        moto.put(&w, key, &wrong);
+    }
+
     // A rollout in two waves (half, then all, each baked 4 s).
     let rollout = w.rollout(&["2", "--selector", "site=lab", "--wave", "50:4s", "--wave", "100:4s"]);
     let status = |w: &Workdir| w.edgefleet(&["--json", "rollout", "status", &rollout]).ok().json();
@@ -236,7 +286,31 @@ fn two_replicas_over_postgres_and_s3_serve_one_fleet_and_survive_losing_one() {
         audit(&w).into_iter().find(|e| e["actor"] == "rollout-engine" && e["target"] == rollout.as_str())
     });
     let leader = first_move["source"].as_str().expect("source").to_owned();
+    // A device the waves reached fetched release 2 and refused its bytes (kept serving release 1); the store is
+    // put right at once, and the device's next try installs it.
+    let bad = eventually("a device refused the store's wrong bytes", Duration::from_secs(120), || {
+        ["edge-a", "edge-b"].into_iter().find(|id| {
+            std::fs::read_to_string(w.path(&format!("{id}/state.json"))).is_ok_and(|t| t.contains("bad_downloads"))
+        })
+    });
+    for (key, bytes) in &originals {
+        moto.put(&w, key, bytes);
+    }
+    eventually("the refusal reported", Duration::from_secs(60), || {
+        let shown = w.edgefleet(&["--json", "devices", "show", bad]).ok().json();
+        shown["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .any(|e| {
+                e["kind"] == "verification_failed"
+                    && e["detail"].as_str().is_some_and(|d| d.contains("do not match the signed digest"))
+            })
+            .then_some(())
+    });
     assert!(leader == a.replica || leader == b.replica, "{leader} is one of {} and {}", a.replica, b.replica);
+    let a_name = a.replica.clone();
     let survivor = if leader == a.replica {
         drop(a);
         b
@@ -266,6 +340,19 @@ fn two_replicas_over_postgres_and_s3_serve_one_fleet_and_survive_losing_one() {
     eventually("not ready without the object store", Duration::from_secs(30), || {
         (readyz(&survivor).ok() == Some(503)).then_some(())
     });
+    assert!(lb.forwarded.iter().all(|n| n.load(std::sync::atomic::Ordering::Relaxed) > 0), "both replicas served");
+
+    // Cut off from its database, the survivor stops answering check-ins from its caches within
+    // replica_stale_secs (2 s): 503, so that a balancer sends devices to a replica that can vouch for them.
+    let device_a = as_device(&w, &cert, "edge-a");
+    assert_eq!(checkin(&device_a, &survivor.url).0, 200);
+    if survivor.replica == a_name {
+        db_a.cut()
+    } else {
+        db_b.cut()
+    }
+    let took = time_until(|| checkin(&device_a, &survivor.url).0 == 503);
+    println!("cut off from its database, the survivor refused check-ins after {took:?}");
     drop((edge_a, edge_b, survivor, lb));
     psql(&format!("DROP DATABASE {db} WITH (FORCE)"));
 }

@@ -546,13 +546,36 @@ both_backends!(
 );
 
 /// The server's secrets are 0600, and a lost device CA stops the server with the reason instead of silently
-/// making a new CA that every enrolled device would refuse (and whose certificates no device holds).
+/// making a new CA that every enrolled device would refuse (and whose certificates no device holds). On
+/// PostgreSQL the CA lives in the database, shared by every replica: another replica (another data directory)
+/// uses the very same CA, and one whose shared CA is gone refuses to start rather than make its own.
 async fn a_lost_device_ca_stops_the_server_instead_of_orphaning_devices(backend: Backend) {
     use std::os::unix::fs::PermissionsExt;
     let app = TestApp::spawn(backend).await;
     app.enroll("dev-ca", &[("region", "eu")], hardware("x86-server", &["CPUExecutionProvider"])).await;
     let data = app.config.data_dir.clone();
     let (crt, key) = (data.join("ca/device-ca.crt"), data.join("ca/device-ca.key"));
+    if backend == Backend::Postgres {
+        assert!(!crt.exists() && !key.exists(), "the CA is in the database, not in a replica's directory");
+        let other =
+            edgefleet_server::config::Config { data_dir: app.dir.path().join("replica-2"), ..app.config.clone() };
+        let replica = edgefleet_server::app::build(other.clone()).await.expect("a second replica");
+        assert_eq!(replica.state.ca.pem, app.state.ca.pem, "one device CA for every replica");
+        assert_eq!(replica.fingerprint, edgefleet_server::tls::fingerprint(&app.server_cert), "one server identity");
+        for task in replica.background {
+            task.abort();
+        }
+        let pool = sqlx::PgPool::connect(&other.database_url()).await.expect("database");
+        sqlx::query("DELETE FROM shared_pem WHERE name LIKE 'device-ca%'").execute(&pool).await.expect("lose the CA");
+        let e = edgefleet_server::app::build(other).await.map(|_| ()).expect_err("no CA, with a device enrolled");
+        assert!(format!("{e:#}").contains("no device CA"), "{e:#}");
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM shared_pem WHERE name LIKE 'device-ca%'")
+            .fetch_one(&pool)
+            .await
+            .expect("count");
+        assert_eq!(left, 0, "no new CA was made");
+        return;
+    }
     for secret in [&key, &data.join("tls/server.key")] {
         let mode = std::fs::metadata(secret).expect("secret").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", secret.display());
