@@ -93,15 +93,18 @@ pub struct DeviceState {
     /// Releases whose variants this device measured and reported: not measured again when asked again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub measured: BTreeSet<(ModelName, ReleaseVersion)>,
-    /// Per model, the release and variant whose downloaded bytes missed their signed digest, and how often:
-    /// the bytes came through a mirror (an object store, a CDN) and may be right on the next try, so they are
-    /// fetched again at the next pass until [`MAX_BAD_DOWNLOADS`], then remembered in `failed`.
+    /// Per model, the release and variant whose downloaded bytes missed their signed digest, how often, and
+    /// since when (Unix seconds): the bytes came through a mirror (an object store, a CDN) and may be right on
+    /// the next try, so they are fetched again at the next passes — until there were [`MAX_BAD_DOWNLOADS`] and
+    /// [`BAD_DOWNLOAD_PATIENCE_SECS`] passed since the first, when the release is remembered in `failed`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub bad_downloads: BTreeMap<ModelName, (ReleaseVersion, VariantId, u32)>,
+    pub bad_downloads: BTreeMap<ModelName, (ReleaseVersion, VariantId, u32, i64)>,
 }
 
-/// Downloads of one release's variant whose bytes missed the signed digest before it is given up.
+/// Downloads of one release's variant whose bytes missed the signed digest, and the time since the first, before
+/// it is given up: a mirror's fault may pass; bytes wrong at the source must not cost a download every pass.
 pub const MAX_BAD_DOWNLOADS: u32 = 3;
+pub const BAD_DOWNLOAD_PATIENCE_SECS: i64 = 600;
 
 pub const MAX_PENDING_EVENTS: usize = 1000;
 

@@ -20,7 +20,7 @@ use edgefleet_protocol::{ModelName, ReleaseVersion, VariantId};
 use model_registry::VerifiedDesiredState;
 use model_registry::routing::RoutingPolicy;
 
-use crate::layout::{DeviceState, Installed, MAX_BAD_DOWNLOADS, Slot, partial_name};
+use crate::layout::{BAD_DOWNLOAD_PATIENCE_SECS, DeviceState, Installed, MAX_BAD_DOWNLOADS, Slot, partial_name};
 
 /// What a pass needs of one model the verified document names.
 #[derive(Debug, Clone, PartialEq)]
@@ -197,10 +197,9 @@ impl Pass {
                         effects.extend(self.ended(state, &job, EventKind::DownloadFailed, why));
                     }
                     // Bytes that missed the signed digest on the way (never used): fetched again from scratch at
-                    // the next check-in, a few times, before the release is given up.
+                    // the next check-in, for a while, before the release is given up.
                     Err((EventKind::VerificationFailed, why))
-                        if why.starts_with(crate::download::BAD_DOWNLOAD)
-                            && bad_download(state, &job) < MAX_BAD_DOWNLOADS =>
+                        if why.starts_with(crate::download::BAD_DOWNLOAD) && !bad_download(state, &job) =>
                     {
                         self.interrupted = Some(why.clone());
                         effects.extend(self.ended(state, &job, EventKind::VerificationFailed, why));
@@ -256,14 +255,15 @@ impl Pass {
     }
 }
 
-/// Counts one more download of `job` whose bytes missed their digest; answers how many there were.
-fn bad_download(state: &mut DeviceState, job: &Job) -> u32 {
-    let entry = state.bad_downloads.entry(job.model.clone()).or_insert((job.release, job.variant.clone(), 0));
+/// Counts one more download of `job` whose bytes missed their digest; answers whether to give it up.
+fn bad_download(state: &mut DeviceState, job: &Job) -> bool {
+    let now = chrono::Utc::now().timestamp();
+    let entry = state.bad_downloads.entry(job.model.clone()).or_insert((job.release, job.variant.clone(), 0, now));
     if (entry.0, &entry.1) != (job.release, &job.variant) {
-        *entry = (job.release, job.variant.clone(), 0);
+        *entry = (job.release, job.variant.clone(), 0, now);
     }
     entry.2 += 1;
-    entry.2
+    entry.2 >= MAX_BAD_DOWNLOADS && now - entry.3 >= BAD_DOWNLOAD_PATIENCE_SECS
 }
 
 fn report(kind: EventKind, job: &Job, detail: String) -> Effect {
@@ -446,29 +446,32 @@ mod tests {
     }
 
     /// Issue 16: bytes that missed their digest on the way (a mirror's fault, perhaps) are fetched again at
-    /// the next passes, and the release is given up after `MAX_BAD_DOWNLOADS` such downloads.
+    /// the next passes; the release is given up after `MAX_BAD_DOWNLOADS` such downloads spread over at least
+    /// `BAD_DOWNLOAD_PATIENCE_SECS`.
     #[test]
-    fn bad_downloads_are_tried_again_a_few_times() {
+    fn bad_downloads_are_tried_again_for_a_while() {
         let mut state = DeviceState::default();
         let d = doc(2, vec![wanted("a", 1, 1)]);
         let bad = format!("{}: blob ...: sha256 differs", crate::download::BAD_DOWNLOAD);
-        for attempt in 1..MAX_BAD_DOWNLOADS {
-            let effects = run(
-                &mut state,
-                &d,
-                vec![Event::Judged(None), Event::Installed(Err((EventKind::VerificationFailed, bad.clone())))],
-            );
-            assert_eq!(kinds(&effects).last().map(String::as_str), Some("done interrupted"), "attempt {attempt}");
-            assert!(state.failed.is_empty(), "attempt {attempt} is not the last");
+        let once = |state: &mut DeviceState| {
+            let answers =
+                vec![Event::Judged(None), Event::Installed(Err((EventKind::VerificationFailed, bad.clone())))];
+            kinds(&run(state, &d, answers)).last().cloned()
+        };
+        for attempt in 1..=MAX_BAD_DOWNLOADS + 2 {
+            assert_eq!(once(&mut state).as_deref(), Some("done interrupted"), "attempt {attempt}: tried again");
+            assert!(state.failed.is_empty());
             assert_eq!(state.bad_downloads[&name("a")].2, attempt);
-            assert_eq!(plan(&state, &d).len(), 1, "tried again");
+            assert_eq!(plan(&state, &d).len(), 1);
         }
-        run(&mut state, &d, vec![Event::Judged(None), Event::Installed(Err((EventKind::VerificationFailed, bad)))]);
-        assert_eq!(state.failed.len(), 1, "given up after {MAX_BAD_DOWNLOADS} bad downloads");
+        // Ten minutes of wrong bytes: given up.
+        state.bad_downloads.get_mut(&name("a")).expect("counted").3 -= BAD_DOWNLOAD_PATIENCE_SECS;
+        once(&mut state);
+        assert_eq!(state.failed.len(), 1, "given up");
         assert!(plan(&state, &d).is_empty());
         // A success forgets the count.
         let mut state = DeviceState::default();
-        state.bad_downloads.insert(name("a"), (v(1), "cpu".parse().unwrap(), 2));
+        state.bad_downloads.insert(name("a"), (v(1), "cpu".parse().unwrap(), 2, 0));
         run(&mut state, &d, vec![Event::Judged(None), Event::Installed(Ok(installed(1, Slot::A)))]);
         assert!(state.bad_downloads.is_empty());
     }

@@ -274,18 +274,6 @@ fn two_replicas_over_postgres_and_s3_serve_one_fleet_and_survive_losing_one() {
     // A rollout in two waves (half, then all, each baked 4 s).
     let rollout = w.rollout(&["2", "--selector", "site=lab", "--wave", "50:4s", "--wave", "100:4s"]);
     let status = |w: &Workdir| w.edgefleet(&["--json", "rollout", "status", &rollout]).ok().json();
-    eventually("the first wave reached", Duration::from_secs(120), || {
-        let s = status(&w);
-        (s["state"]["state"] == "running").then_some(())
-    });
-    let audit = |w: &Workdir| -> Vec<Value> {
-        w.edgefleet(&["--json", "audit", "--limit", "200"]).ok().json().as_array().cloned().unwrap_or_default()
-    };
-    // The engine's entries name the replica that made them. Whoever leads is killed after the first move.
-    let first_move = eventually("a first rollout move by the engine", Duration::from_secs(120), || {
-        audit(&w).into_iter().find(|e| e["actor"] == "rollout-engine" && e["target"] == rollout.as_str())
-    });
-    let leader = first_move["source"].as_str().expect("source").to_owned();
     // A device the waves reached fetched release 2 and refused its bytes (kept serving release 1); the store is
     // put right at once, and the device's next try installs it.
     let bad = eventually("a device refused the store's wrong bytes", Duration::from_secs(120), || {
@@ -293,6 +281,8 @@ fn two_replicas_over_postgres_and_s3_serve_one_fleet_and_survive_losing_one() {
             std::fs::read_to_string(w.path(&format!("{id}/state.json"))).is_ok_and(|t| t.contains("bad_downloads"))
         })
     });
+    let refusing = if bad == "edge-a" { &edge_a } else { &edge_b };
+    assert_eq!(classify(&client, refusing).map(|(v, _)| v).as_deref(), Some("1"), "release 1 keeps serving");
     for (key, bytes) in &originals {
         moto.put(&w, key, bytes);
     }
@@ -309,6 +299,14 @@ fn two_replicas_over_postgres_and_s3_serve_one_fleet_and_survive_losing_one() {
             })
             .then_some(())
     });
+    let audit = |w: &Workdir| -> Vec<Value> {
+        w.edgefleet(&["--json", "audit", "--limit", "200"]).ok().json().as_array().cloned().unwrap_or_default()
+    };
+    // The engine's entries name the replica that made them. Whoever leads is killed after the first move.
+    let first_move = eventually("a first rollout move by the engine", Duration::from_secs(120), || {
+        audit(&w).into_iter().find(|e| e["actor"] == "rollout-engine" && e["target"] == rollout.as_str())
+    });
+    let leader = first_move["source"].as_str().expect("source").to_owned();
     assert!(leader == a.replica || leader == b.replica, "{leader} is one of {} and {}", a.replica, b.replica);
     let a_name = a.replica.clone();
     let survivor = if leader == a.replica {
