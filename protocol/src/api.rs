@@ -11,11 +11,13 @@ use crate::ids::{DeviceId, ModelName, ReleaseVersion, VariantId};
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`. Codes are stable; messages are for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorDetail {
     pub code: String,
     pub message: String,
@@ -24,6 +26,7 @@ pub struct ErrorDetail {
 /// The roles of API tokens. `admin` may do everything; `publisher` and `operator` each add their own powers to
 /// `viewer`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum TokenRole {
     Viewer,
@@ -130,6 +133,19 @@ impl Selector {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Selector {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::schema::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("Label selector: `key=value` pairs joined by commas; empty selects every device"))
+            .examples([serde_json::json!("region=eu,hw.npu=hexagon")])
+            .into()
+    }
+}
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Selector {}
+
 impl Serialize for Selector {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -146,6 +162,7 @@ impl<'de> Deserialize<'de> for Selector {
 
 /// What a device is, as its daemon detects it: what the server picks variants by.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct HardwareProfile {
     /// `qualcomm-hexagon`, `nvidia-jetson`, `intel-npu`, `raspberry-pi`, `x86-server`, ...
@@ -169,6 +186,7 @@ pub struct HardwareProfile {
 // === enrollment ===
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The one-time enrollment token an operator created.
@@ -180,6 +198,7 @@ pub struct EnrollRequest {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     pub device_id: DeviceId,
     /// The device's client certificate (PEM), signed by the control plane's device CA.
@@ -192,6 +211,7 @@ pub struct EnrollResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateEnrollToken {
     #[serde(default)]
@@ -202,6 +222,7 @@ pub struct CreateEnrollToken {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollTokenCreated {
     pub token: String,
     /// RFC 3339.
@@ -210,6 +231,7 @@ pub struct EnrollTokenCreated {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RenewRequest {
     pub csr_pem: String,
@@ -219,6 +241,7 @@ pub struct RenewRequest {
 
 /// What a device reports at each check-in.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeviceReport {
     #[serde(default)]
@@ -240,6 +263,7 @@ pub struct DeviceReport {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ModelStatus {
     pub model: ModelName,
@@ -250,6 +274,7 @@ pub struct ModelStatus {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SlotStatus {
     pub slot: String,
@@ -263,6 +288,7 @@ pub struct SlotStatus {
 
 /// Device events, sent with an idempotency key so a retry is harmless.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeviceEvent {
     /// Unique per event on this device; a repeated id is accepted and ignored.
@@ -284,6 +310,7 @@ pub struct DeviceEvent {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
     DownloadStarted,
@@ -307,6 +334,7 @@ pub enum EventKind {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EventsAccepted {
     pub accepted: usize,
     pub duplicates: usize,
@@ -315,6 +343,7 @@ pub struct EventsAccepted {
 // === registry and operations ===
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelSummary {
     pub model: ModelName,
     pub latest_version: ReleaseVersion,
@@ -322,6 +351,7 @@ pub struct ModelSummary {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseSummary {
     pub model: ModelName,
     pub version: ReleaseVersion,
@@ -339,6 +369,7 @@ pub struct ReleaseSummary {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VariantInfo {
     pub id: VariantId,
     pub precision: String,
@@ -353,6 +384,7 @@ pub struct VariantInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateAssignment {
     pub model: ModelName,
@@ -362,6 +394,7 @@ pub struct CreateAssignment {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Assignment {
     pub id: i64,
     pub model: ModelName,
@@ -372,6 +405,7 @@ pub struct Assignment {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     pub name: String,
@@ -382,6 +416,7 @@ pub struct CreateToken {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     pub id: i64,
     pub name: String,
@@ -391,6 +426,7 @@ pub struct TokenCreated {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     pub id: i64,
     pub name: String,
@@ -403,6 +439,7 @@ pub struct TokenInfo {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceSummary {
     pub id: DeviceId,
     pub labels: Labels,
@@ -422,6 +459,7 @@ pub struct DeviceSummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Running {
     pub model: ModelName,
     pub release: ReleaseVersion,
@@ -429,6 +467,7 @@ pub struct Running {
 
 /// `GET /api/v1/whoami`: the calling token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WhoAmI {
     pub name: String,
     pub role: TokenRole,
@@ -436,6 +475,7 @@ pub struct WhoAmI {
 
 /// `GET /api/v1/fleet`: the fleet in numbers, computed by the database (cheap at a million devices).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FleetOverview {
     /// Enrolled and not revoked.
     pub devices: u64,
@@ -454,6 +494,7 @@ pub struct FleetOverview {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClassCount {
     pub device_class: String,
     pub devices: u64,
@@ -463,6 +504,7 @@ pub struct ClassCount {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseCount {
     pub model: ModelName,
     pub release: ReleaseVersion,
@@ -470,6 +512,7 @@ pub struct ReleaseCount {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceDetail {
     #[serde(flatten)]
     pub summary: DeviceSummary,
@@ -480,6 +523,7 @@ pub struct DeviceDetail {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DevicePage {
     pub devices: Vec<DeviceSummary>,
     /// Pass as `after` for the next page; absent on the last.
@@ -487,12 +531,14 @@ pub struct DevicePage {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SetLabels {
     pub labels: Labels,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     pub id: i64,
     pub at: String,
@@ -505,6 +551,7 @@ pub struct AuditEntry {
 
 /// `GET /api/v1/models/{model}/telemetry`: what each release did per device class and time window.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelTelemetry {
     pub model: ModelName,
     pub window_secs: u64,
@@ -512,6 +559,7 @@ pub struct ModelTelemetry {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseWindow {
     /// RFC 3339.
     pub window_start: String,
@@ -523,6 +571,7 @@ pub struct ReleaseWindow {
 
 /// What devices reported over one window.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WindowStats {
     pub requests: u64,
     pub errors: u64,
@@ -546,6 +595,7 @@ pub struct WindowStats {
 
 /// How a language model's requests were routed in a window: by tier and reason, and what the cloud calls cost.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RouteWindowStats {
     pub requests: u64,
     pub local: u64,
@@ -563,6 +613,7 @@ pub struct RouteWindowStats {
 
 /// A language model's numbers in a window: time to first token, decoding speed, tokens, energy per token.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LlmWindowStats {
     pub ttft_p50_ms: Option<f64>,
     pub ttft_p95_ms: Option<f64>,
@@ -577,6 +628,7 @@ pub struct LlmWindowStats {
 
 /// `GET /api/v1/devices/{id}/telemetry`: one device's windows per model and release.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceTelemetry {
     pub device_id: DeviceId,
     pub window_secs: u64,
@@ -584,6 +636,7 @@ pub struct DeviceTelemetry {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceWindow {
     /// RFC 3339.
     pub window_start: String,

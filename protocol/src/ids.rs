@@ -266,6 +266,44 @@ macro_rules! serde_via_str {
 
 serde_via_str!(Sha256Digest, KeyId, ModelName, VariantId, DeviceId);
 
+/// JSON schemas of the ids, for the control plane's OpenAPI document: strings with their patterns (the
+/// serde forms above), release versions integers.
+#[cfg(feature = "openapi")]
+mod schemas {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+
+    macro_rules! string_schema {
+        ($($t:ty => $pattern:literal, $what:literal;)*) => {$(
+            impl utoipa::PartialSchema for $t {
+                fn schema() -> RefOr<Schema> {
+                    ObjectBuilder::new().schema_type(Type::String).pattern(Some($pattern)).description(Some($what)).into()
+                }
+            }
+            impl utoipa::ToSchema for $t {}
+        )*};
+    }
+
+    string_schema! {
+        super::Sha256Digest => "^[0-9a-f]{64}$", "SHA-256, lowercase hex";
+        super::KeyId => "^[0-9a-f]{64}$", "A key's id: SHA-256 of its public key, lowercase hex";
+        super::ModelName => "^[a-z0-9][a-z0-9._-]{0,63}$", "A model's name (no `..`)";
+        super::VariantId => "^[a-z0-9][a-z0-9._-]{0,63}$", "A variant's id within a release (no `..`)";
+        super::DeviceId => "^[a-z0-9][a-z0-9._-]{0,127}$", "A device's id (no `..`)";
+    }
+
+    impl utoipa::PartialSchema for super::ReleaseVersion {
+        fn schema() -> RefOr<Schema> {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .description(Some("A release version: an integer from 1, only going up"))
+                .into()
+        }
+    }
+    impl utoipa::ToSchema for super::ReleaseVersion {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

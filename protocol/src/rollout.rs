@@ -11,6 +11,7 @@ use crate::ids::{ModelName, ReleaseVersion, VariantId};
 /// explicit cohort that joins with it (devices whose labels match, such as `canary=true`), and how long it
 /// bakes before the next wave may start. Both are cumulative: a later wave keeps every earlier one's devices.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Wave {
     pub percent: f64,
@@ -21,6 +22,7 @@ pub struct Wave {
 
 /// A gate: the new release against the baseline on the same device class.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Gate {
     /// The new release's failed-request ratio may exceed the baseline's by at most this much (0.01 = 1 point).
@@ -84,6 +86,7 @@ impl Gate {
 
 /// How a rollout picks the variant of its new release each device gets.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "by", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ChooseVariant {
     /// The first variant of the manifest that fits the device's hardware (manifests list variants best first).
@@ -113,6 +116,7 @@ impl ChooseVariant {
 
 /// What a measured variant choice minimises.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Objective {
     /// Median time of one inference on the golden inputs.
@@ -137,6 +141,7 @@ pub const MAX_MEASURED_VARIANTS: usize = 16;
 
 /// One variant run by one device on its golden inputs (sent in a `measured` device event).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct VariantMeasurement {
     pub variant: VariantId,
@@ -156,6 +161,7 @@ pub struct VariantMeasurement {
 
 /// What one device class measured of one variant, and the class's choice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct VariantSummary {
     pub variant: VariantId,
     /// Devices that ran it, and how many of them saw it miss its golden vectors (or fail to load).
@@ -169,6 +175,7 @@ pub struct VariantSummary {
 
 /// A device class's variant choice in a rollout that chooses by measurement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClassChoice {
     pub class: String,
     /// The variant chosen; `None` while the class is still being measured, or when no variant qualified.
@@ -184,6 +191,7 @@ pub struct ClassChoice {
 
 /// What a failed gate does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum OnFailure {
     Pause,
@@ -192,6 +200,7 @@ pub enum OnFailure {
 
 /// A rollout: one model, for the devices a selector matches, from a baseline release to a new one, in waves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rollout {
     pub id: String,
     pub model: ModelName,
@@ -209,6 +218,7 @@ pub struct Rollout {
 
 /// Where a rollout stands. `since` is when the current wave started (ms since the epoch).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "state", rename_all = "snake_case")]
 pub enum State {
     Running { wave: usize, since: i64 },
@@ -236,6 +246,7 @@ impl State {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Pass,
@@ -251,6 +262,7 @@ pub enum Verdict {
 
 /// One gate's judgement on one device class, with the numbers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GateResult {
     pub gate: Gate,
     pub class: String,
@@ -264,6 +276,7 @@ pub struct GateResult {
 
 /// An operator's action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Pause,
@@ -286,6 +299,7 @@ impl Action {
 
 /// `POST /api/v1/rollouts`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateRollout {
     pub model: ModelName,
@@ -361,6 +375,7 @@ impl CreateRollout {
 
 /// A rollout as the API shows it: what it is, where it stands, and what its gates measured last.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutView {
     #[serde(flatten)]
     pub rollout: Rollout,

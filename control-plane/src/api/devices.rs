@@ -368,7 +368,7 @@ async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) ->
         }
         None => None,
     };
-    state.store.set_report(id, &text, hardware.as_deref(), &reported.active, !reported.healthy).await?;
+    let changed = state.store.set_report(id, &text, hardware.as_deref(), &reported.active, !reported.healthy).await?;
     // The device accepted a higher sequence than this database remembers (restored from an older backup): go
     // on above it, or the device would refuse every document as a replay.
     if let Some(seq) = report.desired_sequence.and_then(|s| i64::try_from(s).ok())
@@ -383,8 +383,11 @@ async fn store_report(state: &AppState, id: &DeviceId, report: &DeviceReport) ->
     }
     state.reports.insert(id.clone(), reported.digest);
     // Other replicas drop what they cached of this device: a report they remember may be this one's
-    // predecessor (a device that went back to it through them would otherwise not be written).
-    state.publish(&Scope::Device(id.clone())).await?;
+    // predecessor (a device that went back to it through them would otherwise not be written). Not for a
+    // report the database already had (every device's first check-in after a restart).
+    if changed {
+        state.publish(&Scope::Device(id.clone())).await?;
+    }
     Ok(())
 }
 

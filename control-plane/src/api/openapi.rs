@@ -1,9 +1,16 @@
 //! `GET /api/v1/openapi.json`: the API described from [`ROUTES`], the table that also drives the tests that
-//! try every route with every role (so the document and the router cannot drift apart unnoticed).
+//! try every route with every role (so the document and the router cannot drift apart unnoticed), with every
+//! request and response body's JSON schema, derived from the protocol types the handlers use (utoipa), so
+//! generated clients and API fuzzers work from it.
 
 use axum::Json;
+use edgefleet_protocol::api::*;
+use edgefleet_protocol::rollout::{CreateRollout, RolloutView};
+use utoipa::ToSchema;
 use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem, PathsBuilder};
-use utoipa::openapi::{InfoBuilder, OpenApiBuilder, ResponseBuilder};
+use utoipa::openapi::request_body::RequestBodyBuilder;
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
+use utoipa::openapi::{ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApiBuilder, Ref, RefOr, ResponseBuilder};
 
 /// Who may call a route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,8 +139,181 @@ fn access_text(a: Access) -> String {
     }
 }
 
+/// A request or response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    Empty,
+    /// JSON of the named component schema.
+    Json(&'static str),
+    /// A JSON array of the named component schema.
+    Array(&'static str),
+    /// A signed document (`{"signed": …, "signatures": […]}`), checked against the trust root, not a schema.
+    Signed(&'static str),
+    /// Raw bytes.
+    Bytes(&'static str),
+    /// Free-form JSON.
+    Any(&'static str),
+}
+
+/// What each route takes and answers: (request body, success status, response body). `None`: a route this
+/// table does not know, which the tests refuse.
+pub fn bodies(method: &str, path: &str) -> Option<(Body, u16, Body)> {
+    use Body::*;
+    Some(match (method, path) {
+        ("GET", "/trust/roots") => (Empty, 200, Json("RootList")),
+        ("GET", "/trust/roots/{version}") => (Empty, 200, Signed("a root.json")),
+        ("POST", "/trust/roots") => (Signed("the next root.json, signed by the old and the new root keys"), 201, Empty),
+        ("PUT", "/blobs/{digest}") => (Bytes("the blob, exactly Content-Length bytes"), 201, Json("BlobStored")),
+        ("GET", "/blobs/{digest}") => {
+            (Empty, 200, Bytes("the blob or the asked range (206); 307 to the object store when redirects are on"))
+        }
+        ("POST", "/releases") => {
+            (Signed("a release manifest signed by a threshold of release keys"), 201, Json("ReleaseSummary"))
+        }
+        ("GET", "/models") => (Empty, 200, Array("ModelSummary")),
+        ("GET", "/models/{model}/releases") => (Empty, 200, Array("ReleaseSummary")),
+        ("GET", "/models/{model}/telemetry") => (Empty, 200, Json("ModelTelemetry")),
+        ("GET", "/models/{model}/releases/{version}") => (Empty, 200, Signed("the release manifest as published")),
+        ("GET", "/assignments") => (Empty, 200, Array("Assignment")),
+        ("POST", "/assignments") => (Json("CreateAssignment"), 201, Json("Assignment")),
+        ("DELETE", "/assignments/{id}") => (Empty, 204, Empty),
+        ("POST", "/enrollment-tokens") => (Json("CreateEnrollToken"), 201, Json("EnrollTokenCreated")),
+        ("POST", "/enroll") => (Json("EnrollRequest"), 201, Json("EnrollResponse")),
+        ("POST", "/device/checkin") => (
+            Json("DeviceReport"),
+            200,
+            Signed("the device's desired state, signed by the fleet key (304 when If-None-Match names it)"),
+        ),
+        ("POST", "/device/events") => (Array("DeviceEvent"), 200, Json("EventsAccepted")),
+        ("POST", "/device/renew") => (Json("RenewRequest"), 200, Json("Renewed")),
+        ("GET", "/devices") => (Empty, 200, Json("DevicePage")),
+        ("GET", "/fleet") => (Empty, 200, Json("FleetOverview")),
+        ("GET", "/devices/{id}") => (Empty, 200, Json("DeviceDetail")),
+        ("GET", "/devices/{id}/telemetry") => (Empty, 200, Json("DeviceTelemetry")),
+        ("PUT", "/devices/{id}/labels") => (Json("SetLabels"), 200, Json("SetLabels")),
+        ("POST", "/devices/{id}/revoke") => (Empty, 204, Empty),
+        ("GET", "/tokens") => (Empty, 200, Array("TokenInfo")),
+        ("POST", "/tokens") => (Json("CreateToken"), 201, Json("TokenCreated")),
+        ("DELETE", "/tokens/{id}") => (Empty, 204, Empty),
+        ("GET", "/rollouts") => (Empty, 200, Array("RolloutView")),
+        ("POST", "/rollouts") => (Json("CreateRollout"), 201, Json("RolloutView")),
+        ("GET", "/rollouts/{id}") => (Empty, 200, Json("RolloutView")),
+        (
+            "POST",
+            "/rollouts/{id}/pause" | "/rollouts/{id}/resume" | "/rollouts/{id}/abort" | "/rollouts/{id}/promote",
+        ) => (Empty, 200, Json("RolloutView")),
+        ("GET", "/audit") => (Empty, 200, Array("AuditEntry")),
+        ("GET", "/whoami") => (Empty, 200, Json("WhoAmI")),
+        ("GET", "/openapi.json") => (Empty, 200, Any("this document (OpenAPI 3.1)")),
+        _ => return None,
+    })
+}
+
+fn reference(name: &str) -> RefOr<Schema> {
+    RefOr::Ref(Ref::from_schema_name(name))
+}
+
+/// Every body schema, with the schemas they refer to.
+fn schemas() -> Vec<(String, RefOr<Schema>)> {
+    fn add<T: ToSchema>(all: &mut Vec<(String, RefOr<Schema>)>) {
+        all.push((T::name().into_owned(), T::schema()));
+        T::schemas(all);
+    }
+    let mut all = Vec::new();
+    add::<ErrorBody>(&mut all);
+    add::<ModelSummary>(&mut all);
+    add::<ReleaseSummary>(&mut all);
+    add::<ModelTelemetry>(&mut all);
+    add::<CreateAssignment>(&mut all);
+    add::<Assignment>(&mut all);
+    add::<CreateEnrollToken>(&mut all);
+    add::<EnrollTokenCreated>(&mut all);
+    add::<EnrollRequest>(&mut all);
+    add::<EnrollResponse>(&mut all);
+    add::<DeviceReport>(&mut all);
+    add::<DeviceEvent>(&mut all);
+    add::<EventsAccepted>(&mut all);
+    add::<RenewRequest>(&mut all);
+    add::<DevicePage>(&mut all);
+    add::<FleetOverview>(&mut all);
+    add::<DeviceDetail>(&mut all);
+    add::<DeviceTelemetry>(&mut all);
+    add::<SetLabels>(&mut all);
+    add::<TokenInfo>(&mut all);
+    add::<CreateToken>(&mut all);
+    add::<TokenCreated>(&mut all);
+    add::<CreateRollout>(&mut all);
+    add::<RolloutView>(&mut all);
+    add::<AuditEntry>(&mut all);
+    add::<WhoAmI>(&mut all);
+    add::<edgefleet_protocol::Sha256Digest>(&mut all);
+    // Answers the handlers build as JSON values rather than protocol types.
+    let string = || ObjectBuilder::new().schema_type(Type::String);
+    let integer = || ObjectBuilder::new().schema_type(Type::Integer);
+    all.push((
+        "RootList".into(),
+        ObjectBuilder::new()
+            .property("versions", ArrayBuilder::new().items(integer()))
+            .property("latest", integer())
+            .description(Some("The root versions the server holds; fetch each from /trust/roots/{version}"))
+            .into(),
+    ));
+    all.push((
+        "BlobStored".into(),
+        ObjectBuilder::new()
+            .property("sha256", reference("Sha256Digest"))
+            .property("size", integer())
+            .property("stored", ObjectBuilder::new().schema_type(Type::Boolean))
+            .required("sha256")
+            .required("size")
+            .into(),
+    ));
+    all.push((
+        "Renewed".into(),
+        ObjectBuilder::new()
+            .property("certificate_pem", string())
+            .property("ca_pem", string())
+            .required("certificate_pem")
+            .required("ca_pem")
+            .into(),
+    ));
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all.dedup_by(|a, b| a.0 == b.0);
+    all
+}
+
+fn content(body: Body) -> Option<(&'static str, utoipa::openapi::Content, Option<&'static str>)> {
+    let json = |schema: RefOr<Schema>| ContentBuilder::new().schema(Some(schema)).build();
+    match body {
+        Body::Empty => None,
+        Body::Json(name) => Some(("application/json", json(reference(name)), None)),
+        Body::Array(name) => Some(("application/json", json(ArrayBuilder::new().items(reference(name)).into()), None)),
+        Body::Signed(what) => {
+            let envelope = ObjectBuilder::new()
+                .property("signed", ObjectBuilder::new())
+                .property("signatures", ArrayBuilder::new().items(ObjectBuilder::new()))
+                .description(Some(what));
+            Some(("application/json", json(envelope.into()), Some(what)))
+        }
+        Body::Any(what) => {
+            Some(("application/json", json(ObjectBuilder::new().description(Some(what)).into()), Some(what)))
+        }
+        Body::Bytes(what) => Some((
+            "application/octet-stream",
+            json(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Binary)))
+                    .into(),
+            ),
+            Some(what),
+        )),
+    }
+}
+
 pub fn build() -> utoipa::openapi::OpenApi {
     let mut paths = PathsBuilder::new();
+    let error = ContentBuilder::new().schema(Some(reference("ErrorBody"))).build();
     for route in ROUTES {
         let method = match route.method {
             "GET" => HttpMethod::Get,
@@ -141,19 +321,94 @@ pub fn build() -> utoipa::openapi::OpenApi {
             "PUT" => HttpMethod::Put,
             _ => HttpMethod::Delete,
         };
-        let op = OperationBuilder::new()
+        let (request, status, response) = bodies(route.method, route.path).unwrap_or((Body::Empty, 200, Body::Empty));
+        let mut ok = ResponseBuilder::new().description("Success");
+        if let Some((mime, c, what)) = content(response) {
+            ok = ok.content(mime, c).description(what.unwrap_or("Success"));
+        }
+        let mut op = OperationBuilder::new()
             .summary(Some(route.summary))
             .description(Some(access_text(route.access)))
-            .response("default", ResponseBuilder::new().description("Errors are {\"error\": {\"code\", \"message\"}}"))
-            .build();
-        paths = paths.path(format!("/api/v1{}", route.path), PathItem::new(method, op));
+            .response(status.to_string(), ok)
+            .response(
+                "default",
+                ResponseBuilder::new().description("An error").content("application/json", error.clone()),
+            );
+        if let Some((mime, c, what)) = content(request) {
+            op = op.request_body(Some(
+                RequestBodyBuilder::new()
+                    .content(mime, c)
+                    .description(what)
+                    .required(Some(utoipa::openapi::Required::True))
+                    .build(),
+            ));
+        }
+        paths = paths.path(format!("/api/v1{}", route.path), PathItem::new(method, op.build()));
     }
     OpenApiBuilder::new()
         .info(InfoBuilder::new().title("edgefleet control plane").version(env!("CARGO_PKG_VERSION")).build())
         .paths(paths.build())
+        .components(Some(ComponentsBuilder::new().schemas_from_iter(schemas()).build()))
         .build()
 }
 
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refs(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(m) => {
+                if let Some(serde_json::Value::String(r)) = m.get("$ref") {
+                    out.push(r.clone());
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_body_has_a_schema_and_every_reference_resolves() {
+        for route in ROUTES {
+            assert!(bodies(route.method, route.path).is_some(), "{} {} has no bodies", route.method, route.path);
+        }
+        let doc = serde_json::to_value(build()).expect("json");
+        let components = doc["components"]["schemas"].as_object().expect("components");
+        let mut found = Vec::new();
+        refs(&doc, &mut found);
+        assert!(found.len() > 50, "{} references", found.len());
+        for r in found {
+            let name = r.strip_prefix("#/components/schemas/").unwrap_or_else(|| panic!("{r}"));
+            assert!(components.contains_key(name), "{r} does not resolve");
+        }
+        // Bodies as the handlers take them: unknown fields refused, required fields required, ids as strings
+        // with their patterns, the check-in's report and the rollout request among them.
+        let s = |name: &str| &components[name];
+        assert_eq!(s("DeviceReport")["additionalProperties"], false, "{}", s("DeviceReport"));
+        let create = s("CreateRollout");
+        let required: Vec<&str> =
+            create["required"].as_array().expect("required").iter().filter_map(|v| v.as_str()).collect();
+        assert!(
+            required.contains(&"model") && required.contains(&"release") && required.contains(&"waves"),
+            "{create}"
+        );
+        assert_eq!(s("DeviceId")["type"], "string");
+        assert!(s("DeviceId")["pattern"].is_string());
+        let checkin = &doc["paths"]["/api/v1/device/checkin"]["post"];
+        assert_eq!(
+            checkin["requestBody"]["content"]["application/json"]["schema"]["$ref"],
+            "#/components/schemas/DeviceReport"
+        );
+        let events =
+            &doc["paths"]["/api/v1/device/events"]["post"]["requestBody"]["content"]["application/json"]["schema"];
+        assert_eq!(events["items"]["$ref"], "#/components/schemas/DeviceEvent", "{events}");
+        let created = &doc["paths"]["/api/v1/rollouts"]["post"]["responses"]["201"]["content"]["application/json"];
+        assert_eq!(created["schema"]["$ref"], "#/components/schemas/RolloutView");
+    }
 }

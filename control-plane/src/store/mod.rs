@@ -904,7 +904,8 @@ impl Store {
     }
 
     /// Stores a device's report (and its hardware profile, when it sent one), with what it says runs and
-    /// whether it failed beside it for the fleet overview, in one transaction.
+    /// whether it failed beside it for the fleet overview, in one transaction. Answers whether it differed from
+    /// the stored one (nothing is written when it did not).
     pub async fn set_report(
         &self,
         id: &DeviceId,
@@ -912,15 +913,22 @@ impl Store {
         hardware: Option<&str>,
         running: &[(ModelName, ReleaseVersion)],
         failing: bool,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         let mut tx = self.write_tx().await?;
-        sqlx::query("UPDATE devices SET report = $1, hardware = COALESCE($2, hardware), failing = $3 WHERE id = $4")
-            .bind(report)
-            .bind(hardware)
-            .bind(failing as i64)
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        // The hardware profile rides in the report: the same report text is the same profile.
+        let updated = sqlx::query(
+            "UPDATE devices SET report = $1, hardware = COALESCE($2, hardware), failing = $3 WHERE id = $4 \
+             AND (report IS NULL OR report <> $1)",
+        )
+        .bind(report)
+        .bind(hardware)
+        .bind(failing as i64)
+        .bind(id.as_str())
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
         sqlx::query("DELETE FROM device_running WHERE device_id = $1").bind(id.as_str()).execute(&mut *tx).await?;
         for (model, release) in running {
             sqlx::query("INSERT INTO device_running (device_id, model, release) VALUES ($1, $2, $3)")
@@ -931,7 +939,7 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     /// Raises the device's desired-state sequence to `seq` when it is below (a device accepted documents this
