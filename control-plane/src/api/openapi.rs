@@ -7,7 +7,7 @@ use axum::Json;
 use edgefleet_protocol::api::*;
 use edgefleet_protocol::rollout::{CreateRollout, RolloutView};
 use utoipa::ToSchema;
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem, PathsBuilder};
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, ParameterBuilder, ParameterIn, PathItem, PathsBuilder};
 use utoipa::openapi::request_body::RequestBodyBuilder;
 use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Schema, Type};
 use utoipa::openapi::{ComponentsBuilder, ContentBuilder, InfoBuilder, OpenApiBuilder, Ref, RefOr, ResponseBuilder};
@@ -334,6 +334,15 @@ pub fn build() -> utoipa::openapi::OpenApi {
                 "default",
                 ResponseBuilder::new().description("An error").content("application/json", error.clone()),
             );
+        // Path parameters, `{name}` in the route, each a required string.
+        for name in route.path.split('{').skip(1).filter_map(|p| p.split('}').next()) {
+            let param = ParameterBuilder::new()
+                .name(name)
+                .parameter_in(ParameterIn::Path)
+                .required(utoipa::openapi::Required::True)
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String)));
+            op = op.parameter(param);
+        }
         if let Some((mime, c, what)) = content(request) {
             op = op.request_body(Some(
                 RequestBodyBuilder::new()
@@ -408,6 +417,8 @@ mod tests {
         let events =
             &doc["paths"]["/api/v1/device/events"]["post"]["requestBody"]["content"]["application/json"]["schema"];
         assert_eq!(events["items"]["$ref"], "#/components/schemas/DeviceEvent", "{events}");
+        let labels = &doc["paths"]["/api/v1/devices/{id}/labels"]["put"]["parameters"][0];
+        assert_eq!((&labels["name"], &labels["in"], &labels["required"]), (&"id".into(), &"path".into(), &true.into()));
         let created = &doc["paths"]["/api/v1/rollouts"]["post"]["responses"]["201"]["content"]["application/json"];
         assert_eq!(created["schema"]["$ref"], "#/components/schemas/RolloutView");
     }
