@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ORT_VERSION=1.31.1
 case "$(uname -m)" in
-  x86_64) platform=manylinux_2_27_x86_64 ;;
-  aarch64) platform=manylinux_2_27_aarch64 ;;
+  x86_64) platform=manylinux_2_28_x86_64 ;;
+  aarch64) platform=manylinux_2_28_aarch64 ;;
   *) echo "package_daemon: no ONNX Runtime wheel for $(uname -m)" >&2; exit 1 ;;
 esac
 scripts/setup.sh
