@@ -92,43 +92,50 @@ async fn tls_material(store: &Store, config: &Config) -> anyhow::Result<(DeviceC
     let ca = match given_ca {
         Some(ca) => ca,
         None => {
-            if store.shared_pem("device-ca.crt").await?.is_none() {
+            let (cert, key) = shared_pair(store, "device-ca", || {
                 let (cert_file, key_file) = DeviceCa::files(&config.data_dir);
-                let pems = if cert_file.exists() && key_file.exists() {
+                if cert_file.exists() && key_file.exists() {
                     tracing::info!(from = %cert_file.display(), "sharing this data directory's device CA with every replica");
-                    (std::fs::read_to_string(&cert_file)?, std::fs::read_to_string(&key_file)?)
-                } else if may_create {
-                    DeviceCa::generate_pem()?
-                } else {
+                    return Ok((std::fs::read_to_string(&cert_file)?, std::fs::read_to_string(&key_file)?));
+                }
+                if !may_create {
                     bail!(
                         "the database has enrolled devices but no device CA: give device_ca_cert and device_ca_key \
                          (the CA those devices' certificates chain to), or restore the shared_pem table"
                     );
-                };
-                store.share_pems_once(&[("device-ca.crt", &pems.0), ("device-ca.key", &pems.1)], now_ms()).await?;
-            }
-            let (cert, key) = (store.shared_pem("device-ca.crt").await?, store.shared_pem("device-ca.key").await?);
-            let (Some(cert), Some(key)) = (cert, key) else {
-                bail!("the shared device CA is incomplete in the database")
-            };
+                }
+                Ok(DeviceCa::generate_pem()?)
+            })
+            .await?;
             DeviceCa::from_pem(&cert, &key, std::path::Path::new("database:shared_pem/device-ca.crt"))?
         }
     };
     let identity = match given_identity {
         Some(i) => i,
         None => {
-            if store.shared_pem("server.crt").await?.is_none() {
-                let (cert, key) = crate::tls::self_signed_server_pem()?;
-                store.share_pems_once(&[("server.crt", &cert), ("server.key", &key)], now_ms()).await?;
-            }
-            let (cert, key) = (store.shared_pem("server.crt").await?, store.shared_pem("server.key").await?);
-            let (Some(cert), Some(key)) = (cert, key) else {
-                bail!("the shared server identity is incomplete in the database")
-            };
+            let (cert, key) = shared_pair(store, "server", || Ok(crate::tls::self_signed_server_pem()?)).await?;
             ServerIdentity::from_pem(&cert, &key, &config.data_dir.join("tls").join("server.crt"))?
         }
     };
     Ok((ca, identity))
+}
+
+/// The certificate and key `<name>.crt`/`<name>.key` every replica shares: read from the database, or made
+/// by `make` and stored by the first server to get there (a racing server reads back the winner's pair).
+async fn shared_pair(
+    store: &Store,
+    name: &str,
+    make: impl FnOnce() -> anyhow::Result<(String, String)>,
+) -> anyhow::Result<(String, String)> {
+    let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
+    if store.shared_pem(&crt).await?.is_none() {
+        let (c, k) = make()?;
+        store.share_pems_once(&[(&crt, &c), (&key, &k)], now_ms()).await?;
+    }
+    match (store.shared_pem(&crt).await?, store.shared_pem(&key).await?) {
+        (Some(c), Some(k)) => Ok((c, k)),
+        _ => bail!("the shared {name} certificate and key are incomplete in the database"),
+    }
 }
 
 pub async fn build(config: Config) -> anyhow::Result<Built> {
